@@ -1,0 +1,106 @@
+import NIOHTTP1
+import Policy
+import Upstream
+
+/// Framing and request-line checks made on every request head before anything else looks at it.
+///
+/// Anything ambiguous between the gateway and an upstream (request smuggling) is refused here with 400 and
+/// the connection is closed: CL with TE, several Content-Lengths, a Transfer-Encoding other than a single
+/// `chunked`, TE on HTTP/1.0, a missing or repeated Host, control characters in header values, a request
+/// target that is not origin-form or holds dot segments.
+enum RequestValidation {
+    struct Checked {
+        var framing: HeaderRewriter.BodyFraming
+        var host: String?
+        var path: Substring
+        var query: Substring
+        var expectContinue: Bool
+    }
+
+    static func check(_ head: HTTPRequestHead, maxHeaderBytes: Int) -> Result<Checked, Denial> {
+        guard head.version.major == 1, head.version.minor <= 1 else {
+            return .failure(.badRequest("Unsupported HTTP version."))
+        }
+        if head.uri.utf8.count > maxHeaderBytes {
+            return .failure(.headersTooLarge(limit: maxHeaderBytes))
+        }
+        var hosts = 0
+        var host: String? = nil
+        var contentLengths: [String] = []
+        var transferEncodings = 0
+        var chunked = false
+        var expectContinue = false
+        var headerBytes = head.uri.utf8.count + 16
+        for (name, value) in head.headers {
+            headerBytes += name.utf8.count + value.utf8.count + 4
+            for b in value.utf8 where b == 0 || b == 10 || b == 13 {
+                _ = b
+                return .failure(.badRequest("Invalid character in header '\(name)'."))
+            }
+            switch name.utf8.count {
+            case 4 where HopByHop.equalsLower(name.utf8, "host"):
+                hosts += 1
+                host = value
+            case 14 where HopByHop.equalsLower(name.utf8, "content-length"):
+                contentLengths.append(value)
+            case 17 where HopByHop.equalsLower(name.utf8, "transfer-encoding"):
+                transferEncodings += 1
+                let v = value.trimmingSpaces()
+                if HopByHop.equalsLower(v.utf8, "chunked") { chunked = true } else { chunked = false; transferEncodings += 1 }
+            case 6 where HopByHop.equalsLower(name.utf8, "expect"):
+                if HopByHop.equalsLower(value.trimmingSpaces().utf8, "100-continue") {
+                    expectContinue = true
+                } else {
+                    return .failure(.badRequest("Unsupported Expect header."))
+                }
+            default:
+                break
+            }
+        }
+        if headerBytes > maxHeaderBytes {
+            return .failure(.headersTooLarge(limit: maxHeaderBytes))
+        }
+        if hosts > 1 { return .failure(.badRequest("Several Host headers.")) }
+        if hosts == 0 && head.version.minor == 1 { return .failure(.badRequest("Missing Host header.")) }
+        if let h = host, h.isEmpty || !h.utf8.allSatisfy(isHostByte) {
+            return .failure(.badRequest("Invalid Host header."))
+        }
+        let framing: HeaderRewriter.BodyFraming
+        if transferEncodings > 0 {
+            if head.version.minor == 0 { return .failure(.badRequest("Transfer-Encoding on HTTP/1.0.")) }
+            if !contentLengths.isEmpty { return .failure(.badRequest("Both Content-Length and Transfer-Encoding.")) }
+            if transferEncodings != 1 || !chunked {
+                return .failure(.badRequest("Unsupported Transfer-Encoding (only a single 'chunked')."))
+            }
+            framing = .chunked
+        } else if contentLengths.count > 1 {
+            return .failure(.badRequest("Several Content-Length headers."))
+        } else if let cl = contentLengths.first {
+            guard !cl.isEmpty, cl.utf8.count <= 18, cl.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let n = Int(cl) else {
+                return .failure(.badRequest("Invalid Content-Length."))
+            }
+            framing = n == 0 ? .none : .contentLength(n)
+        } else {
+            framing = .none
+        }
+        guard let (path, query) = RequestTarget.split(head.uri) else {
+            return .failure(.badRequest("The request target must be an origin-form path without dot segments."))
+        }
+        return .success(Checked(framing: framing, host: host, path: path, query: query, expectContinue: expectContinue))
+    }
+
+    /// Host header bytes: the reg-name, IPv4, `[IPv6]` and `:port` alphabet.
+    private static func isHostByte(_ b: UInt8) -> Bool {
+        TenantID.isIDByte(b) || b == UInt8(ascii: ":") || b == UInt8(ascii: "[") || b == UInt8(ascii: "]")
+            || b == UInt8(ascii: "~") || b == UInt8(ascii: "%")
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> Substring {
+        var s = Substring(self)
+        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
+        while s.last == " " || s.last == "\t" { s = s.dropLast() }
+        return s
+    }
+}

@@ -1,0 +1,236 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Policy
+import Synchronization
+import Upstream
+
+/// The running gateway: event loops, the proxy and admin listeners, health checks, reload and drain.
+public final class GatewayServer: Sendable {
+    private struct Listeners: Sendable {
+        var proxy: Channel?
+        var admin: Channel?
+        var healthChecker: HealthChecker?
+    }
+
+    public let configPath: String
+    public let group: MultiThreadedEventLoopGroup
+    let logger: Logger
+    private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
+    private let listeners = Mutex(Listeners())
+    private let current: Mutex<RuntimeSnapshot>
+    private let openConnections = Atomic<Int>(0)
+    private let ready = Atomic<Bool>(false)
+    private let adminToken: String?
+
+    /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
+    public init(configPath: String, config: GatewayConfig, logger: Logger) throws {
+        self.configPath = configPath
+        self.logger = logger
+        let snapshot = try RuntimeSnapshot(config: config)
+        self.current = Mutex(snapshot)
+        let threads = config.server.threads ?? System.coreCount
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
+        for loop in group.makeIterator() {
+            let state = try loop.submit {
+                NIOLoopBound(LoopState(eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger), eventLoop: loop)
+            }.wait()
+            loops[ObjectIdentifier(loop)] = state
+        }
+        self.loops = loops
+        if let env = config.server.adminTokenEnv, let token = ProcessInfo.processInfo.environment[env], !token.isEmpty {
+            self.adminToken = token
+        } else {
+            self.adminToken = nil
+        }
+    }
+
+    public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
+    public var isReady: Bool { ready.load(ordering: .relaxed) }
+
+    /// Binds the listeners and starts the sweepers and health checks.
+    public func start() async throws {
+        let config = snapshot.config
+        for loop in group.makeIterator() {
+            try await loop.submit { self.loops[ObjectIdentifier(loop)]!.value.startSweeper() }.get()
+        }
+        let proxy = try await bindProxy(config.server)
+        var admin: Channel? = nil
+        if let adminAddress = config.server.adminListen {
+            admin = try await bindAdmin(adminAddress)
+        }
+        let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
+        checker.start()
+        listeners.withLock {
+            $0.proxy = proxy
+            $0.admin = admin
+            $0.healthChecker = checker
+        }
+        ready.store(true, ordering: .relaxed)
+        logger.info(
+            "gatehouse listening",
+            metadata: [
+                "gh-listen": "\(proxy.localAddress.map { "\($0)" } ?? "?")",
+                "gh-admin": "\(admin?.localAddress.map { "\($0)" } ?? "off")",
+                "gh-threads": "\(loops.count)",
+            ])
+    }
+
+    public var proxyAddress: SocketAddress? { listeners.withLock { $0.proxy?.localAddress } }
+    public var adminAddress: SocketAddress? { listeners.withLock { $0.admin?.localAddress } }
+
+    private func bindProxy(_ server: ServerConfig) async throws -> Channel {
+        let limits = {
+            var l = NIOHTTPDecoderLimitConfiguration()
+            l.maxHeaderFieldSize = server.maxHeaderBytes
+            l.maxHeaderListSize = server.maxHeaderBytes
+            l.maxHeaderFieldCount = 256
+            return l
+        }()
+        let maxConnections = server.maxConnections
+        let loops = self.loops
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [self] channel in
+                let open = self.openConnections.add(1, ordering: .relaxed).newValue
+                channel.closeFuture.whenComplete { _ in
+                    self.openConnections.subtract(1, ordering: .relaxed)
+                }
+                if open > maxConnections {
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    let state = loops[ObjectIdentifier(channel.eventLoop)]!.value
+                    let proxy = ProxyHandler(loop: state)
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(ActivityGuard(proxy: proxy))
+                    try sync.addHandler(
+                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
+                    try sync.addHandler(proxy)
+                }
+            }
+            .bind(host: server.listen.host, port: server.listen.port)
+            .get()
+    }
+
+    private func bindAdmin(_ address: HostPort) async throws -> Channel {
+        try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(server: self))
+                }
+            }
+            .bind(host: address.host, port: address.port)
+            .get()
+    }
+
+    /// Constant-time check of an `Authorization: Bearer <token>` value against the admin token.
+    func isAdminAuthorized(_ header: String?) -> Bool {
+        guard let adminToken, let header, header.hasPrefix("Bearer ") else { return false }
+        let given = Array(header.utf8.dropFirst(7))
+        let expected = Array(adminToken.utf8)
+        var diff = UInt8(given.count == expected.count ? 0 : 1)
+        for i in 0..<expected.count {
+            diff |= expected[i] ^ (i < given.count ? given[i] : 0)
+        }
+        return diff == 0
+    }
+
+    // MARK: Reload
+
+    /// Re-reads the config file; a config that fails validation is rejected and the old one keeps serving.
+    /// Returns the problems (empty on success).
+    public func reload() async -> [String] {
+        let path = configPath
+        let result: Result<RuntimeSnapshot, Error> = await Task.detached {
+            do {
+                let config = try ConfigLoader().load(path: path)
+                return .success(try RuntimeSnapshot(config: config))
+            } catch {
+                return .failure(error)
+            }
+        }.value
+        switch result {
+        case .failure(let error):
+            let problems = (error as? ConfigError)?.problems.map(\.description) ?? ["\(error)"]
+            logger.error("config reload rejected", metadata: ["gh-problems": "\(problems.joined(separator: "; "))"])
+            return problems
+        case .success(let snapshot):
+            current.withLock { $0 = snapshot }
+            for loop in group.makeIterator() {
+                let state = loops[ObjectIdentifier(loop)]!
+                try? await loop.submit { state.value.install(snapshot) }.get()
+            }
+            let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
+            checker.start()
+            let old = listeners.withLock { l -> HealthChecker? in
+                let old = l.healthChecker
+                l.healthChecker = checker
+                return old
+            }
+            old?.stop()
+            logger.info("config reloaded", metadata: ["gh-routes": "\(snapshot.config.routes.count)"])
+            return []
+        }
+    }
+
+    func reloadFuture() -> EventLoopFuture<[String]> {
+        let promise = group.next().makePromise(of: [String].self)
+        promise.completeWithTask { await self.reload() }
+        return promise.futureResult
+    }
+
+    // MARK: Drain and stop
+
+    /// Stops accepting, lets in-flight requests finish (bounded by `drain_timeout`), then closes everything.
+    public func shutdown() async {
+        ready.store(false, ordering: .relaxed)
+        let (proxy, admin, checker) = listeners.withLock { ($0.proxy, $0.admin, $0.healthChecker) }
+        try? await proxy?.close()
+        checker?.stop()
+        for loop in group.makeIterator() {
+            let state = loops[ObjectIdentifier(loop)]!
+            try? await loop.submit { state.value.beginDrain() }.get()
+        }
+        let deadline = NIODeadline.now() + .nanoseconds(snapshot.config.server.drainTimeout)
+        while NIODeadline.now() < deadline {
+            var open = 0
+            for loop in group.makeIterator() {
+                let state = loops[ObjectIdentifier(loop)]!
+                open += (try? await loop.submit { state.value.openConnections }.get()) ?? 0
+            }
+            if open == 0 { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for loop in group.makeIterator() {
+            let state = loops[ObjectIdentifier(loop)]!
+            try? await loop.submit { state.value.forceClose() }.get()
+        }
+        try? await admin?.close()
+        logger.info("gatehouse stopped")
+        try? await group.shutdownGracefully()
+    }
+
+    // MARK: Metrics
+
+    func metricsText() -> EventLoopFuture<String> {
+        let futures = group.makeIterator().map { loop in
+            let state = loops[ObjectIdentifier(loop)]!
+            return loop.submit { state.value.metrics.snapshot() }
+        }
+        let snapshot = self.snapshot
+        return EventLoopFuture.whenAllSucceed(futures, on: group.next()).map { parts in
+            var merged = MetricsSnapshot()
+            for p in parts { merged.merge(p) }
+            return MetricsText.render(merged, registry: snapshot.upstreams)
+        }
+    }
+}

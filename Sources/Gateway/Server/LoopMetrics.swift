@@ -1,0 +1,71 @@
+/// One event loop's request counters and latency histograms; merged across loops when scraped.
+///
+/// Kept per loop so the request path never takes a lock or touches a shared cache line.
+final class LoopMetrics {
+    struct RequestKey: Hashable {
+        var route: String
+        var status: Int
+        var decision: String
+        var code: String
+    }
+
+    static let bounds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+    struct Histogram {
+        var buckets = [Int](repeating: 0, count: LoopMetrics.bounds.count)
+        var count = 0
+        var sum = 0.0
+
+        mutating func observe(_ seconds: Double) {
+            count += 1
+            sum += seconds
+            for (i, b) in LoopMetrics.bounds.enumerated() where seconds <= b {
+                buckets[i] += 1
+                break
+            }
+        }
+
+        mutating func merge(_ other: Histogram) {
+            count += other.count
+            sum += other.sum
+            for i in buckets.indices { buckets[i] += other.buckets[i] }
+        }
+    }
+
+    var requests: [RequestKey: Int] = [:]
+    var durations: [String: Histogram] = [:]
+    var upstreamDurations: [String: Histogram] = [:]
+
+    func record(route: String, status: Int, decision: String, code: String, seconds: Double) {
+        requests[RequestKey(route: route, status: status, decision: decision, code: code), default: 0] += 1
+        durations[route, default: Histogram()].observe(seconds)
+    }
+
+    func recordUpstream(_ upstream: String, seconds: Double) {
+        upstreamDurations[upstream, default: Histogram()].observe(seconds)
+    }
+
+    /// A copy of the current values (taken on the loop, merged elsewhere).
+    func snapshot() -> MetricsSnapshot {
+        MetricsSnapshot(requests: requests, durations: durations, upstreamDurations: upstreamDurations)
+    }
+}
+
+/// Plain values of one or more loops' metrics.
+struct MetricsSnapshot: Sendable {
+    var requests: [LoopMetrics.RequestKey: Int] = [:]
+    var durations: [String: LoopMetrics.Histogram] = [:]
+    var upstreamDurations: [String: LoopMetrics.Histogram] = [:]
+
+    mutating func merge(_ other: MetricsSnapshot) {
+        requests.merge(other.requests, uniquingKeysWith: +)
+        for (k, v) in other.durations { durations[k, default: .init()].merge(v) }
+        for (k, v) in other.upstreamDurations { upstreamDurations[k, default: .init()].merge(v) }
+    }
+}
+
+extension LoopMetrics.RequestKey: Sendable {}
+extension LoopMetrics.Histogram: Sendable {}
+
+@available(*, unavailable)
+extension LoopMetrics: Sendable {}

@@ -1,0 +1,91 @@
+import Logging
+import NIOCore
+import Policy
+import Upstream
+
+/// The state one event loop owns: the current snapshot, its upstream pools, its open client connections,
+/// its metrics and request-id sequence. Touched only on its loop; reached from elsewhere through
+/// `eventLoop.execute`.
+final class LoopState {
+    let eventLoop: EventLoop
+    let loopCount: Int
+    let logger: Logger
+    private(set) var snapshot: RuntimeSnapshot
+    private(set) var groups: [String: UpstreamGroup]
+    private var connections: [ObjectIdentifier: ProxyHandler] = [:]
+    let metrics = LoopMetrics()
+    private let idPrefix: String
+    private var counter: UInt64 = 0
+    private var sweepTask: RepeatedTask?
+    private(set) var draining = false
+
+    init(eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.loopCount = loopCount
+        self.logger = logger
+        self.snapshot = snapshot
+        self.groups = snapshot.upstreams.makeGroups(on: eventLoop, loopCount: loopCount)
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
+        var rng = SystemRandomNumberGenerator()
+        self.idPrefix = String(decoding: (0..<12).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
+    }
+
+    /// A request id unique to this process run (random per-loop prefix, then a counter).
+    func nextRequestID() -> String {
+        counter &+= 1
+        return idPrefix + "-" + String(counter, radix: 36)
+    }
+
+    func register(_ handler: ProxyHandler) {
+        connections[ObjectIdentifier(handler)] = handler
+        if draining { handler.beginDrain() }
+    }
+
+    func unregister(_ handler: ProxyHandler) {
+        connections.removeValue(forKey: ObjectIdentifier(handler))
+    }
+
+    var openConnections: Int { connections.count }
+
+    /// Installs a new snapshot: new requests use it; exchanges in flight finish on the old pools.
+    func install(_ newSnapshot: RuntimeSnapshot) {
+        let old = groups
+        snapshot = newSnapshot
+        groups = newSnapshot.upstreams.makeGroups(on: eventLoop, loopCount: loopCount)
+        for g in old.values { g.close() }
+    }
+
+    /// Starts the periodic check of every connection's deadlines (idle, header, request, upstream response).
+    func startSweeper() {
+        let s = snapshot.config.server
+        let shortest = min(s.idleTimeout, s.headerTimeout, s.requestTimeout)
+        let tick = max(20_000_000, min(500_000_000, shortest / 5))
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        sweepTask = eventLoop.scheduleRepeatedTask(
+            initialDelay: .nanoseconds(tick), delay: .nanoseconds(tick)
+        ) { _ in
+            bound.value.sweep(now: .now())
+        }
+    }
+
+    func sweep(now: NIODeadline) {
+        for handler in Array(connections.values) { handler.checkTimeouts(now: now) }
+        for group in groups.values { group.sweep(now: now) }
+    }
+
+    /// Stops taking new requests: idle connections close, busy ones close after their response.
+    func beginDrain() {
+        draining = true
+        for handler in Array(connections.values) { handler.beginDrain() }
+    }
+
+    /// Closes everything still open (drain timeout reached) and the pools.
+    func forceClose() {
+        for handler in Array(connections.values) { handler.forceClose() }
+        for g in groups.values { g.close() }
+        sweepTask?.cancel()
+    }
+}
+
+@available(*, unavailable)
+extension LoopState: Sendable {}

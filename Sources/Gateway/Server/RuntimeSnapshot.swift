@@ -1,0 +1,23 @@
+import Policy
+import Upstream
+
+/// Everything a request reads from one loaded config: the config, the compiled router, the header rules and
+/// the resolved upstreams. Immutable; a reload builds a new one and swaps it in on every loop.
+public final class RuntimeSnapshot: Sendable {
+    public let config: GatewayConfig
+    public let router: Router
+    public let rewriter: HeaderRewriter
+    public let upstreams: UpstreamRegistry
+    /// Identity headers only the gateway may set; client-sent copies are removed before forwarding.
+    public static let identityHeaders: Set<String> = ["x-tenant-id", "x-user-id", "x-plan", "x-roles"]
+
+    /// Builds a snapshot; resolves upstream addresses (blocking DNS: never call on an event loop).
+    public init(config: GatewayConfig) throws {
+        self.config = config
+        self.router = Router(routes: config.routes)
+        var reserved = Self.identityHeaders
+        reserved.insert(config.identity.tenantHeader.lowercased())
+        self.rewriter = HeaderRewriter(reserved: reserved)
+        self.upstreams = try UpstreamRegistry(config: config)
+    }
+}

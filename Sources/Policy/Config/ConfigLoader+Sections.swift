@@ -1,0 +1,448 @@
+/// One parser per config section. Each records problems in the reader and returns nil when the section
+/// cannot be used at all.
+extension ConfigLoader {
+    static let jwtAlgorithms = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
+    static let rateLimitKinds = ["tenant", "tenant_route", "user", "api_key"]
+    static let tenantStatuses = ["active", "trialing", "past_due", "suspended", "cancelled"]
+
+    func parseServer(_ at: Located, _ r: YAMLReader) -> ServerConfig? {
+        guard
+            let f = r.fields(
+                at, "server",
+                allowed: [
+                    "listen", "threads", "admin_listen", "admin_token_env", "max_header_bytes", "max_body_bytes",
+                    "idle_timeout", "header_timeout", "request_timeout", "drain_timeout", "max_connections",
+                    "max_pipelined_requests",
+                ])
+        else { return nil }
+        var s = ServerConfig()
+        if let v = f["listen"], let hp = r.hostPort(v, "server.listen") { s.listen = hp }
+        if let v = f["threads"] { s.threads = r.int(v, "server.threads", min: 1, max: 256) }
+        if let v = f["admin_listen"], let hp = r.hostPort(v, "server.admin_listen") { s.adminListen = hp }
+        if let v = f["admin_token_env"] { s.adminTokenEnv = r.nonEmptyString(v, "server.admin_token_env") }
+        if let v = f["max_header_bytes"], let n = r.size(v, "server.max_header_bytes") {
+            if n < 1024 || n > 80 * 1024 {
+                r.problem(v, "server.max_header_bytes must be between 1KiB and 80KiB")
+            } else {
+                s.maxHeaderBytes = n
+            }
+        }
+        if let v = f["max_body_bytes"], let n = r.size(v, "server.max_body_bytes") { s.maxBodyBytes = n }
+        if let v = f["idle_timeout"], let d = r.duration(v, "server.idle_timeout") { s.idleTimeout = d }
+        if let v = f["header_timeout"], let d = r.duration(v, "server.header_timeout") { s.headerTimeout = d }
+        if let v = f["request_timeout"], let d = r.duration(v, "server.request_timeout") { s.requestTimeout = d }
+        if let v = f["drain_timeout"], let d = r.duration(v, "server.drain_timeout") { s.drainTimeout = d }
+        if let v = f["max_connections"], let n = r.int(v, "server.max_connections", min: 1, max: 1_000_000) {
+            s.maxConnections = n
+        }
+        if let v = f["max_pipelined_requests"], let n = r.int(v, "server.max_pipelined_requests", min: 1, max: 1024) {
+            s.maxPipelinedRequests = n
+        }
+        if let admin = s.adminListen, admin == s.listen, admin.port != 0 {
+            r.problem(f["admin_listen"]!, "server.admin_listen must differ from server.listen")
+        }
+        return s
+    }
+
+    func parseStore(_ at: Located, _ r: YAMLReader) -> StoreConfig? {
+        guard
+            let f = r.fields(
+                at, "store",
+                allowed: ["redis", "timeout", "on_failure", "key_prefix", "rate_limit_mode", "tenant_cache_ttl"])
+        else { return nil }
+        guard let urlAt = f["redis"] else {
+            r.problem(at, "store.redis is required (omit the store section for the embedded in-memory store)")
+            return nil
+        }
+        guard let url = r.nonEmptyString(urlAt, "store.redis") else { return nil }
+        if !(url.hasPrefix("redis://") && url.count > "redis://".count) {
+            r.problem(urlAt, "store.redis must be a redis:// URL")
+        }
+        var s = StoreConfig(redisURL: url)
+        if let v = f["timeout"], let d = r.duration(v, "store.timeout") { s.timeout = d }
+        if let v = f["on_failure"], let m = r.oneOf(v, "store.on_failure", StoreConfig.FailureMode.self, [.open, .closed]) {
+            s.onFailure = m
+        }
+        if let v = f["key_prefix"], let p = r.nonEmptyString(v, "store.key_prefix") { s.keyPrefix = p }
+        if let v = f["rate_limit_mode"],
+            let m = r.oneOf(v, "store.rate_limit_mode", StoreConfig.RateLimitMode.self, [.exact, .leased])
+        {
+            s.rateLimitMode = m
+        }
+        if let v = f["tenant_cache_ttl"], let d = r.duration(v, "store.tenant_cache_ttl") { s.tenantCacheTTL = d }
+        return s
+    }
+
+    func parseIdentity(_ at: Located, _ r: YAMLReader) -> IdentityConfig? {
+        guard let f = r.fields(at, "identity", allowed: ["tenant_header", "header_tenancy", "jwt", "api_keys"]) else {
+            return nil
+        }
+        var id = IdentityConfig()
+        if let v = f["tenant_header"], let h = headerName(v, "identity.tenant_header", r) { id.tenantHeader = h }
+        if let v = f["header_tenancy"],
+            let t = r.oneOf(v, "identity.header_tenancy", IdentityConfig.HeaderTenancy.self, [.never, .apiKeyOnly, .always])
+        {
+            id.headerTenancy = t
+        }
+        if let v = f["api_keys"], let k = r.fields(v, "identity.api_keys", allowed: ["header"]),
+            let h = k["header"], let name = headerName(h, "identity.api_keys.header", r)
+        {
+            id.apiKeyHeader = name
+        }
+        if let v = f["jwt"], let j = r.fields(v, "identity.jwt", allowed: ["issuers"]), let list = j["issuers"] {
+            for item in r.sequence(list, "identity.jwt.issuers") ?? [] {
+                if let issuer = parseIssuer(item, r) { id.issuers.append(issuer) }
+            }
+        }
+        return id
+    }
+
+    private func headerName(_ at: Located, _ what: String, _ r: YAMLReader) -> String? {
+        guard let name = r.nonEmptyString(at, what) else { return nil }
+        let token = name.utf8.allSatisfy { b in
+            TenantID.isIDByte(b) || "!#$%&'*+^`|~".utf8.contains(b)
+        }
+        guard token else {
+            r.problem(at, "\(what): invalid header name '\(name)'")
+            return nil
+        }
+        return name
+    }
+
+    private func parseIssuer(_ at: Located, _ r: YAMLReader) -> IssuerConfig? {
+        guard
+            let f = r.fields(
+                at, "identity.jwt.issuers entry",
+                allowed: [
+                    "issuer", "audiences", "algorithms", "jwks_file", "jwks_url", "secret_env", "secret_file",
+                    "public_key_file", "tenant_claim", "user_claim", "roles_claim", "leeway",
+                ])
+        else { return nil }
+        guard let issAt = f["issuer"], let iss = r.nonEmptyString(issAt, "issuer") else {
+            if f["issuer"] == nil { r.problem(at, "issuer is required") }
+            return nil
+        }
+        var c = IssuerConfig(issuer: iss)
+        if let v = f["audiences"] { c.audiences = r.stringList(v, "audiences") ?? [] }
+        guard let algAt = f["algorithms"] else {
+            r.problem(at, "algorithms is required (the accepted algorithms are pinned per issuer)")
+            return nil
+        }
+        c.algorithms = r.stringList(algAt, "algorithms") ?? []
+        for alg in c.algorithms where !Self.jwtAlgorithms.contains(alg) {
+            r.problem(algAt, "unsupported algorithm '\(alg)' (one of \(Self.jwtAlgorithms.joined(separator: ", ")))")
+        }
+        if c.algorithms.isEmpty { r.problem(algAt, "algorithms must not be empty") }
+        let hmac = c.algorithms.contains { $0.hasPrefix("HS") }
+        let asymmetric = c.algorithms.contains { !$0.hasPrefix("HS") }
+        if hmac && asymmetric {
+            r.problem(algAt, "an issuer may not mix HS* with RS*/ES* algorithms (algorithm confusion)")
+        }
+        c.jwksFile = f["jwks_file"].flatMap { r.nonEmptyString($0, "jwks_file") }
+        c.jwksURL = f["jwks_url"].flatMap { r.nonEmptyString($0, "jwks_url") }
+        c.secretEnv = f["secret_env"].flatMap { r.nonEmptyString($0, "secret_env") }
+        c.secretFile = f["secret_file"].flatMap { r.nonEmptyString($0, "secret_file") }
+        c.publicKeyFile = f["public_key_file"].flatMap { r.nonEmptyString($0, "public_key_file") }
+        let secretSources = [c.secretEnv, c.secretFile].compactMap { $0 }.count
+        let keySources = [c.jwksFile, c.jwksURL, c.publicKeyFile].compactMap { $0 }.count
+        if hmac && (secretSources != 1 || keySources != 0) {
+            r.problem(at, "HS* algorithms need exactly one of secret_env or secret_file")
+        }
+        if asymmetric && (keySources == 0 || secretSources != 0) {
+            r.problem(at, "RS*/ES* algorithms need jwks_file, jwks_url or public_key_file, and no secret")
+        }
+        if let v = f["tenant_claim"], let s = r.nonEmptyString(v, "tenant_claim") { c.tenantClaim = s }
+        if let v = f["user_claim"], let s = r.nonEmptyString(v, "user_claim") { c.userClaim = s }
+        if let v = f["roles_claim"], let s = r.nonEmptyString(v, "roles_claim") { c.rolesClaim = s }
+        if let v = f["leeway"], let d = r.duration(v, "leeway", allowZero: true) {
+            if d > 300_000_000_000 { r.problem(v, "leeway must be at most 5m") } else { c.leeway = d }
+        }
+        return c
+    }
+
+    func parsePlan(_ at: Located, name: String, _ r: YAMLReader) -> PlanConfig? {
+        guard let f = r.fields(at, "plan '\(name)'", allowed: ["rate", "quota", "features", "max_body_bytes"]) else {
+            return nil
+        }
+        var p = PlanConfig()
+        if let v = f["rate"] { p.rate = parseRate(v, "plans.\(name).rate", r) }
+        if let v = f["quota"] {
+            if case .scalar = v.node {
+                if r.string(v, "quota") != "unlimited" { r.problem(v, "quota must be 'unlimited' or {requests, per}") }
+            } else if let q = parseQuota(v, "plans.\(name).quota", r) {
+                p.quota = q
+            }
+        }
+        if let v = f["features"] { p.features = r.stringList(v, "plans.\(name).features") ?? [] }
+        if let v = f["max_body_bytes"] { p.maxBodyBytes = r.size(v, "plans.\(name).max_body_bytes") }
+        return p
+    }
+
+    func parseRate(_ at: Located, _ what: String, _ r: YAMLReader) -> PlanConfig.Rate? {
+        guard let f = r.fields(at, what, allowed: ["requests", "per", "burst"]) else { return nil }
+        guard let reqAt = f["requests"], let perAt = f["per"] else {
+            r.problem(at, "\(what) needs requests and per")
+            return nil
+        }
+        guard let requests = r.int(reqAt, "\(what).requests", min: 1, max: 1_000_000_000),
+            let per = r.duration(perAt, "\(what).per")
+        else { return nil }
+        var burst = requests
+        if let b = f["burst"] {
+            guard let value = r.int(b, "\(what).burst", min: 1, max: 1_000_000_000) else { return nil }
+            burst = value
+        }
+        return PlanConfig.Rate(requests: requests, per: per, burst: burst)
+    }
+
+    func parseQuota(_ at: Located, _ what: String, _ r: YAMLReader) -> PlanConfig.Quota? {
+        guard let f = r.fields(at, what, allowed: ["requests", "per"]) else { return nil }
+        guard let reqAt = f["requests"], let perAt = f["per"] else {
+            r.problem(at, "\(what) needs requests and per")
+            return nil
+        }
+        guard let requests = r.int(reqAt, "\(what).requests", min: 1, max: Int(Int32.max)),
+            let per = r.oneOf(perAt, "\(what).per", PlanConfig.QuotaPeriod.self, [.day, .month])
+        else { return nil }
+        return .limited(requests: requests, per: per)
+    }
+
+    func parseTenant(_ at: Located, plans: [String: PlanConfig], _ r: YAMLReader) -> TenantSeed? {
+        guard
+            let f = r.fields(
+                at, "tenant",
+                allowed: ["plan", "status", "trial_ends", "billing_anchor", "past_due_since", "api_keys", "overrides"])
+        else { return nil }
+        guard let planAt = f["plan"], let plan = r.nonEmptyString(planAt, "plan") else {
+            if f["plan"] == nil { r.problem(at, "tenant needs a plan") }
+            return nil
+        }
+        if plans[plan] == nil { r.problem(planAt, "unknown plan '\(plan)'") }
+        var t = TenantSeed(plan: plan)
+        if let v = f["status"], let s = r.string(v, "status") {
+            if Self.tenantStatuses.contains(s) {
+                t.status = s
+            } else {
+                r.problem(v, "status must be one of \(Self.tenantStatuses.joined(separator: ", ")) (got '\(s)')")
+            }
+        }
+        if let v = f["trial_ends"], let s = r.string(v, "trial_ends") { t.trialEnds = s }
+        if let v = f["billing_anchor"], let n = r.int(v, "billing_anchor", min: 1, max: 31) { t.billingAnchor = n }
+        if let v = f["past_due_since"] { _ = r.string(v, "past_due_since") }
+        if let v = f["overrides"], let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes"]) {
+            if let x = o["rate"] { _ = parseRate(x, "overrides.rate", r) }
+            if let x = o["quota"], case .mapping = x.node { _ = parseQuota(x, "overrides.quota", r) }
+            if let x = o["max_body_bytes"] { _ = r.size(x, "overrides.max_body_bytes") }
+        }
+        if let v = f["api_keys"] {
+            for item in r.sequence(v, "api_keys") ?? [] {
+                guard let k = r.fields(item, "api key", allowed: ["id", "sha256"]) else { continue }
+                guard let idAt = k["id"], let shaAt = k["sha256"], let id = r.nonEmptyString(idAt, "id"),
+                    let sha = r.nonEmptyString(shaAt, "sha256")
+                else {
+                    if k["id"] == nil || k["sha256"] == nil { r.problem(item, "an api key needs id and sha256") }
+                    continue
+                }
+                let hex = sha.lowercased()
+                guard hex.utf8.count == 64, hex.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) })
+                else {
+                    r.problem(shaAt, "sha256 must be 64 hex digits")
+                    continue
+                }
+                t.apiKeys.append(.init(id: id, sha256: hex))
+            }
+        }
+        return t
+    }
+
+    func parseBilling(_ at: Located, plans: [String: PlanConfig], _ r: YAMLReader) -> BillingConfig? {
+        guard let f = r.fields(at, "billing", allowed: ["webhook_secret_env", "grace_period", "prices"]) else {
+            return nil
+        }
+        var b = BillingConfig()
+        b.webhookSecretEnv = f["webhook_secret_env"].flatMap { r.nonEmptyString($0, "billing.webhook_secret_env") }
+        if let v = f["grace_period"], let d = r.duration(v, "billing.grace_period", allowZero: true) { b.gracePeriod = d }
+        if let v = f["prices"] {
+            for entry in r.mapping(v, "billing.prices", allowed: nil) ?? [] {
+                guard let plan = r.nonEmptyString(entry.value, "billing.prices.\(entry.key)") else { continue }
+                if plans[plan] == nil { r.problem(entry.value, "unknown plan '\(plan)'") }
+                b.prices[entry.key] = plan
+            }
+        }
+        return b
+    }
+
+    func parseUpstream(_ at: Located, name: String, _ r: YAMLReader) -> UpstreamConfig? {
+        guard
+            let f = r.fields(
+                at, "upstream '\(name)'",
+                allowed: [
+                    "targets", "balance", "health_check", "connect_timeout", "response_timeout", "retries",
+                    "max_connections_per_target", "keepalive_timeout",
+                ])
+        else { return nil }
+        guard let targetsAt = f["targets"] else {
+            r.problem(at, "upstream '\(name)' needs targets")
+            return nil
+        }
+        var targets: [HostPort] = []
+        for item in r.sequence(targetsAt, "targets") ?? [] {
+            if let hp = r.hostPort(item, "target") {
+                if hp.port == 0 { r.problem(item, "target port must not be 0") } else { targets.append(hp) }
+            }
+        }
+        if case .sequence(let seq) = targetsAt.node, seq.isEmpty {
+            r.problem(targetsAt, "upstream '\(name)' has no targets")
+        }
+        var u = UpstreamConfig(name: name, targets: targets)
+        if let v = f["balance"],
+            let b = r.oneOf(v, "balance", UpstreamConfig.Balance.self, [.roundRobin, .leastConnections])
+        {
+            u.balance = b
+        }
+        if let v = f["health_check"],
+            let h = r.fields(v, "health_check", allowed: ["path", "interval", "timeout", "unhealthy_after", "healthy_after"])
+        {
+            var hc = UpstreamConfig.HealthCheck()
+            if let x = h["path"], let p = r.nonEmptyString(x, "health_check.path") {
+                if p.hasPrefix("/") { hc.path = p } else { r.problem(x, "health_check.path must start with /") }
+            }
+            if let x = h["interval"], let d = r.duration(x, "health_check.interval") { hc.interval = d }
+            if let x = h["timeout"], let d = r.duration(x, "health_check.timeout") { hc.timeout = d }
+            if let x = h["unhealthy_after"], let n = r.int(x, "health_check.unhealthy_after", min: 1, max: 100) {
+                hc.unhealthyAfter = n
+            }
+            if let x = h["healthy_after"], let n = r.int(x, "health_check.healthy_after", min: 1, max: 100) {
+                hc.healthyAfter = n
+            }
+            u.healthCheck = hc
+        }
+        if let v = f["connect_timeout"], let d = r.duration(v, "connect_timeout") { u.connectTimeout = d }
+        if let v = f["response_timeout"], let d = r.duration(v, "response_timeout") { u.responseTimeout = d }
+        if let v = f["retries"], let n = r.int(v, "retries", min: 0, max: 10) { u.retries = n }
+        if let v = f["max_connections_per_target"], let n = r.int(v, "max_connections_per_target", min: 1, max: 100_000) {
+            u.maxConnectionsPerTarget = n
+        }
+        if let v = f["keepalive_timeout"], let d = r.duration(v, "keepalive_timeout") { u.keepaliveTimeout = d }
+        return u
+    }
+
+    func parseRoute(
+        _ at: Located, upstreams: Set<String>, plans: [String: PlanConfig], _ r: YAMLReader
+    ) -> RouteConfig? {
+        guard
+            let f = r.fields(
+                at, "route",
+                allowed: [
+                    "name", "match", "upstream", "strip_prefix", "auth", "min_plan", "feature", "roles", "rate_limits",
+                ])
+        else { return nil }
+        guard let nameAt = f["name"], let name = r.nonEmptyString(nameAt, "route name") else {
+            if f["name"] == nil { r.problem(at, "route needs a name") }
+            return nil
+        }
+        guard let matchAt = f["match"], let m = r.fields(matchAt, "route.match", allowed: ["path_prefix", "methods", "host"])
+        else {
+            if f["match"] == nil { r.problem(at, "route '\(name)' needs match") }
+            return nil
+        }
+        guard let prefixAt = m["path_prefix"], let prefix = r.nonEmptyString(prefixAt, "match.path_prefix") else {
+            if m["path_prefix"] == nil { r.problem(matchAt, "route '\(name)' needs match.path_prefix") }
+            return nil
+        }
+        var ok = true
+        if !prefix.hasPrefix("/") || prefix.contains(where: { $0 == "?" || $0 == "#" || $0.isWhitespace }) {
+            r.problem(prefixAt, "match.path_prefix must start with / and hold no ?, # or spaces")
+            ok = false
+        }
+        guard let upAt = f["upstream"], let upstream = r.nonEmptyString(upAt, "route.upstream") else {
+            if f["upstream"] == nil { r.problem(at, "route '\(name)' needs an upstream") }
+            return nil
+        }
+        if !upstreams.contains(upstream) {
+            r.problem(upAt, "route '\(name)' names unknown upstream '\(upstream)'")
+            ok = false
+        }
+        var route = RouteConfig(name: name, pathPrefix: prefix, upstream: upstream)
+        if let v = m["methods"], let methods = r.stringList(v, "match.methods") {
+            for method in methods where !method.utf8.allSatisfy({ $0 >= 65 && $0 <= 90 }) {
+                r.problem(v, "invalid method '\(method)' (uppercase letters only)")
+                ok = false
+            }
+            route.methods = methods
+        }
+        if let v = m["host"], let host = r.nonEmptyString(v, "match.host") { route.host = host.lowercased() }
+        if let v = f["strip_prefix"], let strip = r.nonEmptyString(v, "strip_prefix") {
+            if !strip.hasPrefix("/") || !Router.segmentPrefix(strip, of: prefix) {
+                r.problem(v, "strip_prefix '\(strip)' must be a path-segment prefix of path_prefix '\(prefix)'")
+                ok = false
+            }
+            route.stripPrefix = strip
+        }
+        if let v = f["auth"], let a = r.oneOf(v, "auth", RouteConfig.Auth.self, [.required, .optional, .none]) {
+            route.auth = a
+        }
+        if let v = f["min_plan"], let p = r.nonEmptyString(v, "min_plan") {
+            if plans[p] == nil { r.problem(v, "min_plan names unknown plan '\(p)'") }
+            route.minPlan = p
+        }
+        if let v = f["feature"] { route.feature = r.nonEmptyString(v, "feature") }
+        if let v = f["roles"] { route.roles = r.stringList(v, "roles") }
+        if let v = f["rate_limits"], let kinds = r.stringList(v, "rate_limits") {
+            for k in kinds where !Self.rateLimitKinds.contains(k) {
+                r.problem(v, "unknown rate limit '\(k)' (one of \(Self.rateLimitKinds.joined(separator: ", ")))")
+            }
+            route.rateLimits = kinds
+        }
+        return ok ? route : nil
+    }
+
+    func parseAudit(_ at: Located, _ r: YAMLReader) -> AuditConfig? {
+        guard let f = r.fields(at, "audit", allowed: ["methods", "denials", "sinks"]) else { return nil }
+        var a = AuditConfig()
+        if let v = f["methods"], let m = r.stringList(v, "audit.methods") { a.methods = m }
+        if let v = f["denials"], let b = r.bool(v, "audit.denials") { a.denials = b }
+        if let v = f["sinks"] {
+            for item in r.sequence(v, "audit.sinks") ?? [] {
+                guard let entries = r.mapping(item, "audit sink", allowed: ["file", "redis_stream", "stdout"]) else {
+                    continue
+                }
+                guard entries.count == 1, let entry = entries.first else {
+                    r.problem(item, "an audit sink names exactly one kind: file, redis_stream or stdout")
+                    continue
+                }
+                switch entry.key {
+                case "file":
+                    guard let s = r.fields(entry.value, "file sink", allowed: ["path", "rotate_bytes", "fsync"]) else {
+                        continue
+                    }
+                    guard let p = s["path"].flatMap({ r.nonEmptyString($0, "path") }) else {
+                        if s["path"] == nil { r.problem(entry.value, "file sink needs a path") }
+                        continue
+                    }
+                    let rotate = s["rotate_bytes"].flatMap { r.size($0, "rotate_bytes") } ?? 100 * 1024 * 1024
+                    var fsync = "batch"
+                    if let x = s["fsync"], let mode = r.string(x, "fsync") {
+                        if ["always", "batch", "never"].contains(mode) {
+                            fsync = mode
+                        } else {
+                            r.problem(x, "fsync must be one of always, batch, never")
+                        }
+                    }
+                    a.sinks.append(.file(path: p, rotateBytes: rotate, fsync: fsync))
+                case "redis_stream":
+                    guard let s = r.fields(entry.value, "redis_stream sink", allowed: ["stream", "maxlen"]) else {
+                        continue
+                    }
+                    let stream = s["stream"].flatMap { r.nonEmptyString($0, "stream") } ?? "gh:audit"
+                    let maxlen = s["maxlen"].flatMap { r.int($0, "maxlen", min: 1) } ?? 1_000_000
+                    a.sinks.append(.redisStream(stream: stream, maxlen: maxlen))
+                default:
+                    if !r.isNull(entry.value) { _ = r.fields(entry.value, "stdout sink", allowed: []) }
+                    a.sinks.append(.stdout)
+                }
+            }
+        }
+        return a
+    }
+}

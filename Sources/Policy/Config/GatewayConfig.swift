@@ -1,0 +1,204 @@
+/// The validated, immutable runtime snapshot of a Gatehouse config.
+///
+/// Built by ``ConfigLoader`` from the YAML files; requests read one snapshot and a reload swaps it whole.
+public struct GatewayConfig: Sendable {
+    public var server: ServerConfig
+    public var store: StoreConfig?
+    public var identity: IdentityConfig
+    public var plans: [String: PlanConfig]
+    public var planOrder: [String]
+    public var tenants: [String: TenantSeed]
+    public var billing: BillingConfig?
+    public var upstreams: [String: UpstreamConfig]
+    public var routes: [RouteConfig]
+    public var audit: AuditConfig?
+    /// The files the config was read from, main file first.
+    public var files: [String]
+}
+
+/// A `host:port` listen or target address.
+public struct HostPort: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port`, `[v6]:port`; host may be an IPv4/IPv6 literal or a DNS name.
+    public static func parse(_ text: String) -> HostPort? {
+        var host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portText = rest.dropFirst()
+            guard host.contains(":") else { return nil }
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            guard !host.contains(":") else { return nil }
+            let allowed = host.allSatisfy { c in
+                c.isASCII && (c.isLetter || c.isNumber || c == "." || c == "-" || c == "_" || c == "*")
+            }
+            guard allowed else { return nil }
+            if host == "*" { host = "0.0.0.0" }
+        }
+        guard !host.isEmpty, !portText.isEmpty, portText.allSatisfy({ $0.isASCII && $0.isNumber }),
+            let port = Int(portText), port >= 0, port <= 65535
+        else { return nil }
+        return HostPort(host: String(host), port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// `server:`: the proxy listener, admin listener and every client-facing limit.
+public struct ServerConfig: Sendable {
+    /// The proxy listener.
+    public var listen = HostPort(host: "127.0.0.1", port: 8080)
+    /// Event loops; nil means one per core.
+    public var threads: Int? = nil
+    /// Health, metrics and admin API listener; nil disables it.
+    public var adminListen: HostPort? = nil
+    /// The environment variable holding the admin API's bearer token.
+    public var adminTokenEnv: String? = nil
+    /// Request line plus headers, in bytes; larger requests get 431.
+    public var maxHeaderBytes = 16 * 1024
+    /// Request body cap in bytes; larger bodies get 413. A plan may set a lower one.
+    public var maxBodyBytes = 10 * 1024 * 1024
+    /// A keep-alive connection with no request in progress is closed after this long (ns).
+    public var idleTimeout: Int64 = 60_000_000_000
+    /// A request's headers must arrive within this long of its first byte (ns); else 408 and close.
+    public var headerTimeout: Int64 = 10_000_000_000
+    /// A request's headers and body must arrive within this long of its first byte (ns); else 408 and close.
+    public var requestTimeout: Int64 = 30_000_000_000
+    /// On SIGTERM, in-flight requests get this long to finish (ns).
+    public var drainTimeout: Int64 = 10_000_000_000
+    /// Open client connections at most; further connections are closed at accept.
+    public var maxConnections = 10_000
+    /// Requests a client may pipeline ahead of the one being answered before reading pauses.
+    public var maxPipelinedRequests = 16
+
+    public init() {}
+}
+
+/// `store:`: where tenant records and counters live.
+public struct StoreConfig: Sendable {
+    public enum FailureMode: String, Sendable { case open, closed }
+    public enum RateLimitMode: String, Sendable { case exact, leased }
+    public var redisURL: String
+    public var timeout: Int64 = 50_000_000
+    public var onFailure: FailureMode = .open
+    public var keyPrefix = "gh"
+    public var rateLimitMode: RateLimitMode = .leased
+    public var tenantCacheTTL: Int64 = 30_000_000_000
+}
+
+/// `identity:`: how callers and tenants are recognised.
+public struct IdentityConfig: Sendable {
+    public enum HeaderTenancy: String, Sendable { case never, apiKeyOnly = "api_key_only", always }
+    public var tenantHeader = "X-Tenant-ID"
+    public var headerTenancy: HeaderTenancy = .apiKeyOnly
+    public var issuers: [IssuerConfig] = []
+    public var apiKeyHeader = "X-API-Key"
+}
+
+/// One trusted JWT issuer.
+public struct IssuerConfig: Sendable {
+    public var issuer: String
+    public var audiences: [String] = []
+    public var algorithms: [String] = []
+    public var jwksFile: String? = nil
+    public var jwksURL: String? = nil
+    public var secretEnv: String? = nil
+    public var secretFile: String? = nil
+    public var publicKeyFile: String? = nil
+    public var tenantClaim = "tenant"
+    public var userClaim = "sub"
+    public var rolesClaim = "roles"
+    public var leeway: Int64 = 0
+}
+
+/// A plan: rate, quota, features and body cap.
+public struct PlanConfig: Sendable {
+    public struct Rate: Sendable { public var requests: Int; public var per: Int64; public var burst: Int }
+    public enum QuotaPeriod: String, Sendable { case day, month }
+    public enum Quota: Sendable { case unlimited, limited(requests: Int, per: QuotaPeriod) }
+    public var rate: Rate? = nil
+    public var quota: Quota = .unlimited
+    public var features: [String] = []
+    public var maxBodyBytes: Int? = nil
+}
+
+/// A tenant record seeded from YAML; the store's copy wins once written.
+public struct TenantSeed: Sendable {
+    public struct APIKey: Sendable { public var id: String; public var sha256: String }
+    public var plan: String
+    public var status: String = "active"
+    public var trialEnds: String? = nil
+    public var billingAnchor: Int = 1
+    public var apiKeys: [APIKey] = []
+}
+
+/// `billing:`: the subscription webhook.
+public struct BillingConfig: Sendable {
+    public var webhookSecretEnv: String? = nil
+    public var gracePeriod: Int64 = 7 * 86_400_000_000_000
+    public var prices: [String: String] = [:]
+}
+
+/// One named upstream service and how to reach it.
+public struct UpstreamConfig: Sendable {
+    public enum Balance: String, Sendable { case roundRobin = "round_robin", leastConnections = "least_connections" }
+    public struct HealthCheck: Sendable {
+        public var path = "/health"
+        public var interval: Int64 = 5_000_000_000
+        public var timeout: Int64 = 1_000_000_000
+        public var unhealthyAfter = 3
+        public var healthyAfter = 2
+    }
+    public var name: String
+    public var targets: [HostPort]
+    public var balance: Balance = .roundRobin
+    public var healthCheck: HealthCheck? = nil
+    public var connectTimeout: Int64 = 1_000_000_000
+    public var responseTimeout: Int64 = 30_000_000_000
+    public var retries = 1
+    /// Open connections per target, for the whole process (shared out among event loops).
+    public var maxConnectionsPerTarget = 256
+    /// An idle pooled upstream connection is closed after this long (ns).
+    public var keepaliveTimeout: Int64 = 30_000_000_000
+}
+
+/// One route: what it matches, where it goes and what it demands.
+public struct RouteConfig: Sendable {
+    public enum Auth: String, Sendable { case required, optional, none }
+    public var name: String
+    public var host: String? = nil
+    public var pathPrefix: String
+    public var methods: [String]? = nil
+    public var upstream: String
+    public var stripPrefix: String? = nil
+    public var auth: Auth = .required
+    public var minPlan: String? = nil
+    public var feature: String? = nil
+    public var roles: [String]? = nil
+    public var rateLimits: [String] = ["tenant"]
+}
+
+/// `audit:`: which requests are recorded and where.
+public struct AuditConfig: Sendable {
+    public enum Sink: Sendable {
+        case file(path: String, rotateBytes: Int, fsync: String)
+        case redisStream(stream: String, maxlen: Int)
+        case stdout
+    }
+    public var methods: [String] = ["POST", "PUT", "PATCH", "DELETE"]
+    public var denials = true
+    public var sinks: [Sink] = []
+}

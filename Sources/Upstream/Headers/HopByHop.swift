@@ -1,0 +1,53 @@
+import NIOHTTP1
+
+/// Hop-by-hop header handling (RFC 9110 §7.6.1), shared by both directions of the proxy.
+public enum HopByHop {
+    /// True for headers that never cross the proxy: Connection, Keep-Alive, Proxy-*, TE, Trailer,
+    /// Transfer-Encoding, Upgrade. (Framing headers are re-created by the proxy itself.)
+    @inlinable
+    public static func isHopByHop(_ name: String) -> Bool {
+        let u = name.utf8
+        switch u.count {
+        case 2: return equalsLower(u, "te")
+        case 7: return equalsLower(u, "trailer") || equalsLower(u, "upgrade")
+        case 10: return equalsLower(u, "connection") || equalsLower(u, "keep-alive")
+        case 17: return equalsLower(u, "transfer-encoding")
+        default:
+            return u.count > 6 && equalsLower(u.prefix(6), "proxy-")
+        }
+    }
+
+    /// ASCII case-insensitive comparison against a lowercase literal.
+    @inlinable
+    public static func equalsLower<C: Collection>(_ bytes: C, _ lower: StaticString) -> Bool where C.Element == UInt8 {
+        guard bytes.count == lower.utf8CodeUnitCount else { return false }
+        return lower.withUTF8Buffer { l in
+            var i = 0
+            for b in bytes {
+                let folded = (b >= 65 && b <= 90) ? b | 0x20 : b
+                if folded != l[i] { return false }
+                i += 1
+            }
+            return true
+        }
+    }
+
+    /// The lowercased header names listed in every `Connection` header (they are hop-by-hop too).
+    public static func connectionListed(_ headers: HTTPHeaders) -> [String] {
+        var names: [String] = []
+        for value in headers[canonicalForm: "connection"] {
+            let token = value.trimmingCharacters(in: " \t").lowercased()
+            if !token.isEmpty { names.append(token) }
+        }
+        return names
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> Substring {
+        var s = self
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return s
+    }
+}

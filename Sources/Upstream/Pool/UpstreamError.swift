@@ -1,0 +1,39 @@
+/// Why an upstream exchange failed.
+public struct UpstreamError: Error, Sendable, CustomStringConvertible, Equatable {
+    private enum Code: String, Sendable {
+        case connectFailed = "connect_failed"
+        case connectTimeout = "connect_timeout"
+        case poolExhausted = "pool_exhausted"
+        case connectionClosed = "connection_closed"
+        case malformedResponse = "malformed_response"
+        case responseTimeout = "response_timeout"
+        case noHealthyTarget = "no_healthy_target"
+        case cancelled
+    }
+
+    private let code: Code
+    public let detail: String
+
+    private init(_ code: Code, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+
+    /// A short label-safe name.
+    public var name: String { code.rawValue }
+    public var description: String { "\(code.rawValue): \(detail)" }
+
+    public static func connectFailed(_ d: String) -> Self { .init(.connectFailed, d) }
+    public static func connectTimeout(_ d: String) -> Self { .init(.connectTimeout, d) }
+    public static func poolExhausted(_ d: String) -> Self { .init(.poolExhausted, d) }
+    public static func connectionClosed(_ d: String) -> Self { .init(.connectionClosed, d) }
+    public static func malformedResponse(_ d: String) -> Self { .init(.malformedResponse, d) }
+    public static func responseTimeout(_ d: String) -> Self { .init(.responseTimeout, d) }
+    public static func noHealthyTarget(_ d: String) -> Self { .init(.noHealthyTarget, d) }
+    public static let cancelled = Self(.cancelled, "exchange cancelled")
+
+    /// Nothing reached the upstream: safe to retry for any method.
+    public var nothingSent: Bool { code == .connectFailed || code == .connectTimeout || code == .poolExhausted }
+    public var isTimeout: Bool { code == .responseTimeout }
+    public var isUnavailable: Bool { code == .poolExhausted || code == .noHealthyTarget }
+}

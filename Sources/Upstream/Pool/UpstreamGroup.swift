@@ -1,0 +1,98 @@
+import NIOCore
+import Policy
+
+/// One upstream's targets as seen from one event loop: their pools and the balancer's state.
+public final class UpstreamGroup {
+    public let config: UpstreamConfig
+    public let pools: [TargetPool]
+    private var next = 0
+
+    init(config: UpstreamConfig, pools: [TargetPool]) {
+        self.config = config
+        self.pools = pools
+    }
+
+    /// Picks a healthy target's pool by the configured balance, skipping `excluding` (a failed attempt's
+    /// target) when another healthy one exists. Nil when no target is healthy.
+    public func pick(excluding: TargetPool? = nil) -> TargetPool? {
+        let n = pools.count
+        guard n > 0 else { return nil }
+        switch config.balance {
+        case .roundRobin:
+            var fallback: TargetPool? = nil
+            for step in 0..<n {
+                let pool = pools[(next + step) % n]
+                guard pool.health.isHealthy else { continue }
+                if pool === excluding {
+                    fallback = pool
+                    continue
+                }
+                next = (next + step + 1) % n
+                return pool
+            }
+            return fallback
+        case .leastConnections:
+            var best: TargetPool? = nil
+            for step in 0..<n {
+                let pool = pools[(next + step) % n]
+                guard pool.health.isHealthy, pool !== excluding else { continue }
+                if best == nil || pool.inFlight < best!.inFlight { best = pool }
+            }
+            next = (next + 1) % n
+            if best == nil, let excluding, excluding.health.isHealthy { return excluding }
+            return best
+        }
+    }
+
+    public func sweep(now: NIODeadline) {
+        for pool in pools { pool.sweep(now: now) }
+    }
+
+    public func close() {
+        for pool in pools { pool.close() }
+    }
+}
+
+@available(*, unavailable)
+extension UpstreamGroup: Sendable {}
+
+/// Every upstream of one config, resolved once; shared by all loops. Each loop builds its own pools from it.
+public final class UpstreamRegistry: Sendable {
+    public struct Target: Sendable {
+        public let hostPort: HostPort
+        public let address: SocketAddress
+        public let health: TargetHealth
+    }
+
+    public let upstreams: [String: (config: UpstreamConfig, targets: [Target])]
+
+    /// Resolves every target address. Blocking (DNS): call at start-up or reload, never on an event loop.
+    public init(config: GatewayConfig) throws {
+        var result: [String: (config: UpstreamConfig, targets: [Target])] = [:]
+        for (name, upstream) in config.upstreams {
+            var targets: [Target] = []
+            for hp in upstream.targets {
+                let address = try SocketAddress.makeAddressResolvingHost(hp.host, port: hp.port)
+                targets.append(Target(hostPort: hp, address: address, health: TargetHealth()))
+            }
+            result[name] = (upstream, targets)
+        }
+        self.upstreams = result
+    }
+
+    /// Builds one loop's groups. Each target's connection cap is shared out among `loopCount` loops.
+    public func makeGroups(on eventLoop: EventLoop, loopCount: Int) -> [String: UpstreamGroup] {
+        var groups: [String: UpstreamGroup] = [:]
+        for (name, entry) in upstreams {
+            let perLoop = max(1, (entry.config.maxConnectionsPerTarget + loopCount - 1) / loopCount)
+            let pools = entry.targets.map { t in
+                TargetPool(
+                    target: t.hostPort, address: t.address, health: t.health, eventLoop: eventLoop,
+                    maxConnections: perLoop, connectTimeout: .nanoseconds(entry.config.connectTimeout),
+                    keepaliveTimeout: .nanoseconds(entry.config.keepaliveTimeout))
+            }
+            groups[name] = UpstreamGroup(config: entry.config, pools: pools)
+        }
+        return groups
+    }
+}
