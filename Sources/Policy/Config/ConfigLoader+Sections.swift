@@ -128,9 +128,10 @@ extension ConfigLoader {
             r.problem(at, "algorithms is required (the accepted algorithms are pinned per issuer)")
             return nil
         }
-        c.algorithms = r.stringList(algAt, "algorithms") ?? []
-        for alg in c.algorithms where !Self.jwtAlgorithms.contains(alg) {
-            r.problem(algAt, "unsupported algorithm '\(alg)' (one of \(Self.jwtAlgorithms.joined(separator: ", ")))")
+        let located = r.locatedStringList(algAt, "algorithms") ?? []
+        c.algorithms = located.map(\.value)
+        for alg in located where !Self.jwtAlgorithms.contains(alg.value) {
+            r.problem(alg.at, "unsupported algorithm '\(alg.value)' (one of \(Self.jwtAlgorithms.joined(separator: ", ")))")
         }
         if c.algorithms.isEmpty { r.problem(algAt, "algorithms must not be empty") }
         let hmac = c.algorithms.contains { $0.hasPrefix("HS") }
@@ -364,12 +365,12 @@ extension ConfigLoader {
             ok = false
         }
         var route = RouteConfig(name: name, pathPrefix: prefix, upstream: upstream)
-        if let v = m["methods"], let methods = r.stringList(v, "match.methods") {
-            for method in methods where !method.utf8.allSatisfy({ $0 >= 65 && $0 <= 90 }) {
-                r.problem(v, "invalid method '\(method)' (uppercase letters only)")
+        if let v = m["methods"], let methods = r.locatedStringList(v, "match.methods") {
+            for method in methods where !method.value.utf8.allSatisfy({ $0 >= 65 && $0 <= 90 }) {
+                r.problem(method.at, "invalid method '\(method.value)' (uppercase letters only)")
                 ok = false
             }
-            route.methods = methods
+            route.methods = methods.map(\.value)
         }
         if let v = m["host"], let host = r.nonEmptyString(v, "match.host") { route.host = host.lowercased() }
         if let v = f["strip_prefix"], let strip = r.nonEmptyString(v, "strip_prefix") {
@@ -388,11 +389,11 @@ extension ConfigLoader {
         }
         if let v = f["feature"] { route.feature = r.nonEmptyString(v, "feature") }
         if let v = f["roles"] { route.roles = r.stringList(v, "roles") }
-        if let v = f["rate_limits"], let kinds = r.stringList(v, "rate_limits") {
-            for k in kinds where !Self.rateLimitKinds.contains(k) {
-                r.problem(v, "unknown rate limit '\(k)' (one of \(Self.rateLimitKinds.joined(separator: ", ")))")
+        if let v = f["rate_limits"], let kinds = r.locatedStringList(v, "rate_limits") {
+            for k in kinds where !Self.rateLimitKinds.contains(k.value) {
+                r.problem(k.at, "unknown rate limit '\(k.value)' (one of \(Self.rateLimitKinds.joined(separator: ", ")))")
             }
-            route.rateLimits = kinds
+            route.rateLimits = kinds.map(\.value)
         }
         return ok ? route : nil
     }

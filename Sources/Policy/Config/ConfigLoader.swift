@@ -40,7 +40,15 @@ public struct ConfigLoader {
         collect(path: path, includedFrom: nil, reader: reader, sections: &sections, files: &files)
         let config = build(sections: sections, files: files, reader: reader)
         if !reader.problems.isEmpty || config == nil {
-            var problems = reader.problems
+            // Report in file order, then line and column, whatever order the sections were checked in.
+            var problems = reader.problems.enumerated().sorted { a, b in
+                let fa = files.firstIndex(of: a.element.file) ?? Int.max
+                let fb = files.firstIndex(of: b.element.file) ?? Int.max
+                if fa != fb { return fa < fb }
+                if a.element.line != b.element.line { return a.element.line < b.element.line }
+                if a.element.column != b.element.column { return a.element.column < b.element.column }
+                return a.offset < b.offset
+            }.map(\.element)
             if problems.isEmpty {
                 problems.append(ConfigProblem(file: path, line: 1, column: 1, message: "invalid config"))
             }

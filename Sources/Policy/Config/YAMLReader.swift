@@ -150,11 +150,16 @@ final class YAMLReader {
     }
 
     func stringList(_ at: Located, _ what: String) -> [String]? {
+        locatedStringList(at, what)?.map(\.value)
+    }
+
+    /// A list of non-empty strings, each with its location (for per-entry problems).
+    func locatedStringList(_ at: Located, _ what: String) -> [(value: String, at: Located)]? {
         guard let items = sequence(at, what) else { return nil }
-        var result: [String] = []
+        var result: [(value: String, at: Located)] = []
         for item in items {
             guard let s = nonEmptyString(item, "each entry of \(what)") else { return nil }
-            result.append(s)
+            result.append((s, item))
         }
         return result
     }
