@@ -73,10 +73,16 @@ public final class GatewayServer: Sendable {
         logger.info(
             "gatehouse listening",
             metadata: [
-                "gh-listen": "\(proxy.localAddress.map { "\($0)" } ?? "?")",
-                "gh-admin": "\(admin?.localAddress.map { "\($0)" } ?? "off")",
+                "gh-listen": "\(Self.describe(proxy.localAddress))",
+                "gh-admin": "\(admin == nil ? "off" : Self.describe(admin?.localAddress))",
                 "gh-threads": "\(loops.count)",
             ])
+    }
+
+    /// `host:port` of a bound address, for logs.
+    static func describe(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress, let port = address.port else { return "?" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
     public var proxyAddress: SocketAddress? { listeners.withLock { $0.proxy?.localAddress } }

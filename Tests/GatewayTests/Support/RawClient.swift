@@ -1,0 +1,191 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A parsed HTTP/1.x response as a client saw it on the wire.
+struct RawResponse {
+    var status: Int
+    var headers: [(String, String)]
+    var body: [UInt8]
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.0.lowercased() == name.lowercased() }?.1
+    }
+
+    func headers(_ name: String) -> [String] {
+        headers.filter { $0.0.lowercased() == name.lowercased() }.map(\.1)
+    }
+
+    var text: String { String(decoding: body, as: UTF8.self) }
+
+    var json: [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] ?? [:]
+    }
+}
+
+struct RawClientError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// A blocking TCP client on loopback, for sending exact bytes (framing attacks, pipelining) and reading
+/// exact responses. Every read is bounded by a receive timeout, so a test waits for an event, never for time.
+final class RawConnection {
+    private let fd: Int32
+    private var buffer: [UInt8] = []
+    private(set) var peerClosed = false
+
+    init(port: Int, timeout: TimeInterval = 10, receiveBuffer: Int? = nil) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RawClientError(description: "socket failed") }
+        if let size = receiveBuffer {
+            var s = Int32(size)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &s, socklen_t(MemoryLayout<Int32>.size))
+        }
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - floor(timeout)) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else {
+            Glibc.close(fd)
+            throw RawClientError(description: "connect to \(port) failed: errno \(errno)")
+        }
+    }
+
+    deinit { Glibc.close(fd) }
+
+    func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    func send(_ text: String) throws { try send(Array(text.utf8)) }
+
+    func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw RawClientError(description: "send failed: errno \(errno)") }
+            offset += n
+        }
+    }
+
+    /// Reads more bytes into the buffer; false on EOF; throws on timeout or error.
+    @discardableResult
+    private func fill(max: Int = 65536) throws -> Bool {
+        var chunk = [UInt8](repeating: 0, count: max)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, max, 0) }
+        if n == 0 {
+            peerClosed = true
+            return false
+        }
+        if n < 0 {
+            if errno == ECONNRESET {
+                peerClosed = true
+                return false
+            }
+            throw RawClientError(description: "recv failed or timed out: errno \(errno)")
+        }
+        buffer.append(contentsOf: chunk[0..<n])
+        return true
+    }
+
+    private func readLine() throws -> String? {
+        while true {
+            if let i = buffer.firstIndex(of: 10) {
+                var line = Array(buffer[0..<i])
+                buffer.removeFirst(i + 1)
+                if line.last == 13 { line.removeLast() }
+                return String(decoding: line, as: UTF8.self)
+            }
+            if try !fill() { return nil }
+        }
+    }
+
+    private func readExactly(_ n: Int) throws -> [UInt8] {
+        while buffer.count < n {
+            if try !fill() { throw RawClientError(description: "EOF after \(buffer.count) of \(n) body bytes") }
+        }
+        let out = Array(buffer[0..<n])
+        buffer.removeFirst(n)
+        return out
+    }
+
+    /// Reads one response; nil when the connection closed before a status line. Interim 1xx responses are
+    /// returned like any other.
+    func readResponse(forHEAD: Bool = false) throws -> RawResponse? {
+        guard let statusLine = try readLine() else { return nil }
+        let parts = statusLine.split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, let status = Int(parts[1]) else {
+            throw RawClientError(description: "bad status line: \(statusLine)")
+        }
+        var headers: [(String, String)] = []
+        while let line = try readLine(), !line.isEmpty {
+            guard let colon = line.firstIndex(of: ":") else { throw RawClientError(description: "bad header: \(line)") }
+            headers.append((String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
+        var response = RawResponse(status: status, headers: headers, body: [])
+        if forHEAD || status < 200 || status == 204 || status == 304 { return response }
+        if let te = response.header("transfer-encoding"), te.lowercased() == "chunked" {
+            while let sizeLine = try readLine() {
+                let size = Int(sizeLine.split(separator: ";")[0], radix: 16) ?? 0
+                if size == 0 {
+                    while let t = try readLine(), !t.isEmpty {}
+                    break
+                }
+                response.body += try readExactly(size)
+                _ = try readLine()
+            }
+        } else if let cl = response.header("content-length"), let n = Int(cl) {
+            response.body = try readExactly(n)
+        } else {
+            while try fill() {}
+            response.body = buffer
+            buffer.removeAll()
+        }
+        return response
+    }
+
+    /// Reads a body of `count` bytes as a stream, `chunk` bytes per read, discarding it; returns bytes read.
+    func drain(count: Int) throws -> Int {
+        var total = min(buffer.count, count)
+        buffer.removeFirst(total)
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while total < count {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min(65536, count - total), 0) }
+            if n <= 0 { break }
+            total += n
+        }
+        return total
+    }
+
+    /// Waits for the peer to close the connection (reading and discarding anything else).
+    func waitForClose() -> Bool {
+        while true {
+            do {
+                if try !fill() { return true }
+            } catch {
+                return false
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection.
+func request(
+    port: Int, _ method: String, _ path: String, headers: [(String, String)] = [], body: String? = nil
+) throws -> RawResponse {
+    let c = try RawConnection(port: port)
+    var text = "\(method) \(path) HTTP/1.1\r\nHost: gateway.test\r\n"
+    for (n, v) in headers { text += "\(n): \(v)\r\n" }
+    if let body { text += "Content-Length: \(body.utf8.count)\r\n" }
+    text += "Connection: close\r\n\r\n" + (body ?? "")
+    try c.send(text)
+    guard let r = try c.readResponse(forHEAD: method == "HEAD") else {
+        throw RawClientError(description: "connection closed without a response")
+    }
+    return r
+}

@@ -1,0 +1,227 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// What a test upstream received.
+struct RecordedRequest: Sendable {
+    var method: String
+    var uri: String
+    var headers: [(String, String)]
+    var bodyBytes: Int
+    var connection: Int
+
+    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+    func headers(_ name: String) -> [String] { headers.filter { $0.0.lowercased() == name.lowercased() }.map(\.1) }
+}
+
+/// A real HTTP/1.1 upstream on a loopback port that records every request and connection.
+///
+/// Paths (after any prefix): `/health` (200, or 503 when unhealthy), `/download/N` (N bytes, streamed with
+/// back-pressure), `/slow/MS` (answers after MS ms), `/hang` (never answers), `/cut` (promises 100000 bytes,
+/// sends 10, closes), `/status/N`, `/chunked` (a chunked response), anything else: a JSON echo.
+final class TestUpstream: Sendable {
+    let group: MultiThreadedEventLoopGroup
+    private let channel: Channel
+    let port: Int
+    private let state = Mutex(State())
+    let bytesWritten = Atomic<Int>(0)
+    let healthy = Atomic<Bool>(true)
+    let healthChecks = Atomic<Int>(0)
+
+    struct State {
+        var requests: [RecordedRequest] = []
+        var connections = 0
+    }
+
+    init() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.group = group
+        let box = Mutex<TestUpstream?>(nil)
+        channel = try ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let upstream = box.withLock { $0 }!
+                    let id = upstream.state.withLock { s -> Int in
+                        s.connections += 1
+                        return s.connections
+                    }
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler(upstream: upstream, connection: id))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        port = channel.localAddress!.port!
+        box.withLock { $0 = self }
+    }
+
+    var requests: [RecordedRequest] { state.withLock { $0.requests.filter { $0.uri != "/health" } } }
+    var connections: Int { state.withLock { $0.connections } }
+
+    func record(_ r: RecordedRequest) {
+        if r.uri == "/health" {
+            healthChecks.add(1, ordering: .relaxed)
+        }
+        state.withLock { $0.requests.append(r) }
+    }
+
+    func stop() {
+        try? channel.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+private final class UpstreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let upstream: TestUpstream
+    let connection: Int
+    var head: HTTPRequestHead?
+    var bodyBytes = 0
+    var pendingDownload = 0
+
+    init(upstream: TestUpstream, connection: Int) {
+        self.upstream = upstream
+        self.connection = connection
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            bodyBytes = 0
+        case .body(let b):
+            bodyBytes += b.readableBytes
+        case .end:
+            guard let head else { return }
+            let recorded = RecordedRequest(
+                method: head.method.rawValue, uri: head.uri, headers: head.headers.map { ($0.name, $0.value) },
+                bodyBytes: bodyBytes, connection: connection)
+            upstream.record(recorded)
+            respond(context, head, recorded)
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ r: RecordedRequest) {
+        let path = head.uri.split(separator: "?")[0]
+        let parts = path.split(separator: "/")
+        switch parts.last.map(String.init) ?? "" {
+        case "health":
+            send(context, status: upstream.healthy.load(ordering: .relaxed) ? .ok : .serviceUnavailable, body: "ok")
+        case "hang":
+            return
+        case "cut":
+            var h = HTTPHeaders()
+            h.add(name: "Content-Length", value: "100000")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: h))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "0123456789")))), promise: nil)
+            context.close(promise: nil)
+        case "chunked":
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "hello ")))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "world")))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        default:
+            if parts.count >= 2, parts[parts.count - 2] == "status", let code = Int(parts.last!) {
+                send(context, status: HTTPResponseStatus(statusCode: code), body: code == 204 || code == 304 ? nil : "status")
+            } else if parts.count >= 2, parts[parts.count - 2] == "slow", let ms = Int64(parts.last!) {
+                let bound = NIOLoopBound((self, context, r), eventLoop: context.eventLoop)
+                context.eventLoop.scheduleTask(in: .milliseconds(ms)) {
+                    let (me, ctx, rec) = bound.value
+                    me.echo(ctx, rec)
+                }
+            } else if parts.count >= 2, parts[parts.count - 2] == "download", let n = Int(parts.last!) {
+                var h = HTTPHeaders()
+                h.add(name: "Content-Length", value: String(n))
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: h))), promise: nil)
+                pendingDownload = n
+                pump(context)
+            } else {
+                echo(context, r)
+            }
+        }
+    }
+
+    /// Writes download chunks while the socket is writable; resumes on writability.
+    private func pump(_ context: ChannelHandlerContext) {
+        let chunk = 64 * 1024
+        while pendingDownload > 0 && context.channel.isWritable {
+            let n = min(chunk, pendingDownload)
+            pendingDownload -= n
+            upstream.bytesWritten.add(n, ordering: .relaxed)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(repeating: 0x61, count: n)))), promise: nil)
+            if pendingDownload == 0 {
+                context.write(wrapOutboundOut(.end(nil)), promise: nil)
+            }
+            context.flush()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && pendingDownload > 0 { pump(context) }
+    }
+
+    func echo(_ context: ChannelHandlerContext, _ r: RecordedRequest) {
+        let doc: [String: Any] = [
+            "method": r.method, "uri": r.uri, "headers": r.headers.map { [$0.0, $0.1] }, "body_bytes": r.bodyBytes,
+            "connection": r.connection, "port": upstream.port,
+        ]
+        let body = String(decoding: try! JSONSerialization.data(withJSONObject: doc), as: UTF8.self)
+        send(context, status: .ok, body: body, contentType: "application/json")
+    }
+
+    private func send(_ context: ChannelHandlerContext, status: HTTPResponseStatus, body: String?, contentType: String = "text/plain") {
+        var h = HTTPHeaders()
+        h.add(name: "Content-Type", value: contentType)
+        if let body { h.add(name: "Content-Length", value: String(body.utf8.count)) }
+        h.add(name: "X-Upstream-Port", value: String(upstream.port))
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: h))), promise: nil)
+        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// An upstream that answers any request with fixed raw bytes (for malformed responses).
+final class RawUpstream: Sendable {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private let channel: Channel
+    let port: Int
+    let connections = Atomic<Int>(0)
+
+    init(reply: String) throws {
+        let box = Mutex<RawUpstream?>(nil)
+        channel = try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                box.withLock { $0 }?.connections.add(1, ordering: .relaxed)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RawReply(reply: reply))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        port = channel.localAddress!.port!
+        box.withLock { $0 = self }
+    }
+
+    func stop() {
+        try? channel.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+private final class RawReply: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let reply: String
+    init(reply: String) { self.reply = reply }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)), promise: nil)
+    }
+}
