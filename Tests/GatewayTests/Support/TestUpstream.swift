@@ -33,6 +33,7 @@ final class TestUpstream: Sendable {
     struct State {
         var requests: [RecordedRequest] = []
         var connections = 0
+        var open: [Channel] = []
     }
 
     init() throws {
@@ -46,6 +47,7 @@ final class TestUpstream: Sendable {
                     let upstream = box.withLock { $0 }!
                     let id = upstream.state.withLock { s -> Int in
                         s.connections += 1
+                        s.open.append(channel)
                         return s.connections
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
@@ -57,6 +59,9 @@ final class TestUpstream: Sendable {
         box.withLock { $0 = self }
     }
 
+    private let stopped = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+
     var requests: [RecordedRequest] { state.withLock { $0.requests.filter { $0.uri != "/health" } } }
     var connections: Int { state.withLock { $0.connections } }
 
@@ -67,8 +72,17 @@ final class TestUpstream: Sendable {
         state.withLock { $0.requests.append(r) }
     }
 
-    func stop() {
+    /// Stops listening and closes every open connection (the target is down); the upstream can still be stopped.
+    func closeAll() {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
         try? channel.close().wait()
+        for child in state.withLock({ $0.open }) { try? child.close().wait() }
+    }
+
+    /// Closes everything and shuts the event loop down; safe to call twice.
+    func stop() {
+        closeAll()
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
         try? group.syncShutdownGracefully()
     }
 }
