@@ -162,6 +162,15 @@ final class RawConnection {
         return total
     }
 
+    /// Reads up to `into.count` bytes (buffered first); returns how many.
+    func drainInto(_ into: inout [UInt8]) throws -> Int {
+        if buffer.isEmpty { try fill() }
+        let n = min(into.count, buffer.count)
+        for i in 0..<n { into[i] = buffer[i] }
+        buffer.removeFirst(n)
+        return n
+    }
+
     /// Waits for the peer to close the connection (reading and discarding anything else).
     func waitForClose() -> Bool {
         while true {
