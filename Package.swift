@@ -1,6 +1,10 @@
 // swift-tools-version:6.1
 import PackageDescription
 
+/// Release builds of our own modules skip dynamic exclusivity checks (they show up on the proxy's hot path);
+/// debug builds, which run the tests, keep them.
+let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let package = Package(
     name: "gatehouse",
     platforms: [.macOS(.v15)],
@@ -23,7 +27,8 @@ let package = Package(
         // Pure decisions: config model and validation, routing, problem documents. No sockets.
         .target(
             name: "Policy",
-            dependencies: [.product(name: "Yams", package: "Yams")]
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: hotPath
         ),
         // Targets, balancing, health, the pooled HTTP/1.1 client and header rewriting. Knows nothing of tenants.
         .target(
@@ -34,7 +39,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: hotPath
         ),
         // The NIO server and request pipeline, admin listener, lifecycle.
         .target(
@@ -48,7 +54,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ]
+            ],
+            swiftSettings: hotPath
         ),
         .executableTarget(
             name: "gatehouse",

@@ -7,7 +7,11 @@ import Upstream
 extension ProxyHandler: UpstreamResponseDelegate {
     func upstreamResponseHead(_ head: HTTPResponseHead) {
         guard let ex = exchange, !ex.responseStarted else { return }
-        let (headers, contentLength) = HeaderRewriter.clientResponseHeaders(head.headers)
+        var buffer = context.channel.allocator.buffer(capacity: 512)
+        writeStatusLine(&buffer, version: ex.head.version, status: head.status)
+        let contentLength = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
+            writeHeader(&buffer, name, value)
+        }
         let code = Int(head.status.code)
         ex.status = code
         let framing: Exchange.Framing
@@ -27,9 +31,6 @@ extension ProxyHandler: UpstreamResponseDelegate {
         }
         if noMoreRequests { ex.keepAlive = false }
         ex.response = .streaming(framing)
-        var buffer = context.channel.allocator.buffer(capacity: 256)
-        writeStatusLine(&buffer, version: ex.head.version, status: head.status)
-        for (name, value) in headers { writeHeader(&buffer, name, value) }
         for (name, value) in extra { writeHeader(&buffer, name, value) }
         writeConnectionHeaders(&buffer, ex)
         writeHeader(&buffer, "X-Request-ID", ex.requestID)

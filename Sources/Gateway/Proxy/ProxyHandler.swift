@@ -281,7 +281,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             clientAddress: clientAddress, host: checked.host, requestID: requestID)
         upstreamHead.headers = snapshot.rewriter.upstreamRequestHeaders(
             head.headers, forwarding: forwarding, framing: checked.framing,
-            defaultHost: group.pools.first?.target.description ?? "localhost")
+            defaultHost: group.defaultHost)
         ex.upstreamHead = upstreamHead
 
         if checked.expectContinue && head.version.minor == 1 {

@@ -54,7 +54,7 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         return HostPort(host: String(host), port: port)
     }
 
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.utf8.contains(UInt8(ascii: ":")) ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
 /// `server:`: the proxy listener, admin listener and every client-facing limit.

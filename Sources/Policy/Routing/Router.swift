@@ -12,6 +12,8 @@ public struct Router: Sendable {
     }
 
     private let entries: [Entry]
+    /// Some route matches on host; otherwise the Host header is not looked at.
+    private let usesHost: Bool
 
     public init(routes: [RouteConfig]) {
         var entries: [Entry] = []
@@ -23,6 +25,7 @@ public struct Router: Sendable {
             }
             entries.append(e)
         }
+        self.usesHost = entries.contains { $0.host != nil || $0.wildcardSuffix != nil }
         func hostRank(_ e: Entry) -> Int { e.host != nil ? 0 : (e.wildcardSuffix != nil ? 1 : 2) }
         self.entries = entries.sorted { a, b in
             if hostRank(a) != hostRank(b) { return hostRank(a) < hostRank(b) }
@@ -37,7 +40,7 @@ public struct Router: Sendable {
     ///   - host: the request's Host header, any case, port allowed; nil when absent.
     ///   - path: the request path without the query.
     public func match(host: String?, path: Substring, method: String) -> Int? {
-        let bareHost = host.map(Self.normalizeHost)
+        let bareHost = usesHost ? host.map(Self.normalizeHost) : nil
         for e in entries {
             if let h = e.host {
                 guard bareHost == h else { continue }

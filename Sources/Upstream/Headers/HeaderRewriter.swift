@@ -7,10 +7,10 @@ import NIOHTTP1
 /// gateway injects its own values, so no client-sent copy survives in any case variant.
 public struct HeaderRewriter: Sendable {
     /// Lowercased names of headers that clients may not send upstream (the gateway sets them).
-    public var reserved: Set<String>
+    public let reserved: [String]
 
     public init(reserved: Set<String> = []) {
-        self.reserved = Set(reserved.map { $0.lowercased() })
+        self.reserved = reserved.map { $0.lowercased() }.sorted()
     }
 
     /// What the proxy knows about the client side of a request.
@@ -60,10 +60,7 @@ public struct HeaderRewriter: Sendable {
             {
                 continue
             }
-            if !reserved.isEmpty || !listed.isEmpty {
-                let lower = name.lowercased()
-                if reserved.contains(lower) || listed.contains(lower) { continue }
-            }
+            if HopByHop.containsLower(reserved, name) || HopByHop.containsLower(listed, name) { continue }
             if HopByHop.equalsLower(name.utf8, "host") { sawHost = true }
             out.add(name: name, value: value)
         }
@@ -80,13 +77,13 @@ public struct HeaderRewriter: Sendable {
         return out
     }
 
-    /// Copies upstream response headers for the client: hop-by-hop and Connection-listed headers and the
-    /// framing headers go (the caller re-frames); `X-Request-ID` is set by the caller.
-    /// Returns the headers and the upstream's Content-Length, if it sent a single valid one.
-    public static func clientResponseHeaders(_ upstream: HTTPHeaders) -> (headers: HTTPHeaders, contentLength: Int?) {
+    /// Walks the upstream response headers that go to the client: hop-by-hop and Connection-listed headers
+    /// and the framing headers are skipped (the caller re-frames), as is `X-Request-ID` (the caller sets it).
+    /// Returns the upstream's Content-Length, if it sent exactly one valid one.
+    public static func forEachClientResponseHeader(
+        _ upstream: HTTPHeaders, _ body: (String, String) -> Void
+    ) -> Int? {
         let listed = HopByHop.connectionListed(upstream)
-        var out = HTTPHeaders()
-        out.reserveCapacity(upstream.count + 2)
         var contentLength: Int? = nil
         var lengths = 0
         for (name, value) in upstream {
@@ -97,10 +94,16 @@ public struct HeaderRewriter: Sendable {
                 continue
             }
             if HopByHop.equalsLower(name.utf8, "x-request-id") { continue }
-            if !listed.isEmpty && listed.contains(name.lowercased()) { continue }
-            out.add(name: name, value: value)
+            if !listed.isEmpty && HopByHop.containsLower(listed, name) { continue }
+            body(name, value)
         }
-        if lengths != 1 { contentLength = nil }
-        return (out, contentLength)
+        return lengths == 1 ? contentLength : nil
+    }
+
+    /// The client-bound copy of upstream response headers (see ``forEachClientResponseHeader(_:_:)``).
+    public static func clientResponseHeaders(_ upstream: HTTPHeaders) -> (headers: HTTPHeaders, contentLength: Int?) {
+        var out = HTTPHeaders()
+        let cl = forEachClientResponseHeader(upstream) { out.add(name: $0, value: $1) }
+        return (out, cl)
     }
 }

@@ -33,13 +33,35 @@ public enum HopByHop {
     }
 
     /// The lowercased header names listed in every `Connection` header (they are hop-by-hop too).
+    /// `close` and `keep-alive` are left out (they name no header that could otherwise pass), so the
+    /// common case allocates nothing.
     public static func connectionListed(_ headers: HTTPHeaders) -> [String] {
         var names: [String] = []
-        for value in headers[canonicalForm: "connection"] {
-            let token = value.trimmingCharacters(in: " \t").lowercased()
-            if !token.isEmpty { names.append(token) }
+        for (name, value) in headers where name.utf8.count == 10 && equalsLower(name.utf8, "connection") {
+            for token in value.utf8.split(separator: UInt8(ascii: ",")) {
+                var t = token[...]
+                while let f = t.first, f == 32 || f == 9 { t = t.dropFirst() }
+                while let l = t.last, l == 32 || l == 9 { t = t.dropLast() }
+                if t.isEmpty || equalsLower(t, "close") || equalsLower(t, "keep-alive") { continue }
+                names.append(String(decoding: t.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self))
+            }
         }
         return names
+    }
+
+    /// ASCII case-insensitive membership of `name` in a list of lowercase names, without allocating.
+    @inlinable
+    public static func containsLower(_ lowercaseNames: [String], _ name: String) -> Bool {
+        let n = name.utf8
+        for candidate in lowercaseNames where candidate.utf8.count == n.count {
+            var equal = true
+            for (a, b) in zip(candidate.utf8, n) where a != ((b >= 65 && b <= 90) ? b | 0x20 : b) {
+                equal = false
+                break
+            }
+            if equal { return true }
+        }
+        return false
     }
 }
 

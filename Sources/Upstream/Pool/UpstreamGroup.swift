@@ -5,11 +5,14 @@ import Policy
 public final class UpstreamGroup {
     public let config: UpstreamConfig
     public let pools: [TargetPool]
+    /// `Host` sent upstream when the client sent none (HTTP/1.0): the first target.
+    public let defaultHost: String
     private var next = 0
 
     init(config: UpstreamConfig, pools: [TargetPool]) {
         self.config = config
         self.pools = pools
+        self.defaultHost = pools.first?.target.description ?? "localhost"
     }
 
     /// Picks a healthy target's pool by the configured balance, skipping `excluding` (a failed attempt's
