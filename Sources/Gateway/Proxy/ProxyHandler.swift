@@ -342,8 +342,12 @@ final class ProxyHandler: ChannelDuplexHandler {
             return
         }
         ex.pool = pool
-        ex.connecting = true
         ex.attempts += 1
+        if let conn = pool.takeIdle() {
+            send(ex, on: conn)
+            return
+        }
+        ex.connecting = true
         pool.acquire { [self] result in
             ex.connecting = false
             guard self.exchange === ex, !ex.responseStarted else {

@@ -45,6 +45,21 @@ public final class TargetPool {
         self.keepaliveTimeout = keepaliveTimeout
     }
 
+    /// The fast path: an idle keep-alive connection, handed out synchronously (no callback), or nil.
+    public func takeIdle() -> UpstreamConnection? {
+        guard !closed else { return nil }
+        while let conn = idle.popLast() {
+            if conn.isOpen {
+                conn.idleSince = nil
+                busy[ObjectIdentifier(conn)] = conn
+                inFlight += 1
+                return conn
+            }
+            openCount -= 1
+        }
+        return nil
+    }
+
     /// Hands out a connection: an idle one, a new one, or the next one released.
     public func acquire(_ callback: @escaping Acquired) {
         inFlight += 1
