@@ -4,12 +4,7 @@ import Testing
 /// Live: request smuggling and malformed framing are refused with 400, the connection is closed, and the
 /// upstream never sees the request.
 @Suite(.serialized) struct FramingTests {
-    static let routes = """
-          - name: all
-            match: {path_prefix: /}
-            upstream: app
-            auth: none
-        """
+    static let routes = catchAllRoute
 
     static let attacks: [(String, String)] = [
         ("CL and TE", "POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),

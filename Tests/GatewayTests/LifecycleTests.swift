@@ -3,12 +3,7 @@ import Testing
 
 /// Live: the CLI, the admin listener, reload and graceful stop.
 @Suite(.serialized) struct LifecycleTests {
-    static let routes = """
-          - name: all
-            match: {path_prefix: /}
-            upstream: app
-            auth: none
-        """
+    static let routes = catchAllRoute
 
     func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
         let p = Process()

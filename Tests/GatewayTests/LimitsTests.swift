@@ -3,12 +3,7 @@ import Testing
 
 /// Live: every client-controlled size and duration has a limit with the SPEC's status.
 @Suite(.serialized) struct LimitsTests {
-    static let routes = """
-          - name: all
-            match: {path_prefix: /}
-            upstream: app
-            auth: none
-        """
+    static let routes = catchAllRoute
 
     static func gateway(_ up: TestUpstream, server: String) throws -> GatewayProcess {
         try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port]], routes: routes, server: server))

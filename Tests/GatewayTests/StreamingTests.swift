@@ -3,12 +3,7 @@ import Testing
 
 /// Live: bodies stream both ways with back-pressure instead of being held in the gateway's memory.
 @Suite(.serialized) struct StreamingTests {
-    static let routes = """
-          - name: all
-            match: {path_prefix: /}
-            upstream: app
-            auth: none
-        """
+    static let routes = catchAllRoute
 
     @Test func largeDownloadToAStalledReaderDoesNotGrowTheGateway() throws {
         let up = try TestUpstream()

@@ -3,12 +3,7 @@ import Testing
 
 /// Live: upstream faults map to 502/503/504, broken connections are never reused, balancing and health.
 @Suite(.serialized) struct UpstreamFailureTests {
-    static let routes = """
-          - name: all
-            match: {path_prefix: /}
-            upstream: app
-            auth: none
-        """
+    static let routes = catchAllRoute
 
     @Test func refusedConnectionIs502() throws {
         let dead = try TestUpstream()

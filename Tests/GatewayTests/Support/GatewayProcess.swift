@@ -107,6 +107,14 @@ final class GatewayProcess: Sendable {
     }
 }
 
+/// One route sending every path to upstream `app`, without authentication.
+let catchAllRoute = """
+      - name: all
+        match: {path_prefix: /}
+        upstream: app
+        auth: none
+    """
+
 /// A gateway config for tests: loopback, port 0, small limits and fast timeouts unless overridden.
 func testConfig(
     upstreams: [String: [Int]], routes: String, server: String = "", upstreamExtra: String = ""
