@@ -1,2 +1,7 @@
 #pragma once
+// libjwt for JWT signatures; libjwt is built on OpenSSL's libcrypto, which also serves the digests and MACs
+// (SHA-256 of tokens and API keys, HMAC) so the gateway links one crypto library.
 #include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/crypto.h>

@@ -23,6 +23,7 @@ final class Exchange {
     let start: NIODeadline
     let head: HTTPRequestHead
     var keepAlive: Bool
+    var caller = Caller()
     var routeName = "-"
     var upstreamName = "-"
     var framing: HeaderRewriter.BodyFraming = .none

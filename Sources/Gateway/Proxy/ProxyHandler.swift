@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -254,12 +255,25 @@ final class ProxyHandler: ChannelDuplexHandler {
         ex.routeName = route.name
         ex.upstreamName = route.upstream
 
-        // Authenticate. Token verification is not built yet, so `auth: required` fails closed.
-        if route.auth == .required {
-            let sent = head.headers.contains(name: "authorization")
-            deny(ex, .unauthenticated("This route requires authentication.", tokenSent: sent))
+        // Authenticate and resolve the tenant.
+        let identity = snapshot.identity
+        let input = IdentityResolver.Input(
+            authorization: head.headers["authorization"], apiKey: head.headers[identity.config.apiKeyHeader],
+            tenantHeader: head.headers[identity.config.tenantHeader])
+        let cache = loop.tokenCache
+        let wallNow = Self.wallClock()
+        let caller: Caller
+        switch identity.resolve(input, route: route, verify: { token in
+            cache.verify(token, now: wallNow, leeway: { snapshot.leeways[$0] ?? 0 }) {
+                snapshot.verifier.verify($0, now: wallNow)
+            }
+        }) {
+        case .success(let c): caller = c
+        case .failure(let denial):
+            deny(ex, denial)
             return
         }
+        ex.caller = caller
 
         // Body limit (a plan may lower it in later phases).
         ex.bodyLimit = server.maxBodyBytes
@@ -282,6 +296,11 @@ final class ProxyHandler: ChannelDuplexHandler {
         upstreamHead.headers = snapshot.rewriter.upstreamRequestHeaders(
             head.headers, forwarding: forwarding, framing: checked.framing,
             defaultHost: group.defaultHost)
+        // Verified identity, after every client-sent copy was removed above.
+        if let tenant = caller.tenant { upstreamHead.headers.add(name: "X-Tenant-ID", value: tenant) }
+        if let user = caller.user { upstreamHead.headers.add(name: "X-User-ID", value: user) }
+        if let plan = caller.plan { upstreamHead.headers.add(name: "X-Plan", value: plan) }
+        if !caller.roles.isEmpty { upstreamHead.headers.add(name: "X-Roles", value: caller.roles.joined(separator: ",")) }
         ex.upstreamHead = upstreamHead
 
         if checked.expectContinue && head.version.minor == 1 {
@@ -485,6 +504,13 @@ final class ProxyHandler: ChannelDuplexHandler {
             readPending = false
             context.read()
         }
+    }
+
+    /// Seconds since the epoch, for token expiry.
+    static func wallClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     func record(_ ex: Exchange, status: Int) {

@@ -14,6 +14,8 @@ final class LoopState {
     private(set) var groups: [String: UpstreamGroup]
     private var connections: [ObjectIdentifier: ProxyHandler] = [:]
     let metrics = LoopMetrics()
+    /// Verified tokens, so repeated tokens skip signature checks (per loop: no lock).
+    let tokenCache = TokenCache()
     private let idPrefix: String
     private var counter: UInt64 = 0
     private var sweepTask: RepeatedTask?
@@ -51,6 +53,7 @@ final class LoopState {
     func install(_ newSnapshot: RuntimeSnapshot) {
         let old = groups
         snapshot = newSnapshot
+        tokenCache.clear()
         groups = newSnapshot.upstreams.makeGroups(on: eventLoop, loopCount: loopCount)
         for g in old.values { g.close() }
     }

@@ -8,10 +8,15 @@ public final class RuntimeSnapshot: Sendable {
     public let router: Router
     public let rewriter: HeaderRewriter
     public let upstreams: UpstreamRegistry
+    public let identity: IdentityResolver
+    public let verifier: JWTVerifier
+    /// Each issuer's leeway in seconds, for the token cache.
+    public let leeways: [String: Double]
     /// Identity headers only the gateway may set; client-sent copies are removed before forwarding.
     public static let identityHeaders: Set<String> = ["x-tenant-id", "x-user-id", "x-plan", "x-roles"]
 
-    /// Builds a snapshot; resolves upstream addresses (blocking DNS: never call on an event loop).
+    /// Builds a snapshot; resolves upstream addresses and loads key material (blocking: never call on an event
+    /// loop).
     public init(config: GatewayConfig) throws {
         self.config = config
         self.router = Router(routes: config.routes)
@@ -19,5 +24,9 @@ public final class RuntimeSnapshot: Sendable {
         reserved.insert(config.identity.tenantHeader.lowercased())
         self.rewriter = HeaderRewriter(reserved: reserved)
         self.upstreams = try UpstreamRegistry(config: config)
+        self.identity = IdentityResolver(config: config.identity, tenants: config.tenants)
+        self.verifier = try JWTVerifier(config: config.identity)
+        self.leeways = Dictionary(
+            config.identity.issuers.map { ($0.issuer, Double($0.leeway) / 1e9) }, uniquingKeysWith: { a, _ in a })
     }
 }

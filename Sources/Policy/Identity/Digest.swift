@@ -1,0 +1,56 @@
+internal import CJWT
+
+/// SHA-256, HMAC-SHA256 and constant-time comparison, on OpenSSL's libcrypto.
+public enum Digest {
+    /// SHA-256 of `bytes`.
+    public static func sha256<C: Collection>(_ bytes: C) -> [UInt8] where C.Element == UInt8 {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        let input = Array(bytes)
+        _ = input.withUnsafeBytes { inPtr in
+            out.withUnsafeMutableBytes { outPtr in
+                EVP_Digest(
+                    inPtr.baseAddress, inPtr.count, outPtr.baseAddress!.assumingMemoryBound(to: UInt8.self), &length,
+                    EVP_sha256(), nil)
+            }
+        }
+        return out
+    }
+
+    /// HMAC-SHA256 of `message` under `key`.
+    public static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 32
+        key.withUnsafeBytes { k in
+            message.withUnsafeBytes { m in
+                out.withUnsafeMutableBytes { o in
+                    _ = HMAC(
+                        EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                        m.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self), &length)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Lowercase hex of `bytes`.
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Compares in time that depends only on the lengths.
+    public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var diff = UInt8(a.count == b.count ? 0 : 1)
+        for i in 0..<max(a.count, b.count) {
+            diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+        }
+        return diff == 0
+    }
+}

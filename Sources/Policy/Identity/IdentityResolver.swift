@@ -1,0 +1,162 @@
+/// Who is calling and for which tenant: the result of authentication and tenant resolution.
+public struct Caller: Sendable, Equatable {
+    public enum Credential: Sendable, Equatable { case none, token, apiKey(id: String) }
+    public var credential: Credential = .none
+    public var tenant: String?
+    public var user: String?
+    public var roles: [String] = []
+    public var plan: String?
+
+    public init() {}
+}
+
+/// API key hashes from the tenant records, for lookup by the SHA-256 of a presented key.
+public struct APIKeyIndex: Sendable {
+    private var owners: [String: (tenant: String, id: String)] = [:]
+
+    public init(tenants: [String: TenantSeed]) {
+        for (tenant, seed) in tenants {
+            for key in seed.apiKeys { owners[key.sha256] = (tenant, key.id) }
+        }
+    }
+
+    public func owner(of presentedKey: String) -> (tenant: String, id: String)? {
+        owners[Digest.hex(Digest.sha256(presentedKey.utf8))]
+    }
+}
+
+/// Authenticates a request and resolves its tenant and roles (pure: the token check is passed in).
+///
+/// Sources of the tenant: the JWT's tenant claim, the API key's owner, and the tenant header, which alone
+/// names a tenant only as `header_tenancy` allows. Any two sources that disagree → 403 `tenant_mismatch`.
+public struct IdentityResolver: Sendable {
+    public let config: IdentityConfig
+    public let apiKeys: APIKeyIndex
+    public let tenants: [String: TenantSeed]
+    /// Longest API key accepted before hashing.
+    public static let maxAPIKeyBytes = 256
+
+    public init(config: IdentityConfig, tenants: [String: TenantSeed]) {
+        self.config = config
+        self.tenants = tenants
+        self.apiKeys = APIKeyIndex(tenants: tenants)
+    }
+
+    /// What the resolver reads from a request.
+    public struct Input {
+        public var authorization: [String]
+        public var apiKey: [String]
+        public var tenantHeader: [String]
+        public init(authorization: [String], apiKey: [String], tenantHeader: [String]) {
+            self.authorization = authorization
+            self.apiKey = apiKey
+            self.tenantHeader = tenantHeader
+        }
+    }
+
+    public func resolve(
+        _ input: Input, route: RouteConfig, verify: (String) -> Result<VerifiedToken, JWTError>
+    ) -> Result<Caller, Denial> {
+        var caller = Caller()
+
+        // The tenant header: at most one, and a well-formed id.
+        guard input.tenantHeader.count <= 1 else {
+            return .failure(.badRequest("Several \(config.tenantHeader) headers."))
+        }
+        let headerTenant = input.tenantHeader.first
+        if let h = headerTenant, !TenantID.isValid(h) {
+            return .failure(.badRequest("\(config.tenantHeader) must be 1-64 characters of A-Z a-z 0-9 . _ -."))
+        }
+        if route.auth == .none {
+            // Public route: credentials are not looked at; a header names the tenant only when always trusted.
+            if let h = headerTenant, config.headerTenancy == .always {
+                return known(h, caller)
+            }
+            return .success(caller)
+        }
+
+        // Credentials.
+        guard input.authorization.count <= 1, input.apiKey.count <= 1 else {
+            return .failure(.unauthenticated("Several credentials of one kind were sent.", tokenSent: true))
+        }
+        var tokenTenant: String? = nil
+        var keyTenant: String? = nil
+        if let auth = input.authorization.first, let token = Self.bearerToken(auth) {
+            switch verify(token) {
+            case .failure(let error):
+                return .failure(.unauthenticated("The bearer token was rejected (\(error.detail)).", tokenSent: true))
+            case .success(let verified):
+                caller.credential = .token
+                caller.user = verified.user
+                caller.roles = verified.roles
+                tokenTenant = verified.tenant
+            }
+        }
+        if let key = input.apiKey.first {
+            guard key.utf8.count <= Self.maxAPIKeyBytes, let owner = apiKeys.owner(of: key) else {
+                return .failure(.unauthenticated("The API key was rejected.", tokenSent: true))
+            }
+            if case .token = caller.credential {} else {
+                caller.credential = .apiKey(id: owner.id)
+                caller.user = "api-key:" + owner.id
+            }
+            keyTenant = owner.tenant
+        }
+        if caller.credential == .none {
+            if route.auth == .required {
+                let sent = !input.authorization.isEmpty
+                return .failure(
+                    .unauthenticated(
+                        sent ? "Only Bearer tokens are accepted." : "This route requires a bearer token or an API key.",
+                        tokenSent: sent))
+            }
+            // auth: optional, anonymous caller.
+            if let h = headerTenant, config.headerTenancy == .always { return known(h, caller) }
+            return .success(caller)
+        }
+
+        // Tenant: every source that names one must agree.
+        if let t = tokenTenant, let k = keyTenant, t != k {
+            return .failure(.tenantMismatch("The token and the API key belong to different tenants."))
+        }
+        let credentialTenant = tokenTenant ?? keyTenant
+        var tenant = credentialTenant
+        if let h = headerTenant {
+            if let c = credentialTenant {
+                if h != c {
+                    return .failure(.tenantMismatch("\(config.tenantHeader) names another tenant than the credentials."))
+                }
+            } else if config.headerTenancy == .always || (config.headerTenancy == .apiKeyOnly && keyTenant != nil) {
+                tenant = h
+            }
+        }
+        guard let tenant else { return .failure(.tenantRequired()) }
+        return known(tenant, caller).flatMap { resolved in
+            if let roles = route.roles, !roles.contains(where: resolved.roles.contains) {
+                return .failure(.forbidden("This route needs one of the roles: \(roles.joined(separator: ", "))."))
+            }
+            return .success(resolved)
+        }
+    }
+
+    private func known(_ tenant: String, _ caller: Caller) -> Result<Caller, Denial> {
+        guard let seed = tenants[tenant] else { return .failure(.unknownTenant("Tenant '\(tenant)' is not known.")) }
+        var c = caller
+        c.tenant = tenant
+        c.plan = seed.plan
+        return .success(c)
+    }
+
+    /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive); nil for other schemes.
+    public static func bearerToken(_ value: String) -> String? {
+        let u = value.utf8
+        guard u.count > 7 else { return nil }
+        let scheme = u.prefix(7)
+        let lower = scheme.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }
+        guard lower.elementsEqual("bearer ".utf8) else { return nil }
+        var token = Substring(value).dropFirst(7)
+        while token.first == " " { token = token.dropFirst() }
+        while token.last == " " { token = token.dropLast() }
+        return token.isEmpty ? nil : String(token)
+    }
+}

@@ -1,0 +1,272 @@
+internal import CJWT
+import Foundation
+import Synchronization
+
+/// Why a token was refused. Every case becomes 401 `unauthenticated`; the detail says which check failed.
+public struct JWTError: Error, Sendable, Equatable, CustomStringConvertible {
+    private enum Code: String, Sendable {
+        case malformed, tooLarge = "too_large", algorithm, unknownIssuer = "unknown_issuer", unknownKey = "unknown_key"
+        case signature, expired, notYetValid = "not_yet_valid", issuedInFuture = "issued_in_future"
+        case missingExpiry = "missing_exp", audience, badClaim = "bad_claim"
+    }
+    private let code: Code
+    public let detail: String
+    private init(_ code: Code, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+    public var name: String { code.rawValue }
+    public var description: String { "\(code.rawValue): \(detail)" }
+
+    static func malformed(_ d: String) -> Self { .init(.malformed, d) }
+    static let tooLarge = Self(.tooLarge, "the token is larger than \(JWTVerifier.maxTokenBytes) bytes")
+    static func algorithm(_ d: String) -> Self { .init(.algorithm, d) }
+    static let unknownIssuer = Self(.unknownIssuer, "the token's issuer is not trusted")
+    static let unknownKey = Self(.unknownKey, "no key of this issuer matches the token's kid and algorithm")
+    static let signature = Self(.signature, "the signature does not verify")
+    static let expired = Self(.expired, "the token has expired")
+    static let notYetValid = Self(.notYetValid, "the token is not valid yet (nbf)")
+    static let issuedInFuture = Self(.issuedInFuture, "the token was issued in the future (iat)")
+    static let missingExpiry = Self(.missingExpiry, "the token has no numeric exp")
+    static let audience = Self(.audience, "the token is not meant for this audience")
+    static func badClaim(_ d: String) -> Self { .init(.badClaim, d) }
+}
+
+/// What a verified token says about its caller.
+public struct VerifiedToken: Sendable, Equatable {
+    public var issuer: String
+    public var user: String?
+    public var tenant: String?
+    public var roles: [String]
+    /// `exp`, in seconds since the epoch.
+    public var expiresAt: Double
+}
+
+/// Verifies JWTs against the configured issuers: pinned algorithms, per-issuer keys, claims checked here.
+///
+/// libjwt takes the algorithm from the token and accepts `none` or an empty HMAC key, so every decision it
+/// could get wrong is made before it is called: the size cap, strict base64url, the header's `alg` against
+/// the issuer's pinned list (exact, case-sensitive), a non-empty key of the right type for that algorithm.
+/// libjwt then checks only the signature; `exp`, `nbf`, `iat`, `iss` and `aud` are checked here against an
+/// injected clock. `jku`, `x5u` and embedded `jwk` headers are ignored: keys come from config only.
+public final class JWTVerifier: Sendable {
+    public static let maxTokenBytes = 8192
+    public static let supported: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
+
+    final class IssuerKeys: Sendable {
+        let config: IssuerConfig
+        let secret: [UInt8]?
+        let keys: Mutex<JWKSet>
+
+        init(config: IssuerConfig, secret: [UInt8]?, keys: JWKSet) {
+            self.config = config
+            self.secret = secret
+            self.keys = Mutex(keys)
+        }
+    }
+
+    let issuers: [String: IssuerKeys]
+
+    /// Loads every issuer's key material. Reads files and the environment: call off the event loops.
+    public init(
+        config: IdentityConfig, environment: [String: String] = ProcessInfo.processInfo.environment,
+        baseDirectory: String = ""
+    ) throws(ConfigError) {
+        var issuers: [String: IssuerKeys] = [:]
+        var problems: [ConfigProblem] = []
+        func fail(_ message: String) {
+            problems.append(ConfigProblem(file: "identity", line: 0, column: 0, message: message))
+        }
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") || baseDirectory.isEmpty ? path : baseDirectory + "/" + path
+        }
+        for issuer in config.issuers {
+            var secret: [UInt8]? = nil
+            var keys = JWKSet(keys: [])
+            if let env = issuer.secretEnv {
+                if let value = environment[env], !value.isEmpty {
+                    secret = Array(value.utf8)
+                } else {
+                    fail("issuer \(issuer.issuer): environment variable \(env) is not set or empty")
+                }
+            }
+            if let file = issuer.secretFile {
+                if let data = FileManager.default.contents(atPath: resolve(file)) {
+                    var bytes = [UInt8](data)
+                    while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+                    if bytes.isEmpty { fail("issuer \(issuer.issuer): secret file \(file) is empty") } else { secret = bytes }
+                } else {
+                    fail("issuer \(issuer.issuer): cannot read secret file \(file)")
+                }
+            }
+            if let secret, secret.count < 32 {
+                fail("issuer \(issuer.issuer): an HS secret must be at least 32 bytes (got \(secret.count))")
+            }
+            if let file = issuer.jwksFile {
+                do {
+                    guard let data = FileManager.default.contents(atPath: resolve(file)) else {
+                        throw JWKError("cannot read \(file)")
+                    }
+                    keys = try JWKSet.parse(jwks: data)
+                } catch {
+                    fail("issuer \(issuer.issuer): jwks_file: \(error)")
+                }
+            }
+            if let file = issuer.publicKeyFile {
+                do {
+                    guard let data = FileManager.default.contents(atPath: resolve(file)) else {
+                        throw JWKError("cannot read \(file)")
+                    }
+                    keys.keys += try JWKSet.parse(pemFile: String(decoding: data, as: UTF8.self)).keys
+                } catch {
+                    fail("issuer \(issuer.issuer): public_key_file: \(error)")
+                }
+            }
+            if issuers[issuer.issuer] != nil { fail("issuer \(issuer.issuer) is configured twice") }
+            issuers[issuer.issuer] = IssuerKeys(config: issuer, secret: secret, keys: keys)
+        }
+        if !problems.isEmpty { throw ConfigError(problems: problems) }
+        self.issuers = issuers
+    }
+
+    /// Replaces an issuer's key set (a refreshed `jwks_url`).
+    public func updateKeys(issuer: String, _ keys: JWKSet) {
+        issuers[issuer]?.keys.withLock { $0 = keys }
+    }
+
+    /// Verifies `token` at time `now` (seconds since the epoch).
+    public func verify(_ token: String, now: Double) -> Result<VerifiedToken, JWTError> {
+        let bytes = Array(token.utf8)
+        guard bytes.count <= Self.maxTokenBytes else { return .failure(.tooLarge) }
+        let parts = bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty else {
+            return .failure(.malformed("a JWS has three dot-separated parts"))
+        }
+        guard let headerBytes = Base64URL.decode(parts[0]), let payloadBytes = Base64URL.decode(parts[1]),
+            let signature = Base64URL.decode(parts[2])
+        else { return .failure(.malformed("invalid base64url")) }
+        guard let header = Self.object(headerBytes), let claims = Self.object(payloadBytes) else {
+            return .failure(.malformed("header and payload must be JSON objects"))
+        }
+        guard let alg = header["alg"] as? String else { return .failure(.algorithm("the header has no alg")) }
+        if header["crit"] != nil { return .failure(.algorithm("critical header extensions are not supported")) }
+        guard let iss = claims["iss"] as? String, let issuer = issuers[iss] else { return .failure(.unknownIssuer) }
+        let config = issuer.config
+        guard config.algorithms.contains(alg) else {
+            return .failure(.algorithm("algorithm '\(alg)' is not accepted for this issuer"))
+        }
+        guard !signature.isEmpty else { return .failure(.signature) }
+        let key: [UInt8]
+        if alg.hasPrefix("HS") {
+            guard let secret = issuer.secret, !secret.isEmpty else { return .failure(.unknownKey) }
+            key = secret
+        } else {
+            let kid = header["kid"] as? String
+            if header["kid"] != nil && kid == nil { return .failure(.malformed("kid must be a string")) }
+            guard let k = issuer.keys.withLock({ $0.key(kid: kid, algorithm: alg) }), !k.pem.isEmpty else {
+                return .failure(.unknownKey)
+            }
+            key = k.pem
+        }
+        guard Self.signatureVerifies(token: token, algorithm: alg, key: key) else { return .failure(.signature) }
+
+        // Claims, against the injected clock.
+        let leeway = Double(config.leeway) / 1e9
+        guard let exp = Self.number(claims["exp"]) else { return .failure(.missingExpiry) }
+        if now > exp + leeway { return .failure(.expired) }
+        if let raw = claims["nbf"] {
+            guard let nbf = Self.number(raw) else { return .failure(.badClaim("nbf must be a number")) }
+            if now + leeway < nbf { return .failure(.notYetValid) }
+        }
+        if let raw = claims["iat"] {
+            guard let iat = Self.number(raw) else { return .failure(.badClaim("iat must be a number")) }
+            if iat > now + leeway { return .failure(.issuedInFuture) }
+        }
+        if !config.audiences.isEmpty {
+            let aud: [String]
+            if let one = claims["aud"] as? String {
+                aud = [one]
+            } else if let many = claims["aud"] as? [Any] {
+                aud = many.compactMap { $0 as? String }
+            } else {
+                return .failure(.audience)
+            }
+            guard aud.contains(where: config.audiences.contains) else { return .failure(.audience) }
+        }
+
+        // Identity claims: what would become header values must be valid header values.
+        var result = VerifiedToken(issuer: iss, user: nil, tenant: nil, roles: [], expiresAt: exp)
+        if let raw = Self.claim(claims, path: config.userClaim) {
+            guard let user = raw as? String, Self.isHeaderSafe(user, max: 256) else {
+                return .failure(.badClaim("\(config.userClaim) must be a printable string of at most 256 characters"))
+            }
+            result.user = user
+        }
+        if let raw = Self.claim(claims, path: config.tenantClaim) {
+            guard let tenant = raw as? String, TenantID.isValid(tenant) else {
+                return .failure(.badClaim("\(config.tenantClaim) is not a valid tenant id"))
+            }
+            result.tenant = tenant
+        }
+        if let raw = Self.claim(claims, path: config.rolesClaim) {
+            let roles: [String]
+            if let list = raw as? [Any] {
+                roles = list.compactMap { $0 as? String }
+                if roles.count != list.count { return .failure(.badClaim("roles must be strings")) }
+            } else if let text = raw as? String {
+                roles = text.split(separator: " ").map(String.init)
+            } else {
+                return .failure(.badClaim("roles must be an array or a space-separated string"))
+            }
+            guard roles.count <= 64, roles.allSatisfy({ TenantID.isValid($0) || ($0.utf8.count <= 64 && $0.utf8.allSatisfy { TenantID.isIDByte($0) || $0 == UInt8(ascii: ":") }) && !$0.isEmpty })
+            else { return .failure(.badClaim("roles must be at most 64 names of A-Z a-z 0-9 . _ - :")) }
+            result.roles = roles
+        }
+        return .success(result)
+    }
+
+    // MARK: Helpers
+
+    /// libjwt checks the signature; the algorithm it finds must be the one pinned above.
+    static func signatureVerifies(token: String, algorithm: String, key: [UInt8]) -> Bool {
+        guard !key.isEmpty else { return false }
+        var jwt: OpaquePointer? = nil
+        let rc = key.withUnsafeBufferPointer { k in
+            jwt_decode(&jwt, token, k.baseAddress, Int32(k.count))
+        }
+        defer { if let jwt { jwt_free(jwt) } }
+        guard rc == 0, let jwt else { return false }
+        return jwt_get_alg(jwt) == jwt_str_alg(algorithm) && jwt_get_alg(jwt) != JWT_ALG_NONE
+    }
+
+    static func object(_ bytes: [UInt8]) -> [String: Any]? {
+        (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any]
+    }
+
+    /// A JSON number (not a boolean, not a string).
+    static func number(_ value: Any?) -> Double? {
+        guard let n = value as? NSNumber, !(value is String) else { return nil }
+        // JSON booleans come back as NSNumber too; their type encoding is a char or a bool.
+        let type = String(cString: n.objCType)
+        if type == "c" || type == "B" { return nil }
+        let d = n.doubleValue
+        return d.isFinite ? d : nil
+    }
+
+    /// A claim by exact name, else by dotted path into nested objects.
+    static func claim(_ claims: [String: Any], path: String) -> Any? {
+        if let direct = claims[path] { return direct }
+        var current: Any? = claims
+        for part in path.split(separator: ".") {
+            guard let object = current as? [String: Any] else { return nil }
+            current = object[String(part)]
+        }
+        return current is NSNull ? nil : current
+    }
+
+    /// Printable ASCII without control characters, 1...max bytes.
+    public static func isHeaderSafe(_ value: String, max: Int) -> Bool {
+        let u = value.utf8
+        return !u.isEmpty && u.count <= max && u.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
+    }
+}
