@@ -275,4 +275,29 @@ import Testing
         #expect(r.status == 200, "\(r.text)")
         #expect(up.requests.last?.headers("x-user-id") == ["cli"])
     }
+
+    @Test func jwksURLIsFetchedRefreshedAndKeptOnFailure() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        up.jwks.withLock { $0 = Self.keys.jwks }
+        let yaml = Self.config(upstream: up.port).replacingOccurrences(
+            of: "jwks_file: jwks.json", with: "jwks_url: http://127.0.0.1:\(up.port)/keys/jwks.json\n        jwks_refresh: 1s")
+        let gw = try GatewayProcess(yaml: yaml, environment: ["GH_TEST_HS_SECRET": TestKeys.hsSecret])
+        defer { gw.stop() }
+        let rs = Tok.signed(Tok.claims(iss: "https://rs.test/"), alg: "RS256", pem: Self.keys.rsaPrivate, kid: "rsa-1")
+        let es = Tok.signed(Tok.claims(iss: "https://rs.test/"), alg: "ES256", pem: Self.keys.ecPrivate, kid: "ec-1")
+        #expect(try get(gw, token: rs).status == 200)
+        // The key server fails: the last good key set keeps working.
+        up.jwks.withLock { $0 = nil }
+        let before = up.jwksFetches.load(ordering: .relaxed)
+        try waitUntil { up.jwksFetches.load(ordering: .relaxed) >= before + 1 }
+        #expect(try get(gw, token: rs).status == 200)
+        // Rotation: the RSA key is withdrawn; tokens signed with it stop working, the EC key still works.
+        let object = try JSONSerialization.jsonObject(with: Data(Self.keys.jwks.utf8)) as! [String: Any]
+        let ecOnly = (object["keys"] as! [[String: Any]]).filter { $0["kty"] as? String == "EC" }
+        up.jwks.withLock { $0 = String(decoding: try! JSONSerialization.data(withJSONObject: ["keys": ecOnly]), as: UTF8.self) }
+        try waitUntil { gw.log.contains { $0.contains("jwks refreshed") && $0.contains("\"gh-keys\":\"1\"") } }
+        #expect(try get(gw, token: rs).status == 401)
+        #expect(try get(gw, token: es).status == 200)
+    }
 }

@@ -13,6 +13,7 @@ public final class GatewayServer: Sendable {
         var proxy: Channel?
         var admin: Channel?
         var healthChecker: HealthChecker?
+        var jwks: JWKSRefresher?
     }
 
     public let configPath: String
@@ -64,10 +65,13 @@ public final class GatewayServer: Sendable {
         }
         let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
         checker.start()
+        let jwks = try makeRefresher(for: snapshot)
+        await jwks.start()
         listeners.withLock {
             $0.proxy = proxy
             $0.admin = admin
             $0.healthChecker = checker
+            $0.jwks = jwks
         }
         ready.store(true, ordering: .relaxed)
         logger.info(
@@ -150,6 +154,20 @@ public final class GatewayServer: Sendable {
         return diff == 0
     }
 
+    private func makeRefresher(for snapshot: RuntimeSnapshot) throws -> JWKSRefresher {
+        try JWKSRefresher(
+            config: snapshot.config.identity, verifier: snapshot.verifier, eventLoop: group.next(), logger: logger,
+            onUpdate: { [self] in self.clearTokenCaches() })
+    }
+
+    /// Forgets every loop's verified tokens (a key set changed).
+    func clearTokenCaches() {
+        for loop in group.makeIterator() {
+            let state = loops[ObjectIdentifier(loop)]!
+            loop.execute { state.value.tokenCache.clear() }
+        }
+    }
+
     // MARK: Reload
 
     /// Re-reads the config file; a config that fails validation is rejected and the old one keeps serving.
@@ -177,12 +195,16 @@ public final class GatewayServer: Sendable {
             }
             let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
             checker.start()
-            let old = listeners.withLock { l -> HealthChecker? in
-                let old = l.healthChecker
+            let jwks = try? makeRefresher(for: snapshot)
+            await jwks?.start()
+            let (oldChecker, oldJWKS) = listeners.withLock { l -> (HealthChecker?, JWKSRefresher?) in
+                let old = (l.healthChecker, l.jwks)
                 l.healthChecker = checker
+                l.jwks = jwks
                 return old
             }
-            old?.stop()
+            oldChecker?.stop()
+            oldJWKS?.stop()
             logger.info("config reloaded", metadata: ["gh-routes": "\(snapshot.config.routes.count)"])
             return []
         }
@@ -199,9 +221,10 @@ public final class GatewayServer: Sendable {
     /// Stops accepting, lets in-flight requests finish (bounded by `drain_timeout`), then closes everything.
     public func shutdown() async {
         ready.store(false, ordering: .relaxed)
-        let (proxy, admin, checker) = listeners.withLock { ($0.proxy, $0.admin, $0.healthChecker) }
+        let (proxy, admin, checker, jwks) = listeners.withLock { ($0.proxy, $0.admin, $0.healthChecker, $0.jwks) }
         try? await proxy?.close()
         checker?.stop()
+        jwks?.stop()
         for loop in group.makeIterator() {
             let state = loops[ObjectIdentifier(loop)]!
             try? await loop.submit { state.value.beginDrain() }.get()

@@ -115,7 +115,7 @@ extension ConfigLoader {
                 at, "identity.jwt.issuers entry",
                 allowed: [
                     "issuer", "audiences", "algorithms", "jwks_file", "jwks_url", "secret_env", "secret_file",
-                    "public_key_file", "tenant_claim", "user_claim", "roles_claim", "leeway",
+                    "public_key_file", "tenant_claim", "user_claim", "roles_claim", "leeway", "jwks_refresh",
                 ])
         else { return nil }
         guard let issAt = f["issuer"], let iss = r.nonEmptyString(issAt, "issuer") else {
@@ -141,6 +141,12 @@ extension ConfigLoader {
         }
         c.jwksFile = f["jwks_file"].flatMap { r.nonEmptyString($0, "jwks_file") }
         c.jwksURL = f["jwks_url"].flatMap { r.nonEmptyString($0, "jwks_url") }
+        if let url = c.jwksURL, let at = f["jwks_url"], JWKSURL.parse(url) == nil {
+            r.problem(at, "jwks_url must be an http://host:port/path URL (TLS is not supported by the fetcher)")
+        }
+        if let v = f["jwks_refresh"], let d = r.duration(v, "jwks_refresh") {
+            if d < 1_000_000_000 { r.problem(v, "jwks_refresh must be at least 1s") } else { c.jwksRefresh = d }
+        }
         c.secretEnv = f["secret_env"].flatMap { r.nonEmptyString($0, "secret_env") }
         c.secretFile = f["secret_file"].flatMap { r.nonEmptyString($0, "secret_file") }
         c.publicKeyFile = f["public_key_file"].flatMap { r.nonEmptyString($0, "public_key_file") }

@@ -115,6 +115,8 @@ public struct IssuerConfig: Sendable {
     public var algorithms: [String] = []
     public var jwksFile: String? = nil
     public var jwksURL: String? = nil
+    /// How often a `jwks_url` is fetched again; on failure the last good key set stays.
+    public var jwksRefresh: Int64 = 300_000_000_000
     public var secretEnv: String? = nil
     public var secretFile: String? = nil
     public var publicKeyFile: String? = nil

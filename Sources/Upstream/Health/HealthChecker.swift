@@ -63,59 +63,15 @@ public final class HealthChecker: Sendable {
         }
     }
 
-    /// One GET of the health path with `Connection: close`; true for a 2xx or 3xx status within the timeout.
+    /// One GET of the health path; true for a 2xx or 3xx status within the timeout.
     static func probe(target: UpstreamRegistry.Target, check: UpstreamConfig.HealthCheck, on loop: EventLoop)
         -> EventLoopFuture<Bool>
     {
-        let promise = loop.makePromise(of: Bool.self)
-        let timeout = loop.scheduleTask(in: .nanoseconds(check.timeout)) { promise.succeed(false) }
-        promise.futureResult.whenComplete { _ in timeout.cancel() }
-        ClientBootstrap(group: loop)
-            .connectTimeout(.nanoseconds(check.timeout))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ProbeHandler(promise: promise))
-                }
-            }
-            .connect(to: target.address)
-            .whenComplete { result in
-                switch result {
-                case .failure:
-                    promise.succeed(false)
-                case .success(let channel):
-                    var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: check.path)
-                    head.headers.add(name: "Host", value: target.hostPort.description)
-                    head.headers.add(name: "Connection", value: "close")
-                    head.headers.add(name: "User-Agent", value: "gatehouse-health-check")
-                    channel.write(HTTPClientRequestPart.head(head), promise: nil)
-                    channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
-                    promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
-                }
-            }
-        return promise.futureResult
+        HTTPFetch.get(
+            address: target.address, hostHeader: target.hostPort.description, path: check.path, on: loop,
+            timeout: .nanoseconds(check.timeout), maxBytes: 64 * 1024, userAgent: "gatehouse-health-check"
+        )
+        .map { (200..<400).contains($0.status) }
+        .recover { _ in false }
     }
 }
-
-private final class ProbeHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    private let promise: EventLoopPromise<Bool>
-
-    init(promise: EventLoopPromise<Bool>) { self.promise = promise }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = unwrapInboundIn(data) {
-            promise.succeed((200..<400).contains(Int(head.status.code)))
-            context.close(promise: nil)
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) { promise.succeed(false) }
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        promise.succeed(false)
-        context.close(promise: nil)
-    }
-}
-
-@available(*, unavailable)
-extension ProbeHandler: Sendable {}

@@ -29,6 +29,9 @@ final class TestUpstream: Sendable {
     let bytesWritten = Atomic<Int>(0)
     let healthy = Atomic<Bool>(true)
     let healthChecks = Atomic<Int>(0)
+    /// What `/jwks.json` serves (503 while nil), and how often it was fetched.
+    let jwks = Mutex<String?>(nil)
+    let jwksFetches = Atomic<Int>(0)
 
     struct State {
         var requests: [RecordedRequest] = []
@@ -127,6 +130,13 @@ private final class UpstreamHandler: ChannelInboundHandler {
             send(context, status: upstream.healthy.load(ordering: .relaxed) ? .ok : .serviceUnavailable, body: "ok")
         case "hang":
             return
+        case "jwks.json":
+            upstream.jwksFetches.add(1, ordering: .relaxed)
+            if let body = upstream.jwks.withLock({ $0 }) {
+                send(context, status: .ok, body: body, contentType: "application/json")
+            } else {
+                send(context, status: .serviceUnavailable, body: "down")
+            }
         case "cut":
             var h = HTTPHeaders()
             h.add(name: "Content-Length", value: "100000")

@@ -1,0 +1,91 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A one-shot HTTP/1.1 GET with `Connection: close`, bounded in time and size: health probes and key-set
+/// fetches. Never on the request path.
+public enum HTTPFetch {
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: [UInt8]
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+        public init(description: String) { self.description = description }
+    }
+
+    public static func get(
+        address: SocketAddress, hostHeader: String, path: String, on loop: EventLoop, timeout: TimeAmount,
+        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse"
+    ) -> EventLoopFuture<Response> {
+        let promise = loop.makePromise(of: Response.self)
+        let timer = loop.scheduleTask(in: timeout) { promise.fail(Failure(description: "timed out after \(timeout)")) }
+        promise.futureResult.whenComplete { _ in timer.cancel() }
+        ClientBootstrap(group: loop)
+            .connectTimeout(timeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(FetchHandler(promise: promise, maxBytes: maxBytes))
+                }
+            }
+            .connect(to: address)
+            .whenComplete { result in
+                switch result {
+                case .failure(let error):
+                    promise.fail(Failure(description: "connect: \(error)"))
+                case .success(let channel):
+                    var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
+                    head.headers.add(name: "Host", value: hostHeader)
+                    head.headers.add(name: "Connection", value: "close")
+                    head.headers.add(name: "User-Agent", value: userAgent)
+                    channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                    channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+                    promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+                }
+            }
+        return promise.futureResult
+    }
+}
+
+private final class FetchHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    private let promise: EventLoopPromise<HTTPFetch.Response>
+    private let maxBytes: Int
+    private var status = 0
+    private var body: [UInt8] = []
+
+    init(promise: EventLoopPromise<HTTPFetch.Response>, maxBytes: Int) {
+        self.promise = promise
+        self.maxBytes = maxBytes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            status = Int(head.status.code)
+        case .body(let buffer):
+            body += buffer.readableBytesView
+            if body.count > maxBytes {
+                promise.fail(HTTPFetch.Failure(description: "response larger than \(maxBytes) bytes"))
+                context.close(promise: nil)
+            }
+        case .end:
+            promise.succeed(HTTPFetch.Response(status: status, body: body))
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        promise.fail(HTTPFetch.Failure(description: "connection closed before the response ended"))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        promise.fail(HTTPFetch.Failure(description: "\(error)"))
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension FetchHandler: Sendable {}
