@@ -1,6 +1,6 @@
 # Gatehouse: the two front-door commands are `make run` and `make test`.
 SHELL := /bin/bash
-APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server python3 curl
+APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server python3 curl openssl
 BIN := .build/debug/gatehouse
 
 .PHONY: deps build run test bench clean
@@ -19,11 +19,16 @@ build: deps
 
 ## run: the example policy (config/gateway.yaml) in front of a sample echo upstream on 127.0.0.1:9001.
 run: build
-	@python3 scripts/sample_upstream.py 9001 & UP=$$!; trap "kill $$UP 2>/dev/null" EXIT INT TERM; \
+	@export GATEHOUSE_DEV_SECRET=$${GATEHOUSE_DEV_SECRET:-dev-only-secret-change-me-0123456789abcdef}; \
+	export GATEHOUSE_ADMIN_TOKEN=$${GATEHOUSE_ADMIN_TOKEN:-dev-admin-token}; \
+	python3 scripts/sample_upstream.py 9001 & UP=$$!; trap "kill $$UP 2>/dev/null" EXIT INT TERM; \
+	TOKEN=$$($(BIN) token --tenant acme --sub alice --roles admin --secret-env GATEHOUSE_DEV_SECRET); \
 	echo; echo "Gatehouse on http://127.0.0.1:8080 (admin on 127.0.0.1:9901). Try:"; \
-	echo "  curl -i http://127.0.0.1:8080/api/echo/hello"; \
-	echo "  curl -i -X POST -d '{\"a\":1}' http://127.0.0.1:8080/api/echo/items"; \
-	echo "  curl -i http://127.0.0.1:8080/nowhere        # 404 problem document"; \
+	echo "  curl -i http://127.0.0.1:8080/public/hello                 # no auth needed"; \
+	echo "  curl -i http://127.0.0.1:8080/api/echo/hello               # 401: a token or API key is required"; \
+	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/api/echo/hello"; \
+	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/echo/items"; \
+	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/admin/x   # 403 forbidden (no role)"; \
 	echo "  curl -s http://127.0.0.1:9901/metrics"; echo "Ctrl-C stops both."; echo; \
 	$(BIN) serve --config config/gateway.yaml
 

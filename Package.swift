@@ -66,6 +66,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Micro-benchmark of JWT verification, cached and uncached (benchmarks/run builds and runs it).
+        .executableTarget(name: "jwt-bench", dependencies: ["Policy"], path: "benchmarks/jwt-bench"),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(
             name: "UpstreamTests",

@@ -106,6 +106,8 @@ public struct IdentityConfig: Sendable {
     public var headerTenancy: HeaderTenancy = .apiKeyOnly
     public var issuers: [IssuerConfig] = []
     public var apiKeyHeader = "X-API-Key"
+
+    public init() {}
 }
 
 /// One trusted JWT issuer.
@@ -124,6 +126,10 @@ public struct IssuerConfig: Sendable {
     public var userClaim = "sub"
     public var rolesClaim = "roles"
     public var leeway: Int64 = 0
+
+    public init(issuer: String) {
+        self.issuer = issuer
+    }
 }
 
 /// A plan: rate, quota, features and body cap.
