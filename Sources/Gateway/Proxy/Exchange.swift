@@ -24,6 +24,8 @@ final class Exchange {
     let head: HTTPRequestHead
     var keepAlive: Bool
     var caller = Caller()
+    /// Headers the gateway adds to the client's response (e.g. `Gatehouse-Billing: past_due`).
+    var responseHeaders: [(String, String)] = []
     var routeName = "-"
     var upstreamName = "-"
     var framing: HeaderRewriter.BodyFraming = .none

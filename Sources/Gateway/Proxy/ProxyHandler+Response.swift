@@ -32,6 +32,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
         if noMoreRequests { ex.keepAlive = false }
         ex.response = .streaming(framing)
         for (name, value) in extra { writeHeader(&buffer, name, value) }
+        for (name, value) in ex.responseHeaders { writeHeader(&buffer, name, value) }
         writeConnectionHeaders(&buffer, ex)
         writeHeader(&buffer, "X-Request-ID", ex.requestID)
         buffer.writeStaticString("\r\n")

@@ -275,8 +275,24 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
         ex.caller = caller
 
-        // Body limit (a plan may lower it in later phases).
-        ex.bodyLimit = server.maxBodyBytes
+        // Gate by subscription state, plan and feature.
+        var bodyLimit = server.maxBodyBytes
+        if let tenant = caller.tenant, let record = snapshot.config.tenants[tenant] {
+            switch Gate.check(route: route, tenant: tenant, record: record, config: snapshot.config, now: wallNow) {
+            case .failure(let denial):
+                deny(ex, denial)
+                return
+            case .success(let outcome):
+                ex.responseHeaders = outcome.responseHeaders
+                if let cap = outcome.maxBodyBytes { bodyLimit = min(bodyLimit, cap) }
+            }
+        } else if route.minPlan != nil || route.feature != nil {
+            deny(ex, .tenantRequired("Route '\(route.name)' is gated by plan and needs a tenant."))
+            return
+        }
+
+        // Body limit: the server's, or the plan's when lower.
+        ex.bodyLimit = bodyLimit
         if case .contentLength(let n) = checked.framing, n > ex.bodyLimit {
             deny(ex, .payloadTooLarge(limit: ex.bodyLimit, close: true))
             return

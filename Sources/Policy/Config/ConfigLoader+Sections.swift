@@ -233,13 +233,23 @@ extension ConfigLoader {
                 r.problem(v, "status must be one of \(Self.tenantStatuses.joined(separator: ", ")) (got '\(s)')")
             }
         }
-        if let v = f["trial_ends"], let s = r.string(v, "trial_ends") { t.trialEnds = s }
+        if let v = f["trial_ends"], let s = r.string(v, "trial_ends") {
+            t.trialEnds = s
+            t.trialEndsAt = Timestamp.parse(s)
+            if t.trialEndsAt == nil { r.problem(v, "trial_ends must be an RFC 3339 timestamp such as 2026-12-31T00:00:00Z") }
+        }
         if let v = f["billing_anchor"], let n = r.int(v, "billing_anchor", min: 1, max: 31) { t.billingAnchor = n }
-        if let v = f["past_due_since"] { _ = r.string(v, "past_due_since") }
+        if let v = f["past_due_since"], let s = r.string(v, "past_due_since") {
+            t.pastDueSinceAt = Timestamp.parse(s)
+            if t.pastDueSinceAt == nil { r.problem(v, "past_due_since must be an RFC 3339 timestamp") }
+        }
+        if t.status == "trialing" && t.trialEnds == nil, let v = f["status"] {
+            r.problem(v, "a trialing tenant needs trial_ends")
+        }
         if let v = f["overrides"], let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes"]) {
             if let x = o["rate"] { _ = parseRate(x, "overrides.rate", r) }
             if let x = o["quota"], case .mapping = x.node { _ = parseQuota(x, "overrides.quota", r) }
-            if let x = o["max_body_bytes"] { _ = r.size(x, "overrides.max_body_bytes") }
+            if let x = o["max_body_bytes"] { t.maxBodyBytes = r.size(x, "overrides.max_body_bytes") }
         }
         if let v = f["api_keys"] {
             for item in r.sequence(v, "api_keys") ?? [] {

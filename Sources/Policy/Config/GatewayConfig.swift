@@ -148,9 +148,69 @@ public struct TenantSeed: Sendable {
     public struct APIKey: Sendable { public var id: String; public var sha256: String }
     public var plan: String
     public var status: String = "active"
+    /// `trial_ends` as written, and as seconds since the epoch.
     public var trialEnds: String? = nil
+    public var trialEndsAt: Double? = nil
+    /// When the tenant went `past_due`, seconds since the epoch (the grace period counts from here).
+    public var pastDueSinceAt: Double? = nil
     public var billingAnchor: Int = 1
     public var apiKeys: [APIKey] = []
+    /// Overrides of the plan's limits.
+    public var maxBodyBytes: Int? = nil
+
+    public init(plan: String) {
+        self.plan = plan
+    }
+}
+
+/// RFC 3339 timestamps (`2026-12-31T00:00:00Z`, offsets and fractions allowed) as seconds since the epoch.
+public enum Timestamp {
+    public static func parse(_ text: String) -> Double? {
+        let u = Array(text.utf8)
+        func num(_ from: Int, _ len: Int) -> Int? {
+            guard from + len <= u.count else { return nil }
+            var v = 0
+            for b in u[from..<from + len] {
+                guard b >= 48 && b <= 57 else { return nil }
+                v = v * 10 + Int(b - 48)
+            }
+            return v
+        }
+        guard u.count >= 20, let y = num(0, 4), u[4] == 45, let mo = num(5, 2), u[7] == 45, let d = num(8, 2),
+            u[10] == 84 || u[10] == 116 || u[10] == 32, let h = num(11, 2), u[13] == 58, let mi = num(14, 2), u[16] == 58,
+            let s = num(17, 2), (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, s < 61
+        else { return nil }
+        var i = 19
+        var fraction = 0.0
+        if i < u.count, u[i] == 46 {
+            i += 1
+            var scale = 0.1
+            while i < u.count, u[i] >= 48 && u[i] <= 57 {
+                fraction += Double(u[i] - 48) * scale
+                scale /= 10
+                i += 1
+            }
+        }
+        guard i < u.count else { return nil }
+        var offset = 0
+        if u[i] == 90 || u[i] == 122 {
+            i += 1
+        } else if u[i] == 43 || u[i] == 45, let oh = num(i + 1, 2), u.count > i + 3, u[i + 3] == 58, let om = num(i + 4, 2) {
+            offset = (oh * 60 + om) * 60 * (u[i] == 43 ? 1 : -1)
+            i += 6
+        } else {
+            return nil
+        }
+        guard i == u.count else { return nil }
+        // Days from civil (Howard Hinnant's algorithm).
+        let yy = mo <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146097 + doe - 719468
+        return Double(days * 86400 + h * 3600 + mi * 60 + s - offset) + fraction
+    }
 }
 
 /// `billing:`: the subscription webhook.
