@@ -77,7 +77,7 @@ import Testing
         var identity = IdentityConfig()
         identity.headerTenancy = .always
         let tenants = ["acme": TenantSeed(plan: "pro"), "globex": TenantSeed(plan: "free")]
-        let resolver = IdentityResolver(config: identity, tenants: tenants)
+        let resolver = IdentityResolver(config: identity, tenants: StaticTenantRecords(tenants))
         var route = RouteConfig(name: "r", pathPrefix: "/", upstream: "u")
         route.auth = .optional
         let anonymousHeader = IdentityResolver.Input(authorization: [], apiKey: [], tenantHeader: ["globex"])

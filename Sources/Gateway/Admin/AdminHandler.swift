@@ -9,7 +9,8 @@ final class AdminHandler: ChannelInboundHandler {
 
     private let server: GatewayServer
     private var head: HTTPRequestHead?
-    private var body = 0
+    private var body: [UInt8] = []
+    private var tooLarge = false
     /// Admin request bodies are small JSON documents.
     static let maxBody = 64 * 1024
 
@@ -19,13 +20,18 @@ final class AdminHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
-            body = 0
+            body = []
+            tooLarge = false
         case .body(let b):
-            body += b.readableBytes
+            if body.count + b.readableBytes > Self.maxBody {
+                tooLarge = true
+            } else {
+                body += b.readableBytesView
+            }
         case .end:
             guard let head else { return }
             self.head = nil
-            if body > Self.maxBody {
+            if tooLarge {
                 respondProblem(context, .payloadTooLarge(limit: Self.maxBody, close: true), head)
                 return
             }
@@ -52,6 +58,16 @@ final class AdminHandler: ChannelInboundHandler {
             if path.hasPrefix("/admin/") || path == "/admin" {
                 guard server.isAdminAuthorized(head.headers.first(name: "authorization")) else {
                     respondProblem(context, .unauthenticated("A valid admin token is required.", tokenSent: head.headers.contains(name: "authorization")), head)
+                    return
+                }
+                let requestID = head.headers.first(name: "x-request-id").flatMap {
+                    RequestTarget.isValidRequestID($0) ? $0 : nil
+                } ?? "admin-" + AdminAPI.randomToken(bytes: 6)
+                let api = AdminAPI(tenants: server.tenants, config: server.snapshot.config)
+                if let r = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
+                    respond(
+                        context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType,
+                        body: r.body, extraHeaders: [("X-Request-ID", requestID)])
                     return
                 }
                 if head.method == .POST && path == "/admin/reload" {
@@ -87,12 +103,14 @@ final class AdminHandler: ChannelInboundHandler {
         body: String, extraHeaders: [(String, String)] = []
     ) {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: contentType)
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        if status != .noContent {
+            headers.add(name: "Content-Type", value: contentType)
+            headers.add(name: "Content-Length", value: String(body.utf8.count))
+        }
         for (n, v) in extraHeaders { headers.add(name: n, value: v) }
         if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        if head.method != .HEAD {
+        if head.method != .HEAD && status != .noContent {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))

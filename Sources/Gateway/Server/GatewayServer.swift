@@ -25,12 +25,16 @@ public final class GatewayServer: Sendable {
     private let openConnections = Atomic<Int>(0)
     private let ready = Atomic<Bool>(false)
     private let adminToken: String?
+    /// Tenant records: seeds plus admin writes, kept across reloads.
+    public let tenants: TenantDirectory
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
     public init(configPath: String, config: GatewayConfig, logger: Logger) throws {
         self.configPath = configPath
         self.logger = logger
-        let snapshot = try RuntimeSnapshot(config: config)
+        let tenants = TenantDirectory(seeds: config.tenants)
+        self.tenants = tenants
+        let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
         self.current = Mutex(snapshot)
         let threads = config.server.threads ?? System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -174,10 +178,13 @@ public final class GatewayServer: Sendable {
     /// Returns the problems (empty on success).
     public func reload() async -> [String] {
         let path = configPath
+        let tenants = self.tenants
         let result: Result<RuntimeSnapshot, Error> = await Task.detached {
             do {
                 let config = try ConfigLoader().load(path: path)
-                return .success(try RuntimeSnapshot(config: config))
+                let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
+                tenants.reseed(config.tenants)
+                return .success(snapshot)
             } catch {
                 return .failure(error)
             }

@@ -9,6 +9,8 @@ public final class RuntimeSnapshot: Sendable {
     public let rewriter: HeaderRewriter
     public let upstreams: UpstreamRegistry
     public let identity: IdentityResolver
+    /// Effective tenant records (seeds and admin writes); shared by every snapshot of one server.
+    public let tenants: TenantDirectory
     public let verifier: JWTVerifier
     /// Each issuer's leeway in seconds, for the token cache.
     public let leeways: [String: Double]
@@ -17,14 +19,15 @@ public final class RuntimeSnapshot: Sendable {
 
     /// Builds a snapshot; resolves upstream addresses and loads key material (blocking: never call on an event
     /// loop).
-    public init(config: GatewayConfig) throws {
+    public init(config: GatewayConfig, tenants: TenantDirectory) throws {
         self.config = config
         self.router = Router(routes: config.routes)
         var reserved = Self.identityHeaders
         reserved.insert(config.identity.tenantHeader.lowercased())
         self.rewriter = HeaderRewriter(reserved: reserved)
         self.upstreams = try UpstreamRegistry(config: config)
-        self.identity = IdentityResolver(config: config.identity, tenants: config.tenants)
+        self.identity = IdentityResolver(config: config.identity, tenants: tenants)
+        self.tenants = tenants
         self.verifier = try JWTVerifier(config: config.identity)
         self.leeways = Dictionary(
             config.identity.issuers.map { ($0.issuer, Double($0.leeway) / 1e9) }, uniquingKeysWith: { a, _ in a })

@@ -3,7 +3,7 @@
 extension ConfigLoader {
     static let jwtAlgorithms = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
     static let rateLimitKinds = ["tenant", "tenant_route", "user", "api_key"]
-    static let tenantStatuses = ["active", "trialing", "past_due", "suspended", "cancelled"]
+    public static let tenantStatuses = ["active", "trialing", "past_due", "suspended", "cancelled"]
 
     func parseServer(_ at: Located, _ r: YAMLReader) -> ServerConfig? {
         guard

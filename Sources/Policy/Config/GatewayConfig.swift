@@ -145,7 +145,14 @@ public struct PlanConfig: Sendable {
 
 /// A tenant record seeded from YAML; the store's copy wins once written.
 public struct TenantSeed: Sendable {
-    public struct APIKey: Sendable { public var id: String; public var sha256: String }
+    public struct APIKey: Sendable {
+        public var id: String
+        public var sha256: String
+        public init(id: String, sha256: String) {
+            self.id = id
+            self.sha256 = sha256
+        }
+    }
     public var plan: String
     public var status: String = "active"
     /// `trial_ends` as written, and as seconds since the epoch.

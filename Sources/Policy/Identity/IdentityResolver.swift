@@ -10,19 +10,30 @@ public struct Caller: Sendable, Equatable {
     public init() {}
 }
 
-/// API key hashes from the tenant records, for lookup by the SHA-256 of a presented key.
-public struct APIKeyIndex: Sendable {
-    private var owners: [String: (tenant: String, id: String)] = [:]
+/// Where tenant records and API key owners are looked up (YAML seeds, the admin API's store, or both).
+public protocol TenantRecords: Sendable {
+    /// The effective record of `tenant`, or nil when it is unknown.
+    func record(_ tenant: String) -> TenantSeed?
+    /// The owner of an API key, by the lowercase hex SHA-256 of the key.
+    func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)?
+}
 
-    public init(tenants: [String: TenantSeed]) {
+/// Tenant records fixed at construction (the YAML seeds).
+public struct StaticTenantRecords: TenantRecords {
+    public let tenants: [String: TenantSeed]
+    private let owners: [String: (tenant: String, id: String)]
+
+    public init(_ tenants: [String: TenantSeed]) {
+        self.tenants = tenants
+        var owners: [String: (tenant: String, id: String)] = [:]
         for (tenant, seed) in tenants {
             for key in seed.apiKeys { owners[key.sha256] = (tenant, key.id) }
         }
+        self.owners = owners
     }
 
-    public func owner(of presentedKey: String) -> (tenant: String, id: String)? {
-        owners[Digest.hex(Digest.sha256(presentedKey.utf8))]
-    }
+    public func record(_ tenant: String) -> TenantSeed? { tenants[tenant] }
+    public func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)? { owners[sha256Hex] }
 }
 
 /// Authenticates a request and resolves its tenant and roles (pure: the token check is passed in).
@@ -31,15 +42,13 @@ public struct APIKeyIndex: Sendable {
 /// names a tenant only as `header_tenancy` allows. Any two sources that disagree → 403 `tenant_mismatch`.
 public struct IdentityResolver: Sendable {
     public let config: IdentityConfig
-    public let apiKeys: APIKeyIndex
-    public let tenants: [String: TenantSeed]
+    public let tenants: any TenantRecords
     /// Longest API key accepted before hashing.
     public static let maxAPIKeyBytes = 256
 
-    public init(config: IdentityConfig, tenants: [String: TenantSeed]) {
+    public init(config: IdentityConfig, tenants: any TenantRecords) {
         self.config = config
         self.tenants = tenants
-        self.apiKeys = APIKeyIndex(tenants: tenants)
     }
 
     /// What the resolver reads from a request.
@@ -93,7 +102,9 @@ public struct IdentityResolver: Sendable {
             }
         }
         if let key = input.apiKey.first {
-            guard key.utf8.count <= Self.maxAPIKeyBytes, let owner = apiKeys.owner(of: key) else {
+            guard key.utf8.count <= Self.maxAPIKeyBytes,
+                let owner = tenants.apiKeyOwner(sha256Hex: Digest.hex(Digest.sha256(key.utf8)))
+            else {
                 return .failure(.unauthenticated("The API key was rejected.", tokenSent: true))
             }
             if case .token = caller.credential {} else {
@@ -140,7 +151,7 @@ public struct IdentityResolver: Sendable {
     }
 
     private func known(_ tenant: String, _ caller: Caller) -> Result<Caller, Denial> {
-        guard let seed = tenants[tenant] else { return .failure(.unknownTenant("Tenant '\(tenant)' is not known.")) }
+        guard let seed = tenants.record(tenant) else { return .failure(.unknownTenant("Tenant '\(tenant)' is not known.")) }
         var c = caller
         c.tenant = tenant
         c.plan = seed.plan

@@ -1,0 +1,152 @@
+import Foundation
+import Policy
+
+/// The tenant and API key endpoints of the admin API (SPEC "Admin API"), as plain request → response.
+struct AdminAPI {
+    struct Response {
+        var status: Int
+        var contentType = "application/json"
+        var body: String
+    }
+
+    let tenants: TenantDirectory
+    let config: GatewayConfig
+
+    /// Handles `/admin/tenants/...`; nil when the path is not one of these endpoints.
+    func handle(method: String, path: String, body: [UInt8], requestID: String) -> Response? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        // ["", "admin", "tenants", id, ...]
+        guard parts.count >= 4, parts[1] == "admin", parts[2] == "tenants" else { return nil }
+        let id = parts[3]
+        guard TenantID.isValid(id) else {
+            return problem(.badRequest("Tenant ids are 1-64 characters of A-Z a-z 0-9 . _ -."), requestID)
+        }
+        switch (method, parts.count) {
+        case ("GET", 4):
+            guard let (record, source) = tenants.effective(id) else {
+                return problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
+            }
+            return Response(status: 200, body: Self.document(id, record, source))
+        case ("PUT", 4):
+            switch parseRecord(body) {
+            case .failure(let denial): return problem(denial, requestID)
+            case .success(let record):
+                let created = tenants.put(id, record)
+                let (effective, source) = tenants.effective(id)!
+                return Response(status: created ? 201 : 200, body: Self.document(id, effective, source))
+            }
+        case ("DELETE", 4):
+            guard tenants.delete(id) else {
+                return problem(.unknownTenant("Tenant '\(id)' has no record in the store."), requestID, status: 404)
+            }
+            return Response(status: 204, body: "")
+        case ("POST", 5) where parts[4] == "api-keys":
+            var keyID = "key-" + Self.randomToken(bytes: 6)
+            if !body.isEmpty {
+                guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
+                    return problem(.badRequest("The body must be a JSON object."), requestID)
+                }
+                if let given = object["id"] {
+                    guard let s = given as? String, TenantID.isValid(s) else {
+                        return problem(.badRequest("id must be 1-64 characters of A-Z a-z 0-9 . _ -."), requestID)
+                    }
+                    keyID = s
+                }
+            }
+            if tenants.record(id)?.apiKeys.contains(where: { $0.id == keyID }) == true {
+                return problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409)
+            }
+            let key = "gh_" + Self.randomToken(bytes: 32)
+            guard tenants.addKey(id, id: keyID, sha256: Digest.hex(Digest.sha256(key.utf8))) else {
+                return problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
+            }
+            return Response(status: 201, body: "{\"id\":\(JSONText.quote(keyID)),\"key\":\(JSONText.quote(key))}")
+        case ("DELETE", 6) where parts[4] == "api-keys":
+            guard tenants.revokeKey(id, id: parts[5]) else {
+                return problem(.routeNotFound("No key '\(parts[5])' for tenant '\(id)'."), requestID, status: 404)
+            }
+            return Response(status: 204, body: "")
+        default:
+            return nil
+        }
+    }
+
+    /// Validates a PUT body: `{plan, status, trial_ends?, overrides?: {max_body_bytes?, rate?, quota?}}`.
+    func parseRecord(_ body: [UInt8]) -> Result<TenantSeed, Denial> {
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
+            return .failure(.badRequest("The body must be a JSON object."))
+        }
+        let allowed: Set<String> = ["plan", "status", "trial_ends", "past_due_since", "billing_anchor", "overrides"]
+        if let unknown = object.keys.sorted().first(where: { !allowed.contains($0) }) {
+            return .failure(.badRequest("Unknown field '\(unknown)'."))
+        }
+        guard let plan = object["plan"] as? String else { return .failure(.badRequest("Field 'plan' is required (a string).")) }
+        guard config.plans[plan] != nil else { return .failure(.badRequest("Field 'plan': unknown plan '\(plan)'.")) }
+        var record = TenantSeed(plan: plan)
+        if let raw = object["status"] {
+            guard let status = raw as? String, ConfigLoader.tenantStatuses.contains(status) else {
+                return .failure(.badRequest("Field 'status' must be one of \(ConfigLoader.tenantStatuses.joined(separator: ", ")).")) 
+            }
+            record.status = status
+        }
+        if let raw = object["trial_ends"], !(raw is NSNull) {
+            guard let text = raw as? String, let at = Timestamp.parse(text) else {
+                return .failure(.badRequest("Field 'trial_ends' must be an RFC 3339 timestamp."))
+            }
+            record.trialEnds = text
+            record.trialEndsAt = at
+        }
+        if record.status == "trialing" && record.trialEndsAt == nil {
+            return .failure(.badRequest("Field 'trial_ends' is required for a trialing tenant."))
+        }
+        if let raw = object["past_due_since"], !(raw is NSNull) {
+            guard let text = raw as? String, let at = Timestamp.parse(text) else {
+                return .failure(.badRequest("Field 'past_due_since' must be an RFC 3339 timestamp."))
+            }
+            record.pastDueSinceAt = at
+        }
+        if let raw = object["billing_anchor"] {
+            guard let n = raw as? Int, (1...31).contains(n), !(raw is Bool) else {
+                return .failure(.badRequest("Field 'billing_anchor' must be a day of the month, 1-31."))
+            }
+            record.billingAnchor = n
+        }
+        if let raw = object["overrides"], !(raw is NSNull) {
+            guard let overrides = raw as? [String: Any] else { return .failure(.badRequest("Field 'overrides' must be an object.")) }
+            if let unknown = overrides.keys.sorted().first(where: { !["rate", "quota", "max_body_bytes"].contains($0) }) {
+                return .failure(.badRequest("Unknown field 'overrides.\(unknown)'."))
+            }
+            if let size = overrides["max_body_bytes"] {
+                let bytes: Int? = (size as? Int).flatMap { $0 > 0 && !(size is Bool) ? $0 : nil } ?? (size as? String).flatMap(Units.parseSize)
+                guard let bytes, bytes > 0 else {
+                    return .failure(.badRequest("Field 'overrides.max_body_bytes' must be a positive size."))
+                }
+                record.maxBodyBytes = bytes
+            }
+        }
+        return .success(record)
+    }
+
+    static func document(_ id: String, _ r: TenantSeed, _ source: TenantDirectory.Source) -> String {
+        var json = "{\"id\":\(JSONText.quote(id)),\"plan\":\(JSONText.quote(r.plan)),\"status\":\(JSONText.quote(r.status))"
+        json += ",\"trial_ends\":" + (r.trialEnds.map(JSONText.quote) ?? "null")
+        json += ",\"billing_anchor\":\(r.billingAnchor)"
+        json += ",\"overrides\":{" + (r.maxBodyBytes.map { "\"max_body_bytes\":\($0)" } ?? "") + "}"
+        json += ",\"api_keys\":[" + r.apiKeys.map { "{\"id\":\(JSONText.quote($0.id))}" }.joined(separator: ",") + "]"
+        json += ",\"source\":\(JSONText.quote(source.rawValue))}"
+        return json
+    }
+
+    private func problem(_ denial: Denial, _ requestID: String, status: Int? = nil) -> Response {
+        var body = denial.document(requestID: requestID)
+        if let status {
+            body = body.replacingOccurrences(of: "\"status\":\(denial.status)", with: "\"status\":\(status)")
+        }
+        return Response(status: status ?? denial.status, contentType: "application/problem+json", body: body)
+    }
+
+    static func randomToken(bytes: Int) -> String {
+        var rng = SystemRandomNumberGenerator()
+        return Base64URL.encode((0..<bytes).map { _ in UInt8.random(in: 0...255, using: &rng) })
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// Live: the admin API's tenant and API key endpoints, on the embedded store; changes apply to the next request.
+@Suite(.serialized) struct AdminTenantTests {
+    static func config(upstream: Int) -> String {
+        """
+        server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1}
+        identity: {header_tenancy: always}
+        plans: {free: {features: [core]}, pro: {features: [core, analytics]}}
+        tenants:
+          acme: {plan: pro}
+        upstreams:
+          app: {targets: [127.0.0.1:\(upstream)]}
+        routes:
+          - {name: api, match: {path_prefix: /api}, upstream: app, auth: required}
+          - {name: pub, match: {path_prefix: /pub}, upstream: app, auth: none}
+        """
+    }
+
+    @Test func tenantsAndKeysThroughTheAdminAPI() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
+        defer { gw.stop() }
+        let admin = try #require(gw.adminPort)
+        let auth = [("Authorization", "Bearer adm")]
+        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse {
+            try request(port: admin, method, path, headers: auth, body: body)
+        }
+        #expect(try request(port: admin, "GET", "/admin/tenants/acme").status == 401)
+        let seed = try call("GET", "/admin/tenants/acme")
+        #expect(seed.status == 200)
+        #expect(seed.json["source"] as? String == "seed")
+        #expect(seed.json["plan"] as? String == "pro")
+        #expect(try call("GET", "/admin/tenants/nobody").status == 404)
+
+        // A new tenant takes effect at once.
+        #expect(try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "newco")]).status == 403)
+        let created = try call("PUT", "/admin/tenants/newco", #"{"plan": "free", "status": "active"}"#)
+        #expect(created.status == 201)
+        #expect(try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "newco")]).status == 200)
+        #expect(up.requests.last?.headers("x-plan") == ["free"])
+
+        // Suspending, then deleting the store's record (the seed applies again).
+        #expect(try call("PUT", "/admin/tenants/acme", #"{"plan": "pro", "status": "suspended"}"#).status == 200)
+        let suspended = try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "acme")])
+        #expect(suspended.json["code"] as? String == "tenant_suspended")
+        #expect(try call("DELETE", "/admin/tenants/acme").status == 204)
+        #expect(try call("GET", "/admin/tenants/acme").json["source"] as? String == "seed")
+        #expect(try call("DELETE", "/admin/tenants/acme").status == 404)
+
+        // API keys: the plaintext is returned once and works; revoked, it does not.
+        let made = try call("POST", "/admin/tenants/acme/api-keys", #"{"id": "deploy"}"#)
+        #expect(made.status == 201)
+        let key = try #require(made.json["key"] as? String)
+        #expect(made.json["id"] as? String == "deploy")
+        #expect(!(try call("GET", "/admin/tenants/acme").text.contains(key)))
+        #expect(try request(port: gw.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status == 200)
+        #expect(up.requests.last?.headers("x-tenant-id") == ["acme"])
+        #expect(try call("POST", "/admin/tenants/acme/api-keys", #"{"id": "deploy"}"#).status == 409)
+        #expect(try call("DELETE", "/admin/tenants/acme/api-keys/deploy").status == 204)
+        #expect(try request(port: gw.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status == 401)
+        #expect(try call("POST", "/admin/tenants/ghost/api-keys").status == 404)
+
+        // Bad bodies are 400 problems naming the field.
+        for (body, field) in [
+            (#"{"plan": "gold"}"#, "plan"), (#"{"status": "active"}"#, "plan"),
+            (#"{"plan": "pro", "status": "sleeping"}"#, "status"), (#"{"plan": "pro", "colour": "red"}"#, "colour"),
+            (#"{"plan": "pro", "status": "trialing"}"#, "trial_ends"), ("not json", "JSON"),
+        ] {
+            let r = try call("PUT", "/admin/tenants/acme", body)
+            #expect(r.status == 400, "\(body)")
+            #expect(r.json["code"] as? String == "bad_request")
+            #expect((r.json["detail"] as? String)?.contains(field) == true, "\(body): \(r.text)")
+        }
+        #expect(try call("PUT", "/admin/tenants/bad%20id", #"{"plan": "pro"}"#).status == 400)
+    }
+}
