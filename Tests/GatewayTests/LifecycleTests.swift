@@ -75,6 +75,7 @@ import Testing
         let admin = try #require(gw.adminPort)
         let health = try request(port: admin, "GET", "/healthz")
         #expect(health.status == 200)
+        #expect(health.header("X-Request-ID") != nil)
         #expect(try request(port: admin, "GET", "/readyz").status == 200)
         _ = try request(port: gw.port, "GET", "/counted")
         let metrics = try request(port: admin, "GET", "/metrics").text

@@ -11,6 +11,7 @@ final class AdminHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    private var requestID = "admin"
     /// Admin request bodies are small JSON documents.
     static let maxBody = 64 * 1024
 
@@ -22,6 +23,8 @@ final class AdminHandler: ChannelInboundHandler {
             head = h
             body = []
             tooLarge = false
+            requestID = h.headers.first(name: "x-request-id").flatMap { RequestTarget.isValidRequestID($0) ? $0 : nil }
+                ?? "admin-" + AdminAPI.randomToken(bytes: 6)
         case .body(let b):
             if body.count + b.readableBytes > Self.maxBody {
                 tooLarge = true
@@ -60,14 +63,11 @@ final class AdminHandler: ChannelInboundHandler {
                     respondProblem(context, .unauthenticated("A valid admin token is required.", tokenSent: head.headers.contains(name: "authorization")), head)
                     return
                 }
-                let requestID = head.headers.first(name: "x-request-id").flatMap {
-                    RequestTarget.isValidRequestID($0) ? $0 : nil
-                } ?? "admin-" + AdminAPI.randomToken(bytes: 6)
                 let api = AdminAPI(tenants: server.tenants, config: server.snapshot.config)
                 if let r = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
                     respond(
                         context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType,
-                        body: r.body, extraHeaders: [("X-Request-ID", requestID)])
+                        body: r.body)
                     return
                 }
                 if head.method == .POST && path == "/admin/reload" {
@@ -90,12 +90,9 @@ final class AdminHandler: ChannelInboundHandler {
     }
 
     private func respondProblem(_ context: ChannelHandlerContext, _ denial: Denial, _ head: HTTPRequestHead) {
-        let id = head.headers.first(name: "x-request-id").flatMap { RequestTarget.isValidRequestID($0) ? $0 : nil } ?? "admin"
-        var extra = denial.headers
-        extra.append(("X-Request-ID", id))
         respond(
             context, head, status: HTTPResponseStatus(statusCode: denial.status), contentType: "application/problem+json",
-            body: denial.document(requestID: id), extraHeaders: extra)
+            body: denial.document(requestID: requestID), extraHeaders: denial.headers)
     }
 
     private func respond(
@@ -108,6 +105,7 @@ final class AdminHandler: ChannelInboundHandler {
             headers.add(name: "Content-Length", value: String(body.utf8.count))
         }
         for (n, v) in extraHeaders { headers.add(name: n, value: v) }
+        headers.add(name: "X-Request-ID", value: requestID)
         if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         if head.method != .HEAD && status != .noContent {
