@@ -35,7 +35,7 @@ run: build
 ## test: install what the tests need, build, run every suite (unit and live).
 test: build
 	swift build --build-tests
-	swift test --skip-build
+	timeout 1500 swift test --skip-build   # a hung test fails the run instead of stalling CI
 
 ## bench: the load harness (see benchmarks/README.md).
 bench:

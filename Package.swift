@@ -48,6 +48,7 @@ let package = Package(
             dependencies: [
                 "Policy",
                 "Upstream",
+                "CHiredis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

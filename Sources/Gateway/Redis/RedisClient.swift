@@ -1,0 +1,241 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// A Redis connection owned by one event loop: NIO owns the socket, hiredis does the protocol.
+///
+/// Every call is bounded by the configured timeout; a lost connection is re-established with backoff; a
+/// circuit breaker makes a dead or stopped Redis cost microseconds per call instead of the timeout. Calls may
+/// come from any thread; they hop to the client's loop.
+public final class RedisClient: Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var username: String?
+        public var password: String?
+        public var database: Int = 0
+        /// Every call fails with a timeout error after this long.
+        public var timeout: TimeAmount = .milliseconds(50)
+        public var connectTimeout: TimeAmount = .seconds(1)
+        public var failureThreshold = 3
+        public var openFor: TimeAmount = .milliseconds(500)
+
+        /// Parses `redis://[user:pass@]host:port/db`.
+        public init?(url: String) {
+            guard url.hasPrefix("redis://") else { return nil }
+            var rest = Substring(url.dropFirst("redis://".count))
+            if let at = rest.lastIndex(of: "@") {
+                let credentials = rest[..<at]
+                rest = rest[rest.index(after: at)...]
+                if let colon = credentials.firstIndex(of: ":") {
+                    let user = credentials[..<colon]
+                    username = user.isEmpty ? nil : String(user)
+                    password = String(credentials[credentials.index(after: colon)...])
+                } else {
+                    password = String(credentials)
+                }
+            }
+            var db = 0
+            if let slash = rest.firstIndex(of: "/") {
+                let dbText = rest[rest.index(after: slash)...]
+                if !dbText.isEmpty {
+                    guard let n = Int(dbText), n >= 0 else { return nil }
+                    db = n
+                }
+                rest = rest[..<slash]
+            }
+            let hostPort = rest.contains(":") ? String(rest) : String(rest) + ":6379"
+            guard let colon = hostPort.lastIndex(of: ":"), let port = Int(hostPort[hostPort.index(after: colon)...]),
+                port > 0, port < 65536
+            else { return nil }
+            host = String(hostPort[..<colon])
+            self.port = port
+            database = db
+            guard !host.isEmpty else { return nil }
+        }
+    }
+
+    public let eventLoop: EventLoop
+    public let configuration: Configuration
+    private let core: NIOLoopBoundBox<Core>
+
+    public init(configuration: Configuration, eventLoop: EventLoop, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.configuration = configuration
+        self.core = NIOLoopBoundBox.makeBoxSendingValue(
+            Core(configuration: configuration, eventLoop: eventLoop, logger: logger), eventLoop: eventLoop)
+    }
+
+    /// Starts connecting (and reconnecting whenever the connection is lost).
+    public func start() {
+        eventLoop.execute { self.core.value.connect() }
+    }
+
+    /// Closes the connection and stops reconnecting.
+    public func close() -> EventLoopFuture<Void> {
+        eventLoop.submit { self.core.value.shutdown() }
+    }
+
+    /// Sends one command; the future fails with a ``RedisError`` on timeout, a lost connection, an open circuit
+    /// or an error reply.
+    public func send(_ args: [String]) -> EventLoopFuture<RedisReply> {
+        send(bytes: args.map { Array($0.utf8) })
+    }
+
+    public func send(bytes args: [[UInt8]]) -> EventLoopFuture<RedisReply> {
+        if eventLoop.inEventLoop { return core.value.send(args) }
+        return eventLoop.flatSubmit { self.core.value.send(args) }
+    }
+
+    /// True while calls can go out (connected and the circuit not open).
+    public var isAvailable: EventLoopFuture<Bool> {
+        eventLoop.submit { self.core.value.available }
+    }
+}
+
+/// The loop-bound state behind a ``RedisClient``.
+private final class Core {
+    enum State {
+        case idle
+        case connecting
+        case ready(Channel)
+        case waiting  // backing off before the next connect
+        case shutdown
+    }
+
+    let configuration: RedisClient.Configuration
+    let eventLoop: EventLoop
+    let logger: Logger
+    var state: State = .idle
+    var circuit: RedisCircuit
+    var backoff: TimeAmount = .milliseconds(50)
+
+    init(configuration: RedisClient.Configuration, eventLoop: EventLoop, logger: Logger) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.circuit = RedisCircuit(failureThreshold: configuration.failureThreshold, openFor: configuration.openFor)
+    }
+
+    var available: Bool {
+        if case .ready = state { return !circuit.isOpen }
+        return false
+    }
+
+    func send(_ args: [[UInt8]]) -> EventLoopFuture<RedisReply> {
+        guard case .ready(let channel) = state else {
+            if case .idle = state { connect() }
+            return eventLoop.makeFailedFuture(RedisError.unavailable("not connected to Redis"))
+        }
+        let now = NIODeadline.now()
+        guard circuit.allow(now: now) else {
+            return eventLoop.makeFailedFuture(RedisError.unavailable("circuit open after repeated Redis failures"))
+        }
+        let inner = eventLoop.makePromise(of: RedisReply.self)
+        let outer = eventLoop.makePromise(of: RedisReply.self)
+        let done = NIOLoopBoundBox(false, eventLoop: eventLoop)
+        let timer = eventLoop.scheduleTask(in: configuration.timeout) { [self] in
+            guard !done.value else { return }
+            done.value = true
+            circuit.failed(now: .now())
+            outer.fail(RedisError.timeout("no reply within \(configuration.timeout)"))
+        }
+        inner.futureResult.assumeIsolated().whenComplete { [self] result in
+            timer.cancel()
+            guard !done.value else { return }
+            done.value = true
+            switch result {
+            case .success(let reply):
+                circuit.succeeded()
+                outer.succeed(reply)
+            case .failure(let error):
+                if let e = error as? RedisError, e.name == "server" {
+                    circuit.succeeded()  // Redis answered: it is alive
+                } else {
+                    circuit.failed(now: .now())
+                }
+                outer.fail(error)
+            }
+        }
+        channel.writeAndFlush(RedisCommand(args: args, promise: inner), promise: nil)
+        return outer.futureResult
+    }
+
+    func connect() {
+        switch state {
+        case .idle, .waiting: break
+        default: return
+        }
+        state = .connecting
+        let config = configuration
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(config.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler())
+                }
+            }
+            .connect(host: config.host, port: config.port)
+            .flatMap { channel in self.handshake(channel).map { channel } }
+            .assumeIsolated()
+            .whenComplete { [self] result in
+                if case .shutdown = state {
+                    if case .success(let channel) = result { channel.close(promise: nil) }
+                    return
+                }
+                switch result {
+                case .success(let channel):
+                    state = .ready(channel)
+                    backoff = .milliseconds(50)
+                    circuit.succeeded()
+                    logger.info("connected to redis", metadata: ["gh-redis": "\(config.host):\(config.port)"])
+                    channel.closeFuture.assumeIsolated().whenComplete { [self] _ in
+                        if case .ready(let c) = state, c === channel {
+                            logger.warning("redis connection lost", metadata: ["gh-redis": "\(config.host):\(config.port)"])
+                            scheduleReconnect()
+                        }
+                    }
+                case .failure(let error):
+                    logger.debug("redis connect failed", metadata: ["gh-error": "\(error)"])
+                    scheduleReconnect()
+                }
+            }
+    }
+
+    /// AUTH and SELECT, straight on the new channel.
+    private func handshake(_ channel: Channel) -> EventLoopFuture<Void> {
+        var steps: [[String]] = []
+        if let password = configuration.password {
+            steps.append(configuration.username.map { ["AUTH", $0, password] } ?? ["AUTH", password])
+        }
+        if configuration.database != 0 { steps.append(["SELECT", String(configuration.database)]) }
+        var future = eventLoop.makeSucceededVoidFuture()
+        for step in steps {
+            future = future.flatMap {
+                let promise = channel.eventLoop.makePromise(of: RedisReply.self)
+                channel.writeAndFlush(RedisCommand(args: step.map { Array($0.utf8) }, promise: promise), promise: nil)
+                return promise.futureResult.map { _ in }
+            }
+        }
+        return future.flatMapErrorThrowing { error in
+            channel.close(promise: nil)
+            throw error
+        }
+    }
+
+    private func scheduleReconnect() {
+        state = .waiting
+        let delay = backoff
+        backoff = min(backoff * 2, .seconds(2))
+        eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+            if case .waiting = state { connect() }
+        }
+    }
+
+    func shutdown() {
+        let previous = state
+        state = .shutdown
+        if case .ready(let channel) = previous { channel.close(promise: nil) }
+    }
+}
