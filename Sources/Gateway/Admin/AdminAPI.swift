@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Policy
 
 /// The tenant and API key endpoints of the admin API (SPEC "Admin API"), as plain request → response.
@@ -10,62 +11,78 @@ struct AdminAPI {
     }
 
     let tenants: TenantDirectory
+    let store: any TenantStore
     let config: GatewayConfig
+    let eventLoop: EventLoop
 
     /// Handles `/admin/tenants/...`; nil when the path is not one of these endpoints.
-    func handle(method: String, path: String, body: [UInt8], requestID: String) -> Response? {
+    func handle(method: String, path: String, body: [UInt8], requestID: String) -> EventLoopFuture<Response>? {
+        guard let result = route(method: method, path: path, body: body, requestID: requestID) else { return nil }
+        return result.flatMapErrorThrowing { error in
+            // The store failed (Redis unreachable): the write did not happen.
+            self.problem(.storeUnavailable(), requestID)
+        }
+    }
+
+    private func now(_ r: Response) -> EventLoopFuture<Response> { eventLoop.makeSucceededFuture(r) }
+
+    private func route(method: String, path: String, body: [UInt8], requestID: String) -> EventLoopFuture<Response>? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         // ["", "admin", "tenants", id, ...]
         guard parts.count >= 4, parts[1] == "admin", parts[2] == "tenants" else { return nil }
         let id = parts[3]
         guard TenantID.isValid(id) else {
-            return problem(.badRequest("Tenant ids are 1-64 characters of A-Z a-z 0-9 . _ -."), requestID)
+            return now(problem(.badRequest("Tenant ids are 1-64 characters of A-Z a-z 0-9 . _ -."), requestID))
         }
         switch (method, parts.count) {
         case ("GET", 4):
             guard let (record, source) = tenants.effective(id) else {
-                return problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
+                return now(problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404))
             }
-            return Response(status: 200, body: Self.document(id, record, source))
+            return now(Response(status: 200, body: Self.document(id, record, source)))
         case ("PUT", 4):
             switch parseRecord(body) {
-            case .failure(let denial): return problem(denial, requestID)
+            case .failure(let denial): return now(problem(denial, requestID))
             case .success(let record):
-                let created = tenants.put(id, record)
-                let (effective, source) = tenants.effective(id)!
-                return Response(status: created ? 201 : 200, body: Self.document(id, effective, source))
+                return store.put(id, record).map { created in
+                    let (effective, source) = self.tenants.effective(id) ?? (record, .store)
+                    return Response(status: created ? 201 : 200, body: Self.document(id, effective, source))
+                }
             }
         case ("DELETE", 4):
-            guard tenants.delete(id) else {
-                return problem(.unknownTenant("Tenant '\(id)' has no record in the store."), requestID, status: 404)
+            return store.delete(id).map { deleted in
+                deleted
+                    ? Response(status: 204, body: "")
+                    : self.problem(.unknownTenant("Tenant '\(id)' has no record in the store."), requestID, status: 404)
             }
-            return Response(status: 204, body: "")
         case ("POST", 5) where parts[4] == "api-keys":
             var keyID = "key-" + Self.randomToken(bytes: 6)
             if !body.isEmpty {
                 guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
-                    return problem(.badRequest("The body must be a JSON object."), requestID)
+                    return now(problem(.badRequest("The body must be a JSON object."), requestID))
                 }
                 if let given = object["id"] {
                     guard let s = given as? String, TenantID.isValid(s) else {
-                        return problem(.badRequest("id must be 1-64 characters of A-Z a-z 0-9 . _ -."), requestID)
+                        return now(problem(.badRequest("id must be 1-64 characters of A-Z a-z 0-9 . _ -."), requestID))
                     }
                     keyID = s
                 }
             }
             if tenants.record(id)?.apiKeys.contains(where: { $0.id == keyID }) == true {
-                return problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409)
+                return now(problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409))
             }
             let key = "gh_" + Self.randomToken(bytes: 32)
-            guard tenants.addKey(id, id: keyID, sha256: Digest.hex(Digest.sha256(key.utf8))) else {
-                return problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
+            return store.addKey(id, id: keyID, sha256: Digest.hex(Digest.sha256(key.utf8))).map { added in
+                added
+                    ? Response(status: 201, body: "{\"id\":\(JSONText.quote(keyID)),\"key\":\(JSONText.quote(key))}")
+                    : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
             }
-            return Response(status: 201, body: "{\"id\":\(JSONText.quote(keyID)),\"key\":\(JSONText.quote(key))}")
         case ("DELETE", 6) where parts[4] == "api-keys":
-            guard tenants.revokeKey(id, id: parts[5]) else {
-                return problem(.routeNotFound("No key '\(parts[5])' for tenant '\(id)'."), requestID, status: 404)
+            return store.revokeKey(id, id: parts[5]).map { revoked in
+                revoked
+                    ? Response(status: 204, body: "")
+                    : self.problem(.routeNotFound("No key '\(parts[5])' for tenant '\(id)'."), requestID, status: 404)
             }
-            return Response(status: 204, body: "")
         default:
             return nil
         }

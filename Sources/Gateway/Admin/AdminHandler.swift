@@ -48,10 +48,11 @@ final class AdminHandler: ChannelInboundHandler {
         case (.GET, "/healthz"):
             respond(context, head, status: .ok, contentType: "application/json", body: "{\"status\":\"ok\"}")
         case (.GET, "/readyz"):
-            let ready = server.isReady
-            respond(
-                context, head, status: ready ? .ok : .serviceUnavailable, contentType: "application/json",
-                body: ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not_ready\"}")
+            server.readiness().hop(to: context.eventLoop).assumeIsolated().whenSuccess { ready in
+                self.respond(
+                    context, head, status: ready ? .ok : .serviceUnavailable, contentType: "application/json",
+                    body: ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not_ready\"}")
+            }
         case (.GET, "/metrics"):
             let loop = context.eventLoop
             server.metricsText().hop(to: loop).assumeIsolated().whenSuccess { text in
@@ -63,11 +64,14 @@ final class AdminHandler: ChannelInboundHandler {
                     respondProblem(context, .unauthenticated("A valid admin token is required.", tokenSent: head.headers.contains(name: "authorization")), head)
                     return
                 }
-                let api = AdminAPI(tenants: server.tenants, config: server.snapshot.config)
-                if let r = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
-                    respond(
-                        context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType,
-                        body: r.body)
+                let api = AdminAPI(
+                    tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop)
+                if let future = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
+                    future.hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
+                        self.respond(
+                            context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType,
+                            body: r.body)
+                    }
                     return
                 }
                 if head.method == .POST && path == "/admin/reload" {

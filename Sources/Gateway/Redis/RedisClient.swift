@@ -59,11 +59,20 @@ public final class RedisClient: Sendable {
     public let configuration: Configuration
     private let core: NIOLoopBoundBox<Core>
 
-    public init(configuration: Configuration, eventLoop: EventLoop, logger: Logger) {
+    /// - Parameters:
+    ///   - subscribe: channels to SUBSCRIBE to on every (re)connect; the connection is then a subscriber and
+    ///     `onPush` receives each message as `(channel, payload)`.
+    ///   - onReady: called after every successful (re)connect (for example to reload what may have been missed).
+    public init(
+        configuration: Configuration, eventLoop: EventLoop, logger: Logger, subscribe: [String] = [],
+        onPush: (@Sendable (String, [UInt8]) -> Void)? = nil, onReady: (@Sendable () -> Void)? = nil
+    ) {
         self.eventLoop = eventLoop
         self.configuration = configuration
         self.core = NIOLoopBoundBox.makeBoxSendingValue(
-            Core(configuration: configuration, eventLoop: eventLoop, logger: logger), eventLoop: eventLoop)
+            Core(
+                configuration: configuration, eventLoop: eventLoop, logger: logger, subscribe: subscribe, onPush: onPush,
+                onReady: onReady), eventLoop: eventLoop)
     }
 
     /// Starts connecting (and reconnecting whenever the connection is lost).
@@ -110,10 +119,20 @@ private final class Core {
     var circuit: RedisCircuit
     var backoff: TimeAmount = .milliseconds(50)
 
-    init(configuration: RedisClient.Configuration, eventLoop: EventLoop, logger: Logger) {
+    let subscribe: [String]
+    let onPush: (@Sendable (String, [UInt8]) -> Void)?
+    let onReady: (@Sendable () -> Void)?
+
+    init(
+        configuration: RedisClient.Configuration, eventLoop: EventLoop, logger: Logger, subscribe: [String],
+        onPush: (@Sendable (String, [UInt8]) -> Void)?, onReady: (@Sendable () -> Void)?
+    ) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
+        self.subscribe = subscribe
+        self.onPush = onPush
+        self.onReady = onReady
         self.circuit = RedisCircuit(failureThreshold: configuration.failureThreshold, openFor: configuration.openFor)
     }
 
@@ -168,12 +187,23 @@ private final class Core {
         }
         state = .connecting
         let config = configuration
+        let onPush = self.onPush
         ClientBootstrap(group: eventLoop)
             .connectTimeout(config.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler())
+                    let push: ((RedisReply) -> Void)? = onPush.map { callback in
+                        { reply in
+                            // ["message", channel, payload]
+                            if case .array(let items) = reply, items.count == 3, let name = items[1].string,
+                                case .string(let payload) = items[2]
+                            {
+                                callback(name, payload)
+                            }
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(onPush: push))
                 }
             }
             .connect(host: config.host, port: config.port)
@@ -190,6 +220,7 @@ private final class Core {
                     backoff = .milliseconds(50)
                     circuit.succeeded()
                     logger.info("connected to redis", metadata: ["gh-redis": "\(config.host):\(config.port)"])
+                    onReady?()
                     channel.closeFuture.assumeIsolated().whenComplete { [self] _ in
                         if case .ready(let c) = state, c === channel {
                             logger.warning("redis connection lost", metadata: ["gh-redis": "\(config.host):\(config.port)"])
@@ -210,6 +241,7 @@ private final class Core {
             steps.append(configuration.username.map { ["AUTH", $0, password] } ?? ["AUTH", password])
         }
         if configuration.database != 0 { steps.append(["SELECT", String(configuration.database)]) }
+        if !subscribe.isEmpty { steps.append(["SUBSCRIBE"] + subscribe) }
         var future = eventLoop.makeSucceededVoidFuture()
         for step in steps {
             future = future.flatMap {

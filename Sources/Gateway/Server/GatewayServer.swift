@@ -27,6 +27,10 @@ public final class GatewayServer: Sendable {
     private let adminToken: String?
     /// Tenant records: seeds plus admin writes, kept across reloads.
     public let tenants: TenantDirectory
+    /// Where admin writes go (in memory, or Redis shared by the fleet).
+    let store: any TenantStore
+    private let redisStore: RedisTenantStore?
+    private let failOpen: Bool
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
     public init(configPath: String, config: GatewayConfig, logger: Logger) throws {
@@ -46,6 +50,16 @@ public final class GatewayServer: Sendable {
             loops[ObjectIdentifier(loop)] = state
         }
         self.loops = loops
+        if let storeConfig = config.store {
+            let redis = try RedisTenantStore(config: storeConfig, directory: tenants, eventLoop: group.next(), logger: logger)
+            self.redisStore = redis
+            self.store = redis
+            self.failOpen = storeConfig.onFailure == .open
+        } else {
+            self.redisStore = nil
+            self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next())
+            self.failOpen = true
+        }
         if let env = config.server.adminTokenEnv, let token = ProcessInfo.processInfo.environment[env], !token.isEmpty {
             self.adminToken = token
         } else {
@@ -54,6 +68,13 @@ public final class GatewayServer: Sendable {
     }
 
     public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
+
+    /// Ready: listening with a config, and the store reachable unless `on_failure: open`.
+    func readiness() -> EventLoopFuture<Bool> {
+        let listening = isReady
+        if !listening || failOpen { return group.next().makeSucceededFuture(listening) }
+        return store.isReachable
+    }
     public var isReady: Bool { ready.load(ordering: .relaxed) }
 
     /// Binds the listeners and starts the sweepers and health checks.
@@ -66,6 +87,15 @@ public final class GatewayServer: Sendable {
         var admin: Channel? = nil
         if let adminAddress = config.server.adminListen {
             admin = try await bindAdmin(adminAddress)
+        }
+        if let redisStore {
+            redisStore.start()
+            // Serve once the records are loaded, or after a bounded wait (cached seeds serve meanwhile).
+            let deadline = NIODeadline.now() + .seconds(2)
+            while NIODeadline.now() < deadline, (try? await redisStore.isReachable.get()) != true {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            _ = try? await redisStore.reloadAll().get()
         }
         let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
         checker.start()
@@ -251,6 +281,7 @@ public final class GatewayServer: Sendable {
             try? await loop.submit { state.value.forceClose() }.get()
         }
         try? await admin?.close()
+        redisStore?.stop()
         logger.info("gatehouse stopped")
         try? await group.shutdownGracefully()
     }

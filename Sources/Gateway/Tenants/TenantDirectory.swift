@@ -92,6 +92,22 @@ public final class TenantDirectory: TenantRecords {
         }
     }
 
+    /// Replaces every stored record (a full load from the shared store).
+    public func replaceStored(_ records: [String: TenantSeed]) {
+        state.withLock { s in
+            s.stored = records
+            s.reindex()
+        }
+    }
+
+    /// Sets or clears one stored record (an invalidation from another instance).
+    public func setStored(_ tenant: String, _ record: TenantSeed?) {
+        state.withLock { s in
+            s.stored[tenant] = record
+            s.reindex()
+        }
+    }
+
     /// A reload brings new seeds; records written through the admin API stay.
     public func reseed(_ seeds: [String: TenantSeed]) {
         state.withLock { s in

@@ -1,0 +1,34 @@
+import Foundation
+import Policy
+
+/// Tenant records as the JSON kept in the store (one field per tenant in the `<prefix>:tenants` hash).
+enum TenantRecordCodec {
+    static func encode(_ r: TenantSeed) -> String {
+        var object: [String: Any] = ["plan": r.plan, "status": r.status, "billing_anchor": r.billingAnchor]
+        if let t = r.trialEnds { object["trial_ends"] = t }
+        if let p = r.pastDueSinceAt { object["past_due_since_epoch"] = p }
+        if let m = r.maxBodyBytes { object["overrides"] = ["max_body_bytes": m] }
+        object["api_keys"] = r.apiKeys.map { ["id": $0.id, "sha256": $0.sha256] }
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func decode(_ bytes: [UInt8]) -> TenantSeed? {
+        guard let o = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any], let plan = o["plan"] as? String
+        else { return nil }
+        var r = TenantSeed(plan: plan)
+        r.status = o["status"] as? String ?? "active"
+        if let t = o["trial_ends"] as? String {
+            r.trialEnds = t
+            r.trialEndsAt = Timestamp.parse(t)
+        }
+        r.pastDueSinceAt = (o["past_due_since_epoch"] as? NSNumber)?.doubleValue
+        r.billingAnchor = o["billing_anchor"] as? Int ?? 1
+        r.maxBodyBytes = (o["overrides"] as? [String: Any])?["max_body_bytes"] as? Int
+        r.apiKeys = (o["api_keys"] as? [[String: Any]] ?? []).compactMap { k in
+            guard let id = k["id"] as? String, let sha = k["sha256"] as? String else { return nil }
+            return TenantSeed.APIKey(id: id, sha256: sha)
+        }
+        return r
+    }
+}

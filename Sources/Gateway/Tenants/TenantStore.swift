@@ -1,0 +1,176 @@
+import Logging
+import NIOCore
+import Policy
+import Synchronization
+
+/// Where admin writes go: the embedded in-memory store, or Redis shared by every gateway instance.
+/// Reads on the request path always come from the in-process ``TenantDirectory``.
+protocol TenantStore: Sendable {
+    /// Creates or replaces a tenant's record (API keys kept); true when the tenant was unknown.
+    func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool>
+    /// Removes the store's record; false when there was none.
+    func delete(_ tenant: String) -> EventLoopFuture<Bool>
+    /// Adds an API key by hash; false for an unknown tenant.
+    func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool>
+    /// Revokes an API key; false when the tenant or key is unknown.
+    func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool>
+    /// True when the store can take writes (readiness).
+    var isReachable: EventLoopFuture<Bool> { get }
+}
+
+/// The embedded store: the directory itself (one instance only).
+struct MemoryTenantStore: TenantStore {
+    let directory: TenantDirectory
+    let eventLoop: EventLoop
+
+    func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool> {
+        eventLoop.makeSucceededFuture(directory.put(tenant, record))
+    }
+    func delete(_ tenant: String) -> EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(directory.delete(tenant)) }
+    func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {
+        eventLoop.makeSucceededFuture(directory.addKey(tenant, id: id, sha256: sha256))
+    }
+    func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {
+        eventLoop.makeSucceededFuture(directory.revokeKey(tenant, id: id))
+    }
+    var isReachable: EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(true) }
+}
+
+/// Tenant records in Redis, shared by every instance: one hash `<prefix>:tenants` (tenant → JSON record);
+/// a write publishes the tenant id on `<prefix>:tenants:invalidate` and every instance reloads that record,
+/// so a change made through any instance is enforced by all within about a round trip. Each instance also
+/// reloads the whole hash at connect and every `tenant_cache_ttl`; while Redis is unreachable the records
+/// already loaded keep serving. YAML seeds stay local to each instance and lose to a stored record.
+final class RedisTenantStore: TenantStore {
+    let client: RedisClient
+    let subscriber: RedisClient
+    let directory: TenantDirectory
+    let hashKey: String
+    let channel: String
+    private let logger: Logger
+    private let refreshTask: LockedBox<RepeatedTask?>
+
+    init(config: StoreConfig, directory: TenantDirectory, eventLoop: EventLoop, logger: Logger) throws {
+        guard var redis = RedisClient.Configuration(url: config.redisURL) else {
+            throw RedisError.protocolError("invalid store.redis URL")
+        }
+        redis.timeout = .nanoseconds(config.timeout)
+        self.directory = directory
+        self.hashKey = config.keyPrefix + ":tenants"
+        self.channel = config.keyPrefix + ":tenants:invalidate"
+        self.logger = logger
+        self.refreshTask = LockedBox(nil)
+        let box = LockedBox<RedisTenantStore?>(nil)
+        self.client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger, onReady: {
+            _ = box.value?.reloadAll()
+        })
+        var subscriberConfig = redis
+        subscriberConfig.failureThreshold = Int.max
+        self.subscriber = RedisClient(
+            configuration: subscriberConfig, eventLoop: eventLoop, logger: logger, subscribe: [channel],
+            onPush: { _, payload in
+                _ = box.value?.reload(String(decoding: payload, as: UTF8.self))
+            },
+            onReady: { _ = box.value?.reloadAll() })
+        box.value = self
+        let interval = TimeAmount.nanoseconds(config.tenantCacheTTL)
+        refreshTask.value = eventLoop.scheduleRepeatedAsyncTask(initialDelay: interval, delay: interval) { _ in
+            box.value?.reloadAll().map { _ in } ?? eventLoop.makeSucceededVoidFuture()
+        }
+    }
+
+    func start() {
+        client.start()
+        subscriber.start()
+    }
+
+    func stop() {
+        refreshTask.value?.cancel()
+        _ = client.close()
+        _ = subscriber.close()
+    }
+
+    var isReachable: EventLoopFuture<Bool> { client.isAvailable }
+
+    /// Loads every stored record (HGETALL) into the directory.
+    @discardableResult
+    func reloadAll() -> EventLoopFuture<Bool> {
+        client.send(["HGETALL", hashKey]).map { reply in
+            guard case .array(let items) = reply else { return false }
+            var records: [String: TenantSeed] = [:]
+            var i = 0
+            while i + 1 < items.count {
+                if let id = items[i].string, case .string(let json) = items[i + 1], let r = TenantRecordCodec.decode(json) {
+                    records[id] = r
+                }
+                i += 2
+            }
+            self.directory.replaceStored(records)
+            return true
+        }.recover { error in
+            self.logger.warning("tenant reload failed; cached records keep serving", metadata: ["gh-error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Reloads one tenant (HGET) after an invalidation.
+    @discardableResult
+    func reload(_ tenant: String) -> EventLoopFuture<Void> {
+        client.send(["HGET", hashKey, tenant]).map { reply in
+            if case .string(let json) = reply, let r = TenantRecordCodec.decode(json) {
+                self.directory.setStored(tenant, r)
+            } else {
+                self.directory.setStored(tenant, nil)
+            }
+        }.recover { error in
+            self.logger.warning("tenant invalidation reload failed", metadata: ["gh-tenant": "\(tenant)", "gh-error": "\(error)"])
+        }
+    }
+
+    private func write(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Void> {
+        client.send(["HSET", hashKey, tenant, TenantRecordCodec.encode(record)])
+            .flatMap { _ in self.client.send(["PUBLISH", self.channel, tenant]) }
+            .map { _ in self.directory.setStored(tenant, record) }
+    }
+
+    func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool> {
+        var r = record
+        let existing = directory.record(tenant)
+        r.apiKeys = existing?.apiKeys ?? []
+        return write(tenant, r).map { existing == nil }
+    }
+
+    func delete(_ tenant: String) -> EventLoopFuture<Bool> {
+        client.send(["HDEL", hashKey, tenant]).flatMap { reply in
+            guard reply.integer == 1 else { return self.client.eventLoop.makeSucceededFuture(false) }
+            return self.client.send(["PUBLISH", self.channel, tenant]).map { _ in
+                self.directory.setStored(tenant, nil)
+                return true
+            }
+        }
+    }
+
+    func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {
+        guard var r = directory.record(tenant) else { return client.eventLoop.makeSucceededFuture(false) }
+        r.apiKeys.append(.init(id: id, sha256: sha256))
+        return write(tenant, r).map { true }
+    }
+
+    func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {
+        guard var r = directory.record(tenant), r.apiKeys.contains(where: { $0.id == id }) else {
+            return client.eventLoop.makeSucceededFuture(false)
+        }
+        r.apiKeys.removeAll { $0.id == id }
+        return write(tenant, r).map { true }
+    }
+}
+
+/// A lock-protected optional reference, for wiring callbacks to an object built after them.
+final class LockedBox<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { storage = Mutex(value) }
+    var value: Value {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
+    }
+}
