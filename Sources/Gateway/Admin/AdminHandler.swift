@@ -53,6 +53,14 @@ final class AdminHandler: ChannelInboundHandler {
                     context, head, status: ready ? .ok : .serviceUnavailable, contentType: "application/json",
                     body: ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not_ready\"}")
             }
+        case (.POST, "/webhooks/billing"):
+            let webhook = BillingWebhookHandler(
+                tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop)
+            webhook.handle(signature: head.headers.first(name: "stripe-signature"), body: body, requestID: requestID)
+                .hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
+                    self.respond(
+                        context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType, body: r.body)
+                }
         case (.GET, "/metrics"):
             let loop = context.eventLoop
             server.metricsText().hop(to: loop).assumeIsolated().whenSuccess { text in

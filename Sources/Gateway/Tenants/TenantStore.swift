@@ -16,12 +16,44 @@ protocol TenantStore: Sendable {
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool>
     /// True when the store can take writes (readiness).
     var isReachable: EventLoopFuture<Bool> { get }
+    /// Remembers a webhook event id for a day; true the first time, false for a replay.
+    func remember(eventID: String) -> EventLoopFuture<Bool>
+    /// Forgets an event id whose change could not be applied, so the sender's retry is not taken for a replay.
+    func forget(eventID: String)
+}
+
+/// Webhook event ids seen by this instance (the embedded store's replay memory), bounded.
+final class SeenEvents: Sendable {
+    private let seen = Mutex<[String: Double]>([:])
+    static let ttl: Double = 86_400
+    static let capacity = 100_000
+
+    func firstTime(_ id: String, now: Double) -> Bool {
+        seen.withLock { seen in
+            if let at = seen[id], now - at < Self.ttl { return false }
+            if seen.count >= Self.capacity { seen = seen.filter { now - $0.value < Self.ttl } }
+            if seen.count >= Self.capacity { seen.removeAll() }
+            seen[id] = now
+            return true
+        }
+    }
+
+    func forget(_ id: String) {
+        _ = seen.withLock { $0.removeValue(forKey: id) }
+    }
 }
 
 /// The embedded store: the directory itself (one instance only).
 struct MemoryTenantStore: TenantStore {
     let directory: TenantDirectory
     let eventLoop: EventLoop
+    let events = SeenEvents()
+
+    func remember(eventID: String) -> EventLoopFuture<Bool> {
+        eventLoop.makeSucceededFuture(events.firstTime(eventID, now: ProxyHandler.wallClock()))
+    }
+
+    func forget(eventID: String) { events.forget(eventID) }
 
     func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool> {
         eventLoop.makeSucceededFuture(directory.put(tenant, record))
@@ -91,6 +123,15 @@ final class RedisTenantStore: TenantStore {
     }
 
     var isReachable: EventLoopFuture<Bool> { client.isAvailable }
+
+    func remember(eventID: String) -> EventLoopFuture<Bool> {
+        client.send(["SET", hashKey + ":webhook-event:" + eventID, "1", "NX", "EX", String(Int(SeenEvents.ttl))])
+            .map { $0 != .null }
+    }
+
+    func forget(eventID: String) {
+        _ = client.send(["DEL", hashKey + ":webhook-event:" + eventID])
+    }
 
     /// Loads every stored record (HGETALL) into the directory.
     @discardableResult

@@ -1,0 +1,117 @@
+import Foundation
+
+/// Stripe-compatible billing webhooks: signature check and event → tenant change (pure; the clock is passed in).
+public enum BillingWebhook {
+    public static let tolerance: Double = 300
+
+    /// Checks a `Stripe-Signature` header (`t=…,v1=…[,v1=…]`): HMAC-SHA256(secret, "t.body") against any v1,
+    /// in constant time, with `t` within five minutes of `now`.
+    public static func verify(header: String, body: [UInt8], secret: [UInt8], now: Double) -> Bool {
+        var timestamp: String? = nil
+        var signatures: [[UInt8]] = []
+        for part in header.split(separator: ",") {
+            let kv = part.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard kv.count == 2 else { continue }
+            if kv[0] == "t" { timestamp = kv[1] }
+            if kv[0] == "v1", let bytes = hexBytes(kv[1]) { signatures.append(bytes) }
+        }
+        guard let timestamp, let t = Double(timestamp), abs(now - t) <= tolerance, !signatures.isEmpty, !secret.isEmpty
+        else { return false }
+        let expected = Digest.hmacSHA256(key: secret, message: Array(timestamp.utf8) + [UInt8(ascii: ".")] + body)
+        var ok = false
+        for s in signatures where Digest.constantTimeEqual(s, expected) { ok = true }
+        return ok
+    }
+
+    static func hexBytes(_ s: String) -> [UInt8]? {
+        let u = Array(s.utf8)
+        guard u.count % 2 == 0, u.count <= 128 else { return nil }
+        var out: [UInt8] = []
+        var i = 0
+        while i < u.count {
+            guard let hi = nibble(u[i]), let lo = nibble(u[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: c - 48
+        case 97...102: c - 87
+        case 65...70: c - 55
+        default: nil
+        }
+    }
+
+    /// What an event asks of a tenant record.
+    public struct Change: Sendable, Equatable {
+        public var eventID: String
+        public var tenant: String
+        public var plan: String?
+        public var status: String?
+        public var trialEnds: Double?
+
+        public init(eventID: String, tenant: String, plan: String? = nil, status: String? = nil, trialEnds: Double? = nil) {
+            self.eventID = eventID
+            self.tenant = tenant
+            self.plan = plan
+            self.status = status
+            self.trialEnds = trialEnds
+        }
+    }
+
+    public enum Parsed: Sendable, Equatable {
+        case change(Change)
+        /// Acknowledged and ignored (unknown type, or nothing to apply).
+        case ignored(eventID: String, reason: String)
+        case invalid(String)
+    }
+
+    /// Maps an event (SPEC): subscription created/updated set plan (by price id) and status; deleted cancels;
+    /// invoice.payment_failed marks past_due; invoice.paid marks active. Tenant: data.object.metadata.tenant_id.
+    public static func parse(_ body: [UInt8], prices: [String: String]) -> Parsed {
+        guard let event = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any],
+            let id = event["id"] as? String, let type = event["type"] as? String,
+            let object = (event["data"] as? [String: Any])?["object"] as? [String: Any]
+        else { return .invalid("not a billing event (id, type and data.object are required)") }
+        let metadata =
+            object["metadata"] as? [String: Any]
+            ?? (object["subscription_details"] as? [String: Any])?["metadata"] as? [String: Any]
+        guard let tenant = metadata?["tenant_id"] as? String else {
+            return .ignored(eventID: id, reason: "no data.object.metadata.tenant_id")
+        }
+        guard TenantID.isValid(tenant) else { return .invalid("metadata.tenant_id is not a valid tenant id") }
+        var change = Change(eventID: id, tenant: tenant)
+        switch type {
+        case "customer.subscription.created", "customer.subscription.updated":
+            let items = ((object["items"] as? [String: Any])?["data"] as? [[String: Any]]) ?? []
+            let priceID =
+                (items.first?["price"] as? [String: Any])?["id"] as? String
+                ?? (object["plan"] as? [String: Any])?["id"] as? String
+            if let priceID { change.plan = prices[priceID] }
+            switch object["status"] as? String {
+            case "trialing": change.status = "trialing"
+            case "active": change.status = "active"
+            case "past_due": change.status = "past_due"
+            case "canceled": change.status = "cancelled"
+            case "unpaid": change.status = "suspended"
+            default: break
+            }
+            if let end = object["trial_end"] as? NSNumber { change.trialEnds = end.doubleValue }
+            if change.plan == nil && change.status == nil {
+                return .ignored(eventID: id, reason: "no known price or status")
+            }
+        case "customer.subscription.deleted":
+            change.status = "cancelled"
+        case "invoice.payment_failed":
+            change.status = "past_due"
+        case "invoice.paid":
+            change.status = "active"
+        default:
+            return .ignored(eventID: id, reason: "event type \(type) is not handled")
+        }
+        return .change(change)
+    }
+}

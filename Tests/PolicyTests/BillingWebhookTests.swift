@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+
+@testable import Policy
+
+@Suite struct BillingWebhookTests {
+    static let secret = Array("whsec_test".utf8)
+    static let body = Array(#"{"id":"evt_1","type":"invoice.paid","data":{"object":{"metadata":{"tenant_id":"acme"}}}}"#.utf8)
+
+    static func header(t: Int, body: [UInt8] = body, secret: [UInt8] = secret) -> String {
+        let mac = Digest.hmacSHA256(key: secret, message: Array("\(t).".utf8) + body)
+        return "t=\(t),v1=\(Digest.hex(mac))"
+    }
+
+    @Test func signatures() {
+        let t = 1_800_000_000
+        let now = Double(t)
+        #expect(BillingWebhook.verify(header: Self.header(t: t), body: Self.body, secret: Self.secret, now: now))
+        #expect(BillingWebhook.verify(header: "t=\(t),v1=00,v1=" + Self.header(t: t).split(separator: "=").last!, body: Self.body, secret: Self.secret, now: now))
+        #expect(BillingWebhook.verify(header: Self.header(t: t), body: Self.body, secret: Self.secret, now: now + 300))
+        #expect(!BillingWebhook.verify(header: Self.header(t: t), body: Self.body, secret: Self.secret, now: now + 301))
+        #expect(!BillingWebhook.verify(header: Self.header(t: t), body: Self.body + [32], secret: Self.secret, now: now))
+        #expect(!BillingWebhook.verify(header: Self.header(t: t, secret: Array("other".utf8)), body: Self.body, secret: Self.secret, now: now))
+        #expect(!BillingWebhook.verify(header: "v1=abcd", body: Self.body, secret: Self.secret, now: now))
+        #expect(!BillingWebhook.verify(header: Self.header(t: t), body: Self.body, secret: [], now: now))
+    }
+
+    @Test func mapping() {
+        let prices = ["price_pro": "pro"]
+        func parse(_ type: String, _ object: String) -> BillingWebhook.Parsed {
+            BillingWebhook.parse(Array(#"{"id":"e","type":"\#(type)","data":{"object":\#(object)}}"#.utf8), prices: prices)
+        }
+        let meta = #""metadata":{"tenant_id":"acme"}"#
+        #expect(parse("customer.subscription.updated", #"{\#(meta),"status":"active","items":{"data":[{"price":{"id":"price_pro"}}]}}"#)
+            == .change(.init(eventID: "e", tenant: "acme", plan: "pro", status: "active", trialEnds: nil)))
+        #expect(parse("customer.subscription.updated", #"{\#(meta),"status":"canceled"}"#)
+            == .change(.init(eventID: "e", tenant: "acme", plan: nil, status: "cancelled", trialEnds: nil)))
+        #expect(parse("customer.subscription.created", #"{\#(meta),"status":"unpaid"}"#)
+            == .change(.init(eventID: "e", tenant: "acme", plan: nil, status: "suspended", trialEnds: nil)))
+        #expect(parse("customer.subscription.created", #"{\#(meta),"status":"trialing","trial_end":1800000000}"#)
+            == .change(.init(eventID: "e", tenant: "acme", plan: nil, status: "trialing", trialEnds: 1_800_000_000)))
+        #expect(parse("customer.subscription.deleted", "{\(meta)}") == .change(.init(eventID: "e", tenant: "acme", status: "cancelled")))
+        #expect(parse("invoice.payment_failed", "{\(meta)}") == .change(.init(eventID: "e", tenant: "acme", status: "past_due")))
+        #expect(parse("invoice.paid", "{\(meta)}") == .change(.init(eventID: "e", tenant: "acme", status: "active")))
+        if case .ignored = parse("charge.refunded", "{\(meta)}") {} else { Issue.record("unknown types are ignored") }
+        if case .invalid = parse("invoice.paid", #"{"metadata":{"tenant_id":"a b"}}"#) {} else { Issue.record("bad tenant id") }
+    }
+}
