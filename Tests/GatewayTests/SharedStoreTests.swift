@@ -1,4 +1,5 @@
 import Foundation
+import Policy
 import Testing
 
 /// Live: two gateway instances share tenant records through a real Redis.
@@ -8,10 +9,12 @@ import Testing
         server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1}
         store: {redis: "redis://127.0.0.1:\(redis)/0", timeout: 100ms, on_failure: \(onFailure), key_prefix: ghtest, tenant_cache_ttl: 30s}
         identity: {header_tenancy: always}
+        billing: {webhook_secret_env: GH_TEST_WEBHOOK_SECRET, prices: {price_pro: pro}}
         plans: {free: {features: [core]}, pro: {features: [core, analytics]}}
         plan_order: [free, pro]
         tenants:
           acme: {plan: free}
+          globex: {plan: free}
         upstreams:
           app: {targets: [127.0.0.1:\(upstream)]}
         routes:
@@ -25,7 +28,7 @@ import Testing
         defer { redis.stop() }
         let up = try TestUpstream()
         defer { up.stop() }
-        let env = ["GH_TEST_ADMIN_TOKEN": "adm"]
+        let env = ["GH_TEST_ADMIN_TOKEN": "adm", "GH_TEST_WEBHOOK_SECRET": "whsec_shared"]
         let a = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port), environment: env)
         defer { a.stop() }
         let b = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port), environment: env)
@@ -39,13 +42,44 @@ import Testing
         let put = try request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "pro"}"#)
         #expect(put.status == 200)
         #expect(put.json["source"] as? String == "store")
-        // Instance b learns of it through pub/sub (bounded wait for the event, well under a second in practice).
-        try waitUntil(seconds: 5) { (try? analytics(b)) == 200 }
+        // Instance b enforces it within a second (it learns of it through pub/sub).
+        try waitUntil(seconds: 1) { (try? analytics(b)) == 200 }
+        // A suspension likewise.
+        #expect(try request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "pro", "status": "suspended"}"#).status == 200)
+        try waitUntil(seconds: 1) {
+            (try? request(port: b.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).json["code"] as? String) == "tenant_suspended"
+        }
+        #expect(up.requests.filter { $0.uri == "/analytics/x" }.count == 1)  // only the one allowed request
+        #expect(try request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "pro"}"#).status == 200)
+        try waitUntil(seconds: 1) { (try? analytics(b)) == 200 }
         #expect(try request(port: b.adminPort!, "GET", "/admin/tenants/acme", headers: auth).json["source"] as? String == "store")
         // An API key created on b works on a.
         let made = try request(port: b.adminPort!, "POST", "/admin/tenants/acme/api-keys", headers: auth)
         let key = try #require(made.json["key"] as? String)
-        try waitUntil(seconds: 5) { (try? request(port: a.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status) == 200 }
+        try waitUntil(seconds: 1) { (try? request(port: a.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status) == 200 }
+        let mismatch = try request(port: a.port, "GET", "/api/x", headers: [("X-API-Key", key), ("X-Tenant-ID", "globex")])
+        #expect(mismatch.json["code"] as? String == "tenant_mismatch")
+        // Redis holds the key's hash, never the key.
+        let raw = try RawConnection(port: redis.port)
+        try raw.send("HGETALL ghtest:tenants\r\n")
+        var dump = ""
+        while !dump.contains("api_keys") { dump += String(decoding: try raw.readChunk(), as: UTF8.self) }
+        #expect(!dump.contains(key))
+        #expect(dump.contains(Digest.hex(Digest.sha256(key.utf8))))
+        // Revoked on a, refused on b.
+        let keyID = try #require(made.json["id"] as? String)
+        #expect(try request(port: a.adminPort!, "DELETE", "/admin/tenants/acme/api-keys/\(keyID)", headers: auth).status == 204)
+        try waitUntil(seconds: 1) { (try? request(port: b.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status) == 401 }
+        // A webhook delivered to a applies everywhere; its replay to b is recognised through Redis.
+        let event = #"{"id":"evt_shared","type":"customer.subscription.updated","data":{"object":{"status":"past_due","metadata":{"tenant_id":"acme"}}}}"#
+        let t = Int(Date().timeIntervalSince1970)
+        let mac = Digest.hex(Digest.hmacSHA256(key: Array("whsec_shared".utf8), message: Array("\(t).\(event)".utf8)))
+        let signed = [("Stripe-Signature", "t=\(t),v1=\(mac)")]
+        #expect(try request(port: a.adminPort!, "POST", "/webhooks/billing", headers: signed, body: event).status == 200)
+        try waitUntil(seconds: 1) {
+            (try? request(port: b.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).header("Gatehouse-Billing")) == "past_due"
+        }
+        #expect(try request(port: b.adminPort!, "POST", "/webhooks/billing", headers: signed, body: event).json["duplicate"] as? Bool == true)
         // A new instance loads the stored records at start.
         let c = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port), environment: env)
         defer { c.stop() }

@@ -162,6 +162,13 @@ final class RawConnection {
         return total
     }
 
+    /// Whatever bytes are buffered or arrive next.
+    func readChunk() throws -> [UInt8] {
+        if buffer.isEmpty { try fill() }
+        defer { buffer.removeAll() }
+        return buffer
+    }
+
     /// Reads up to `into.count` bytes (buffered first); returns how many.
     func drainInto(_ into: inout [UInt8]) throws -> Int {
         if buffer.isEmpty { try fill() }
