@@ -72,9 +72,10 @@ struct AdminAPI {
                 return now(problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409))
             }
             let key = "gh_" + Self.randomToken(bytes: 32)
-            return store.addKey(id, id: keyID, sha256: Digest.hex(Digest.sha256(key.utf8))).map { added in
+            let newID = keyID
+            return store.addKey(id, id: newID, sha256: Digest.hex(Digest.sha256(key.utf8))).map { added in
                 added
-                    ? Response(status: 201, body: "{\"id\":\(JSONText.quote(keyID)),\"key\":\(JSONText.quote(key))}")
+                    ? Response(status: 201, body: "{\"id\":\(JSONText.quote(newID)),\"key\":\(JSONText.quote(key))}")
                     : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
             }
         case ("DELETE", 6) where parts[4] == "api-keys":

@@ -11,7 +11,8 @@ struct BillingWebhookHandler {
     let eventLoop: EventLoop
 
     func handle(signature: String?, body: [UInt8], requestID: String) -> EventLoopFuture<AdminAPI.Response> {
-        func answer(_ status: Int, _ body: String) -> EventLoopFuture<AdminAPI.Response> {
+        let eventLoop = self.eventLoop
+        @Sendable func answer(_ status: Int, _ body: String) -> EventLoopFuture<AdminAPI.Response> {
             eventLoop.makeSucceededFuture(AdminAPI.Response(status: status, body: body))
         }
         func refuse(_ denial: Denial) -> EventLoopFuture<AdminAPI.Response> {

@@ -91,9 +91,14 @@ public final class RedisClient: Sendable {
         send(bytes: args.map { Array($0.utf8) })
     }
 
-    public func send(bytes args: [[UInt8]]) -> EventLoopFuture<RedisReply> {
-        if eventLoop.inEventLoop { return core.value.send(args) }
-        return eventLoop.flatSubmit { self.core.value.send(args) }
+    /// - Parameter timeout: overrides the configured timeout for this call (bulk reads off the request path).
+    public func send(bytes args: [[UInt8]], timeout: TimeAmount? = nil) -> EventLoopFuture<RedisReply> {
+        if eventLoop.inEventLoop { return core.value.send(args, timeout: timeout) }
+        return eventLoop.flatSubmit { self.core.value.send(args, timeout: timeout) }
+    }
+
+    public func send(_ args: [String], timeout: TimeAmount) -> EventLoopFuture<RedisReply> {
+        send(bytes: args.map { Array($0.utf8) }, timeout: timeout)
     }
 
     /// True while calls can go out (connected and the circuit not open).
@@ -141,7 +146,8 @@ private final class Core {
         return false
     }
 
-    func send(_ args: [[UInt8]]) -> EventLoopFuture<RedisReply> {
+    func send(_ args: [[UInt8]], timeout: TimeAmount?) -> EventLoopFuture<RedisReply> {
+        let timeout = timeout ?? configuration.timeout
         guard case .ready(let channel) = state else {
             if case .idle = state { connect() }
             return eventLoop.makeFailedFuture(RedisError.unavailable("not connected to Redis"))
@@ -153,11 +159,11 @@ private final class Core {
         let inner = eventLoop.makePromise(of: RedisReply.self)
         let outer = eventLoop.makePromise(of: RedisReply.self)
         let done = NIOLoopBoundBox(false, eventLoop: eventLoop)
-        let timer = eventLoop.scheduleTask(in: configuration.timeout) { [self] in
+        let timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
             guard !done.value else { return }
             done.value = true
             circuit.failed(now: .now())
-            outer.fail(RedisError.timeout("no reply within \(configuration.timeout)"))
+            outer.fail(RedisError.timeout("no reply within \(timeout)"))
         }
         inner.futureResult.assumeIsolated().whenComplete { [self] result in
             timer.cancel()
@@ -207,8 +213,8 @@ private final class Core {
                 }
             }
             .connect(host: config.host, port: config.port)
-            .flatMap { channel in self.handshake(channel).map { channel } }
             .assumeIsolated()
+            .flatMap { channel in self.handshake(channel).map { channel } }
             .whenComplete { [self] result in
                 if case .shutdown = state {
                     if case .success(let channel) = result { channel.close(promise: nil) }

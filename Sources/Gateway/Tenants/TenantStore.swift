@@ -136,7 +136,8 @@ final class RedisTenantStore: TenantStore {
     /// Loads every stored record (HGETALL) into the directory.
     @discardableResult
     func reloadAll() -> EventLoopFuture<Bool> {
-        client.send(["HGETALL", hashKey]).map { reply in
+        // A bulk read off the request path: it may take longer than one per-request call.
+        client.send(["HGETALL", hashKey], timeout: .seconds(10)).map { reply in
             guard case .array(let items) = reply else { return false }
             var records: [String: TenantSeed] = [:]
             var i = 0
