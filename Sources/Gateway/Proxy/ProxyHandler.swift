@@ -277,7 +277,7 @@ final class ProxyHandler: ChannelDuplexHandler {
 
         // Gate by subscription state, plan and feature.
         var bodyLimit = server.maxBodyBytes
-        if let tenant = caller.tenant, let record = snapshot.tenants.record(tenant) {
+        if let tenant = caller.tenant, let record = caller.record {
             switch Gate.check(route: route, tenant: tenant, record: record, config: snapshot.config, now: wallNow) {
             case .failure(let denial):
                 deny(ex, denial)

@@ -4,15 +4,18 @@ internal import CJWT
 public enum Digest {
     /// SHA-256 of `bytes`.
     public static func sha256<C: Collection>(_ bytes: C) -> [UInt8] where C.Element == UInt8 {
+        // Hash in place when the bytes are contiguous (a native String's UTF-8 is); copy only otherwise.
+        if let out = bytes.withContiguousStorageIfAvailable({ sha256(UnsafeRawBufferPointer($0)) }) { return out }
+        return Array(bytes).withUnsafeBytes { sha256($0) }
+    }
+
+    private static func sha256(_ input: UnsafeRawBufferPointer) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
-        let input = Array(bytes)
-        _ = input.withUnsafeBytes { inPtr in
-            out.withUnsafeMutableBytes { outPtr in
-                EVP_Digest(
-                    inPtr.baseAddress, inPtr.count, outPtr.baseAddress!.assumingMemoryBound(to: UInt8.self), &length,
-                    EVP_sha256(), nil)
-            }
+        out.withUnsafeMutableBytes { outPtr in
+            _ = EVP_Digest(
+                input.baseAddress, input.count, outPtr.baseAddress!.assumingMemoryBound(to: UInt8.self), &length,
+                EVP_sha256(), nil)
         }
         return out
     }

@@ -6,8 +6,14 @@ public struct Caller: Sendable, Equatable {
     public var user: String?
     public var roles: [String] = []
     public var plan: String?
+    /// The tenant's effective record, as resolved (so later phases need not look it up again).
+    public var record: TenantSeed?
 
     public init() {}
+
+    public static func == (a: Caller, b: Caller) -> Bool {
+        a.credential == b.credential && a.tenant == b.tenant && a.user == b.user && a.roles == b.roles && a.plan == b.plan
+    }
 }
 
 /// Where tenant records and API key owners are looked up (YAML seeds, the admin API's store, or both).
@@ -155,6 +161,7 @@ public struct IdentityResolver: Sendable {
         var c = caller
         c.tenant = tenant
         c.plan = seed.plan
+        c.record = seed
         return .success(c)
     }
 
