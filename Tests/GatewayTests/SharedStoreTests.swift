@@ -7,7 +7,7 @@ import Testing
     static func config(upstream: Int, redis: Int, onFailure: String = "open") -> String {
         """
         server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1}
-        store: {redis: "redis://127.0.0.1:\(redis)/0", timeout: 100ms, on_failure: \(onFailure), key_prefix: ghtest, tenant_cache_ttl: 30s}
+        store: {redis: "redis://127.0.0.1:\(redis)/0", timeout: 250ms, on_failure: \(onFailure), key_prefix: ghtest, tenant_cache_ttl: 30s}
         identity: {header_tenancy: always}
         billing: {webhook_secret_env: GH_TEST_WEBHOOK_SECRET, prices: {price_pro: pro}}
         plans: {free: {features: [core]}, pro: {features: [core, analytics]}}

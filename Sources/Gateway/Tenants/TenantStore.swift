@@ -155,17 +155,25 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
-    /// Reloads one tenant (HGET) after an invalidation.
+    /// Reloads one tenant (HGET) after an invalidation; a failed read is retried a few times (50 ms apart)
+    /// before the periodic full reload is left to catch up.
     @discardableResult
-    func reload(_ tenant: String) -> EventLoopFuture<Void> {
+    func reload(_ tenant: String, attempt: Int = 1) -> EventLoopFuture<Void> {
         client.send(["HGET", hashKey, tenant]).map { reply in
             if case .string(let json) = reply, let r = TenantRecordCodec.decode(json) {
                 self.directory.setStored(tenant, r)
             } else {
                 self.directory.setStored(tenant, nil)
             }
-        }.recover { error in
-            self.logger.warning("tenant invalidation reload failed", metadata: ["gh-tenant": "\(tenant)", "gh-error": "\(error)"])
+        }.flatMapError { error in
+            guard attempt < 5 else {
+                self.logger.warning(
+                    "tenant invalidation reload failed", metadata: ["gh-tenant": "\(tenant)", "gh-error": "\(error)"])
+                return self.client.eventLoop.makeSucceededVoidFuture()
+            }
+            return self.client.eventLoop.flatScheduleTask(in: .milliseconds(50)) {
+                self.reload(tenant, attempt: attempt + 1)
+            }.futureResult
         }
     }
 
