@@ -19,6 +19,14 @@ public final class RedisClient: Sendable {
         public var connectTimeout: TimeAmount = .seconds(1)
         public var failureThreshold = 3
         public var openFor: TimeAmount = .milliseconds(500)
+        /// The server's address, resolved off the event loop (``resolve()``); without it the host must be an
+        /// IP literal, so connecting never waits on DNS on the loop.
+        public var address: SocketAddress?
+
+        /// Resolves `host` (blocking DNS: call off the event loops).
+        public mutating func resolve() throws {
+            address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        }
 
         /// Parses `redis://[user:pass@]host:port/db`.
         public init?(url: String) {
@@ -191,8 +199,14 @@ private final class Core {
         case .idle, .waiting: break
         default: return
         }
-        state = .connecting
         let config = configuration
+        guard let target = config.address ?? (try? SocketAddress(ipAddress: config.host, port: config.port)) else {
+            // Never resolve DNS on the event loop: an unresolved name is a configuration error.
+            logger.error("redis host was not resolved before connecting", metadata: ["gh-redis": "\(config.host)"])
+            scheduleReconnect()
+            return
+        }
+        state = .connecting
         let onPush = self.onPush
         ClientBootstrap(group: eventLoop)
             .connectTimeout(config.connectTimeout)
@@ -212,7 +226,7 @@ private final class Core {
                     try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(onPush: push))
                 }
             }
-            .connect(host: config.host, port: config.port)
+            .connect(to: target)
             .assumeIsolated()
             .flatMap { channel in self.handshake(channel).map { channel } }
             .whenComplete { [self] result in
@@ -277,3 +291,4 @@ private final class Core {
         if case .ready(let channel) = previous { channel.close(promise: nil) }
     }
 }
+

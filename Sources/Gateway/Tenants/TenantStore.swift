@@ -87,6 +87,7 @@ final class RedisTenantStore: TenantStore {
             throw RedisError.protocolError("invalid store.redis URL")
         }
         redis.timeout = .nanoseconds(config.timeout)
+        try redis.resolve()  // off the event loops: the server is built before it serves
         self.directory = directory
         self.hashKey = config.keyPrefix + ":tenants"
         self.channel = config.keyPrefix + ":tenants:invalidate"
