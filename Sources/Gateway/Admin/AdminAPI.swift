@@ -156,11 +156,8 @@ struct AdminAPI {
     }
 
     private func problem(_ denial: Denial, _ requestID: String, status: Int? = nil) -> Response {
-        var body = denial.document(requestID: requestID)
-        if let status {
-            body = body.replacingOccurrences(of: "\"status\":\(denial.status)", with: "\"status\":\(status)")
-        }
-        return Response(status: status ?? denial.status, contentType: "application/problem+json", body: body)
+        let d = status.map { denial.with(status: $0) } ?? denial
+        return Response(status: d.status, contentType: "application/problem+json", body: d.document(requestID: requestID))
     }
 
     static func randomToken(bytes: Int) -> String {

@@ -35,7 +35,7 @@ final class RedisCommandHandler: ChannelDuplexHandler {
         do {
             try reader.feed(unwrapInboundIn(data))
             while let reply = try reader.next() {
-                if let onPush, Self.isPush(reply), pending.isEmpty || !Self.isSubscribeAck(reply) {
+                if let onPush, Self.isPush(reply) {
                     onPush(reply)
                     continue
                 }
@@ -76,10 +76,6 @@ final class RedisCommandHandler: ChannelDuplexHandler {
         return kind == "message" || kind == "pmessage"
     }
 
-    static func isSubscribeAck(_ reply: RedisReply) -> Bool {
-        guard case .array(let items) = reply, let kind = items.first?.string else { return false }
-        return kind == "subscribe" || kind == "psubscribe"
-    }
 }
 
 @available(*, unavailable)

@@ -15,8 +15,6 @@ public final class TokenCache {
 
     private var entries: [Key: (token: VerifiedToken, validUntil: Double)] = [:]
     public let capacity: Int
-    public private(set) var hits = 0
-    public private(set) var misses = 0
 
     public init(capacity: Int = 10_000) {
         self.capacity = capacity
@@ -35,12 +33,10 @@ public final class TokenCache {
         let key = Key(Digest.sha256(token.utf8))
         if let entry = entries[key] {
             if now <= entry.validUntil {
-                hits += 1
                 return .success(entry.token)
             }
             entries.removeValue(forKey: key)
         }
-        misses += 1
         let result = verifier(token)
         if case .success(let verified) = result {
             if entries.count >= capacity { evict(now: now) }

@@ -28,7 +28,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
 
     private let kind: Code
     /// HTTP status of the response.
-    public let status: Int
+    public private(set) var status: Int
     /// Human-readable explanation of this occurrence.
     public var detail: String
     /// Extra string members of the problem document (e.g. `required`, `current`).
@@ -74,6 +74,13 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(status) \(code): \(detail)" }
+
+    /// The same problem answered with another status (e.g. the admin API's 404 for an unknown tenant).
+    public func with(status: Int) -> Denial {
+        var d = self
+        d.status = status
+        return d
+    }
 
     public static func routeNotFound(_ detail: String = "No route matches this request.") -> Denial {
         Denial(.routeNotFound, 404, detail)

@@ -100,10 +100,4 @@ public struct HeaderRewriter: Sendable {
         return lengths == 1 ? contentLength : nil
     }
 
-    /// The client-bound copy of upstream response headers (see ``forEachClientResponseHeader(_:_:)``).
-    public static func clientResponseHeaders(_ upstream: HTTPHeaders) -> (headers: HTTPHeaders, contentLength: Int?) {
-        var out = HTTPHeaders()
-        let cl = forEachClientResponseHeader(upstream) { out.add(name: $0, value: $1) }
-        return (out, cl)
-    }
 }

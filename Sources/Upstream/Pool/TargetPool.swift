@@ -164,7 +164,7 @@ public final class TargetPool {
                 let conn = idle.remove(at: i)
                 openCount -= 1
                 conn.pool = nil
-                conn.abandonIdle()
+                conn.closeIdle()
             } else {
                 i += 1
             }
@@ -177,17 +177,11 @@ public final class TargetPool {
         closed = true
         for conn in idle {
             conn.pool = nil
-            conn.abandonIdle()
+            conn.closeIdle()
         }
         openCount -= idle.count
         idle.removeAll()
         while let w = waiters.popFirst() { w.callback(.failure(.connectFailed("gateway shutting down"))) }
-    }
-}
-
-extension UpstreamConnection {
-    func abandonIdle() {
-        channelClose()
     }
 }
 

@@ -163,7 +163,8 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
-    func channelClose() {
+    /// Closes a connection the pool no longer keeps (idle too long, or the pool is closing).
+    func closeIdle() {
         state = .closed
         context?.close(promise: nil)
     }
