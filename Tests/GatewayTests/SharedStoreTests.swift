@@ -49,7 +49,10 @@ import Testing
         try waitUntil(seconds: 1) {
             (try? request(port: b.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).json["code"] as? String) == "tenant_suspended"
         }
-        #expect(up.requests.filter { $0.uri == "/analytics/x" }.count == 1)  // only the one allowed request
+        // Once suspended, nothing more reaches the upstream.
+        let forwarded = up.requests.filter { $0.uri == "/analytics/x" }.count
+        #expect(try analytics(b) == 403)
+        #expect(up.requests.filter { $0.uri == "/analytics/x" }.count == forwarded)
         #expect(try request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "pro"}"#).status == 200)
         try waitUntil(seconds: 1) { (try? analytics(b)) == 200 }
         #expect(try request(port: b.adminPort!, "GET", "/admin/tenants/acme", headers: auth).json["source"] as? String == "store")
@@ -95,17 +98,20 @@ import Testing
         let up = try TestUpstream()
         defer { up.stop() }
         let env = ["GH_TEST_ADMIN_TOKEN": "adm"]
-        let a = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port, onFailure: "closed"), environment: env)
+        // on_failure: open, so the request path keeps serving (rate limits fall back to local buckets).
+        let a = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port, onFailure: "open"), environment: env)
         defer { a.stop() }
         let auth = [("Authorization", "Bearer adm")]
         #expect(try request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "pro"}"#).status == 200)
-        #expect(try request(port: a.adminPort!, "GET", "/readyz").status == 200)
         redis.pause()
         #expect(try request(port: a.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).status == 200)
         let write = try request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "free"}"#)
         #expect(write.status == 503)
         #expect(write.json["code"] as? String == "store_unavailable")
         redis.resume()
-        try waitUntil(seconds: 10) { (try? request(port: a.adminPort!, "GET", "/readyz").status) == 200 }
+        try waitUntil(seconds: 10) {
+            (try? request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "free"}"#).status) == 200
+        }
+        #expect(try request(port: a.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).status == 403)
     }
 }

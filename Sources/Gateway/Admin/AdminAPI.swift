@@ -14,6 +14,7 @@ struct AdminAPI {
     let store: any TenantStore
     let config: GatewayConfig
     let eventLoop: EventLoop
+    let usage: UsageReader
 
     /// Handles `/admin/tenants/...`; nil when the path is not one of these endpoints.
     func handle(method: String, path: String, body: [UInt8], requestID: String) -> EventLoopFuture<Response>? {
@@ -78,6 +79,20 @@ struct AdminAPI {
                     ? Response(status: 201, body: "{\"id\":\(JSONText.quote(newID)),\"key\":\(JSONText.quote(key))}")
                     : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
             }
+        case ("GET", 5) where parts[4] == "usage":
+            guard let record = tenants.record(id) else {
+                return now(problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404))
+            }
+            let quota = record.quotaOverride ?? config.plans[record.plan]?.quota ?? .unlimited
+            let per: PlanConfig.QuotaPeriod
+            if case .limited(_, let p) = quota { per = p } else { per = .month }
+            let at = ProxyHandler.wallClock()
+            let period = BillingPeriod.containing(at, per: per, anchor: record.billingAnchor)
+            return usage.read(tenant: id, period: period, now: at, on: eventLoop).map { used, days in
+                Response(
+                    status: 200,
+                    body: UsageReader.document(tenant: id, record: record, quota: quota, period: period, used: used, days: days))
+            }
         case ("DELETE", 6) where parts[4] == "api-keys":
             return store.revokeKey(id, id: parts[5]).map { revoked in
                 revoked
@@ -124,23 +139,13 @@ struct AdminAPI {
             record.pastDueSinceAt = at
         }
         if let raw = object["billing_anchor"] {
-            guard let n = raw as? Int, (1...31).contains(n), !(raw is Bool) else {
+            guard let n = raw as? Int, (1...31).contains(n), !OverridesJSON.isBool(raw) else {
                 return .failure(.badRequest("Field 'billing_anchor' must be a day of the month, 1-31."))
             }
             record.billingAnchor = n
         }
-        if let raw = object["overrides"], !(raw is NSNull) {
-            guard let overrides = raw as? [String: Any] else { return .failure(.badRequest("Field 'overrides' must be an object.")) }
-            if let unknown = overrides.keys.sorted().first(where: { !["rate", "quota", "max_body_bytes"].contains($0) }) {
-                return .failure(.badRequest("Unknown field 'overrides.\(unknown)'."))
-            }
-            if let size = overrides["max_body_bytes"] {
-                let bytes: Int? = (size as? Int).flatMap { $0 > 0 && !(size is Bool) ? $0 : nil } ?? (size as? String).flatMap(Units.parseSize)
-                guard let bytes, bytes > 0 else {
-                    return .failure(.badRequest("Field 'overrides.max_body_bytes' must be a positive size."))
-                }
-                record.maxBodyBytes = bytes
-            }
+        if let raw = object["overrides"], !(raw is NSNull), let problem = OverridesJSON.decode(raw, into: &record) {
+            return .failure(.badRequest(problem))
         }
         return .success(record)
     }
@@ -149,7 +154,8 @@ struct AdminAPI {
         var json = "{\"id\":\(JSONText.quote(id)),\"plan\":\(JSONText.quote(r.plan)),\"status\":\(JSONText.quote(r.status))"
         json += ",\"trial_ends\":" + (r.trialEnds.map(JSONText.quote) ?? "null")
         json += ",\"billing_anchor\":\(r.billingAnchor)"
-        json += ",\"overrides\":{" + (r.maxBodyBytes.map { "\"max_body_bytes\":\($0)" } ?? "") + "}"
+        let overrides = (try? JSONSerialization.data(withJSONObject: OverridesJSON.encode(r), options: [.sortedKeys])) ?? Data("{}".utf8)
+        json += ",\"overrides\":" + String(decoding: overrides, as: UTF8.self)
         json += ",\"api_keys\":[" + r.apiKeys.map { "{\"id\":\(JSONText.quote($0.id))}" }.joined(separator: ",") + "]"
         json += ",\"source\":\(JSONText.quote(source.rawValue))}"
         return json

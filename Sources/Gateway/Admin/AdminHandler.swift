@@ -73,7 +73,8 @@ final class AdminHandler: ChannelInboundHandler {
                     return
                 }
                 let api = AdminAPI(
-                    tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop)
+                    tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop,
+                    usage: server.usageReader)
                 if let future = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
                     future.hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
                         self.respond(

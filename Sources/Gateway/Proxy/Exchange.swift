@@ -38,6 +38,12 @@ final class Exchange {
     var upstreamHead: HTTPRequestHead?
     var upstreamStart: NIODeadline?
     var connecting = false
+    /// Waiting for the rate limiter's decision (nothing is sent upstream meanwhile).
+    var awaitingAdmission = false
+    var expectContinue = false
+    /// The tenant's plan, for metrics; and whether the local fallback bucket admitted the request.
+    var plan = "-"
+    var failOpen = false
     var attempts = 0
     var buffered: [ByteBuffer] = []
     var bufferedBytes = 0

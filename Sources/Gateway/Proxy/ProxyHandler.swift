@@ -319,12 +319,63 @@ final class ProxyHandler: ChannelDuplexHandler {
         if !caller.roles.isEmpty { upstreamHead.headers.add(name: "X-Roles", value: caller.roles.joined(separator: ",")) }
         ex.upstreamHead = upstreamHead
 
-        if checked.expectContinue && head.version.minor == 1 {
+        ex.expectContinue = checked.expectContinue && head.version.minor == 1
+
+        // Charge the buckets and quota (may wait for Redis; the body is held meanwhile).
+        if let record = caller.record,
+            let charge = RatePolicy.charge(route: route, caller: caller, record: record, config: snapshot.config, now: wallNow)
+        {
+            ex.awaitingAdmission = true
+            ex.plan = charge.plan
+            loop.limiter.charge(charge, now: wallNow, requestID: requestID) { [self] outcome in
+                self.admission(ex, outcome)
+            }
+            return
+        }
+        forward(ex)
+    }
+
+    /// The limiter's answer for `ex` (synchronous, or later when Redis answers).
+    private func admission(_ ex: Exchange, _ outcome: LimitOutcome) {
+        ex.awaitingAdmission = false
+        guard exchange === ex, !ex.responseStarted else { return }
+        var rateHeaders: [(String, String)] = []
+        if let h = outcome.headers {
+            rateHeaders = [
+                ("RateLimit-Limit", String(h.limit)), ("RateLimit-Remaining", String(h.remaining)),
+                ("RateLimit-Reset", String(h.reset)),
+            ]
+        }
+        switch outcome.verdict {
+        case .admit:
+            ex.responseHeaders += rateHeaders
+            ex.failOpen = outcome.failOpen
+            forward(ex)
+        case .rateLimited:
+            loop.metrics.ratelimitDenied[ex.plan, default: 0] += 1
+            var denial = Denial.rateLimited(
+                retryAfter: outcome.retryAfter, "The tenant's request rate limit is exhausted; retry after \(outcome.retryAfter) s.")
+            denial.headers += rateHeaders
+            deny(ex, denial)
+        case .quotaExceeded:
+            loop.metrics.ratelimitDenied[ex.plan, default: 0] += 1
+            var denial = Denial.quotaExceeded(
+                retryAfter: outcome.retryAfter, "The tenant's request quota for this period is used up.")
+            denial.headers += rateHeaders
+            deny(ex, denial)
+        case .storeUnavailable:
+            deny(ex, .storeUnavailable(retryAfter: outcome.retryAfter))
+        }
+    }
+
+    /// Admitted: answer `Expect: 100-continue` and connect once enough of the request is here.
+    private func forward(_ ex: Exchange) {
+        if ex.expectContinue {
             var buffer = context.channel.allocator.buffer(capacity: 32)
             buffer.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         }
-        if checked.framing != .chunked {
+        if ex.framing != .chunked || ex.requestEnded || ex.bufferedBytes >= Self.chunkedHoldBytes {
             connectUpstream(ex, excluding: nil)
         }
     }
@@ -350,7 +401,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             ex.bufferedBytes += buffer.readableBytes
             if ex.bufferedBytes >= Self.chunkedHoldBytes {
                 pause(.buffering)
-                if !ex.connecting { connectUpstream(ex, excluding: nil) }
+                if !ex.connecting && !ex.awaitingAdmission { connectUpstream(ex, excluding: nil) }
             }
         }
     }
@@ -364,7 +415,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         if ex.responseStarted { return }
         if let conn = ex.connection {
             conn.sendEnd()
-        } else if !ex.connecting {
+        } else if !ex.connecting && !ex.awaitingAdmission {
             connectUpstream(ex, excluding: nil)
         }
     }

@@ -31,6 +31,11 @@ public final class GatewayServer: Sendable {
     let store: any TenantStore
     private let redisStore: RedisTenantStore?
     private let failOpen: Bool
+    let limits: LimitSettings
+    /// The embedded store's buckets and counters (nil with Redis).
+    let memoryLimits: MemoryLimits?
+    /// One Redis connection per loop for rate-limit decisions.
+    let limitClients: [RedisClient]
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
     public init(configPath: String, config: GatewayConfig, logger: Logger) throws {
@@ -42,24 +47,46 @@ public final class GatewayServer: Sendable {
         self.current = Mutex(snapshot)
         let threads = config.server.threads ?? System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let keys = LimitKeys(prefix: config.store?.keyPrefix ?? "gh")
+        let limits = LimitSettings(
+            keys: keys, fallback: MemoryLimits(keys: keys), failOpen: (config.store?.onFailure ?? .open) == .open)
+        self.limits = limits
+        let redisStore: RedisTenantStore?
+        if let storeConfig = config.store {
+            let redis = try RedisTenantStore(config: storeConfig, directory: tenants, eventLoop: group.next(), logger: logger)
+            redisStore = redis
+            self.store = redis
+            self.failOpen = storeConfig.onFailure == .open
+        } else {
+            redisStore = nil
+            self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next())
+            self.failOpen = true
+        }
+        self.redisStore = redisStore
+        // The embedded store's limits live in this process; with Redis each loop has its own connection.
+        let memoryLimits = MemoryLimits(keys: keys)
+        self.memoryLimits = redisStore == nil ? memoryLimits : nil
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
+        var limitClients: [RedisClient] = []
         for loop in group.makeIterator() {
+            let backend: RateLimiter.Backend
+            if let redisStore, let storeConfig = config.store {
+                let client = RedisClient(configuration: redisStore.redisConfiguration, eventLoop: loop, logger: logger)
+                limitClients.append(client)
+                backend = .redis(client, leased: storeConfig.rateLimitMode == .leased)
+            } else {
+                backend = .memory(memoryLimits)
+            }
             let state = try loop.submit {
-                NIOLoopBound(LoopState(eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger), eventLoop: loop)
+                NIOLoopBound(
+                    LoopState(
+                        eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
+                        limits: limits), eventLoop: loop)
             }.wait()
             loops[ObjectIdentifier(loop)] = state
         }
         self.loops = loops
-        if let storeConfig = config.store {
-            let redis = try RedisTenantStore(config: storeConfig, directory: tenants, eventLoop: group.next(), logger: logger)
-            self.redisStore = redis
-            self.store = redis
-            self.failOpen = storeConfig.onFailure == .open
-        } else {
-            self.redisStore = nil
-            self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next())
-            self.failOpen = true
-        }
+        self.limitClients = limitClients
         if let env = config.server.adminTokenEnv, let token = ProcessInfo.processInfo.environment[env], !token.isEmpty {
             self.adminToken = token
         } else {
@@ -68,6 +95,8 @@ public final class GatewayServer: Sendable {
     }
 
     public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
+
+    var usageReader: UsageReader { UsageReader(memory: memoryLimits, client: limitClients.first, keys: limits.keys) }
 
     /// Ready: listening with a config, and the store reachable unless `on_failure: open`.
     func readiness() -> EventLoopFuture<Bool> {
@@ -88,6 +117,7 @@ public final class GatewayServer: Sendable {
         if let adminAddress = config.server.adminListen {
             admin = try await bindAdmin(adminAddress)
         }
+        for client in limitClients { client.start() }
         if let redisStore {
             redisStore.start()
             // Serve once the records are loaded, or after a bounded wait (cached seeds serve meanwhile).
@@ -282,6 +312,7 @@ public final class GatewayServer: Sendable {
         }
         try? await admin?.close()
         redisStore?.stop()
+        for client in limitClients { _ = client.close() }
         logger.info("gatehouse stopped")
         try? await group.shutdownGracefully()
     }
@@ -291,7 +322,7 @@ public final class GatewayServer: Sendable {
     func metricsText() -> EventLoopFuture<String> {
         let futures = group.makeIterator().map { loop in
             let state = loops[ObjectIdentifier(loop)]!
-            return loop.submit { state.value.metrics.snapshot() }
+            return loop.submit { state.value.metrics.snapshot(leaseUnits: state.value.limiter.outstandingLeaseUnits) }
         }
         let snapshot = self.snapshot
         return EventLoopFuture.whenAllSucceed(futures, on: group.next()).map { parts in

@@ -35,6 +35,13 @@ final class LoopMetrics {
     var requests: [RequestKey: Int] = [:]
     var durations: [String: Histogram] = [:]
     var upstreamDurations: [String: Histogram] = [:]
+    /// Rate-limit and quota denials by plan.
+    var ratelimitDenied: [String: Int] = [:]
+    /// Rate-limit store calls: failures and durations.
+    var storeErrors = 0
+    var storeDurations = Histogram()
+    /// Requests admitted by the local fallback bucket while the store failed (`on_failure: open`).
+    var failOpenAdmitted = 0
 
     func record(route: String, status: Int, decision: String, code: String, seconds: Double) {
         requests[RequestKey(route: route, status: status, decision: decision, code: code), default: 0] += 1
@@ -46,8 +53,11 @@ final class LoopMetrics {
     }
 
     /// A copy of the current values (taken on the loop, merged elsewhere).
-    func snapshot() -> MetricsSnapshot {
-        MetricsSnapshot(requests: requests, durations: durations, upstreamDurations: upstreamDurations)
+    func snapshot(leaseUnits: Int) -> MetricsSnapshot {
+        MetricsSnapshot(
+            requests: requests, durations: durations, upstreamDurations: upstreamDurations,
+            ratelimitDenied: ratelimitDenied, storeErrors: storeErrors, storeDurations: storeDurations,
+            failOpenAdmitted: failOpenAdmitted, leaseUnits: leaseUnits)
     }
 }
 
@@ -56,9 +66,19 @@ struct MetricsSnapshot: Sendable {
     var requests: [LoopMetrics.RequestKey: Int] = [:]
     var durations: [String: LoopMetrics.Histogram] = [:]
     var upstreamDurations: [String: LoopMetrics.Histogram] = [:]
+    var ratelimitDenied: [String: Int] = [:]
+    var storeErrors = 0
+    var storeDurations = LoopMetrics.Histogram()
+    var failOpenAdmitted = 0
+    var leaseUnits = 0
 
     mutating func merge(_ other: MetricsSnapshot) {
         requests.merge(other.requests, uniquingKeysWith: +)
+        ratelimitDenied.merge(other.ratelimitDenied, uniquingKeysWith: +)
+        storeErrors += other.storeErrors
+        storeDurations.merge(other.storeDurations)
+        failOpenAdmitted += other.failOpenAdmitted
+        leaseUnits += other.leaseUnits
         for (k, v) in other.durations { durations[k, default: .init()].merge(v) }
         for (k, v) in other.upstreamDurations { upstreamDurations[k, default: .init()].merge(v) }
     }

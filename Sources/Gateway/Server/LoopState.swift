@@ -16,12 +16,18 @@ final class LoopState {
     let metrics = LoopMetrics()
     /// Verified tokens, so repeated tokens skip signature checks (per loop: no lock).
     let tokenCache = TokenCache()
+    /// Buckets and quotas (leases are per loop).
+    private(set) var limiter: RateLimiter!
+    private var lastLimiterSweep = NIODeadline.now()
     private let idPrefix: String
     private var counter: UInt64 = 0
     private var sweepTask: RepeatedTask?
     private(set) var draining = false
 
-    init(eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger) {
+    init(
+        eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
+        limiterBackend: RateLimiter.Backend, limits: LimitSettings
+    ) {
         self.eventLoop = eventLoop
         self.loopCount = loopCount
         self.logger = logger
@@ -30,6 +36,9 @@ final class LoopState {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
         var rng = SystemRandomNumberGenerator()
         self.idPrefix = String(decoding: (0..<12).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
+        self.limiter = RateLimiter(
+            backend: limiterBackend, fallback: limits.fallback, failOpen: limits.failOpen, keys: limits.keys,
+            metrics: metrics, logger: logger)
     }
 
     /// A request id unique to this process run (random per-loop prefix, then a counter).
@@ -74,6 +83,10 @@ final class LoopState {
     func sweep(now: NIODeadline) {
         for handler in Array(connections.values) { handler.checkTimeouts(now: now) }
         for group in groups.values { group.sweep(now: now) }
+        if now - lastLimiterSweep >= .seconds(1) {
+            lastLimiterSweep = now
+            limiter.sweep(now: ProxyHandler.wallClock())
+        }
     }
 
     /// Stops taking new requests: idle connections close, busy ones close after their response.

@@ -12,6 +12,18 @@ enum MetricsText {
         }
         out += histogram("gatehouse_request_duration_seconds", "Time from request head to response end, by route.", "route", m.durations)
         out += histogram("gatehouse_upstream_duration_seconds", "Time spent on the upstream, by upstream.", "upstream", m.upstreamDurations)
+        out += "# HELP gatehouse_ratelimit_denied_total Requests refused by a token bucket or quota, by plan.\n"
+        out += "# TYPE gatehouse_ratelimit_denied_total counter\n"
+        for (plan, n) in m.ratelimitDenied.sorted(by: { $0.key < $1.key }) {
+            out += "gatehouse_ratelimit_denied_total{plan=\(label(plan))} \(n)\n"
+        }
+        out += "# HELP gatehouse_store_errors_total Rate-limit store calls that failed (timeout, connection, open circuit).\n"
+        out += "# TYPE gatehouse_store_errors_total counter\ngatehouse_store_errors_total \(m.storeErrors)\n"
+        out += histogram("gatehouse_store_duration_seconds", "Duration of rate-limit store calls.", nil, ["": m.storeDurations])
+        out += "# HELP gatehouse_ratelimit_fail_open_total Requests admitted by the local fallback bucket while the store failed.\n"
+        out += "# TYPE gatehouse_ratelimit_fail_open_total counter\ngatehouse_ratelimit_fail_open_total \(m.failOpenAdmitted)\n"
+        out += "# HELP gatehouse_ratelimit_lease_tokens Units leased from Redis and not yet spent (this instance's share of the overshoot bound).\n"
+        out += "# TYPE gatehouse_ratelimit_lease_tokens gauge\ngatehouse_ratelimit_lease_tokens \(m.leaseUnits)\n"
         out += "# HELP gatehouse_upstream_healthy 1 when the target passes its health checks.\n"
         out += "# TYPE gatehouse_upstream_healthy gauge\n"
         for (name, entry) in registry.upstreams.sorted(by: { $0.key < $1.key }) {
@@ -22,17 +34,20 @@ enum MetricsText {
         return out
     }
 
-    private static func histogram(_ name: String, _ help: String, _ labelName: String, _ hs: [String: LoopMetrics.Histogram]) -> String {
+    /// A histogram per label value; `labelName` nil renders one unlabelled histogram.
+    private static func histogram(_ name: String, _ help: String, _ labelName: String?, _ hs: [String: LoopMetrics.Histogram]) -> String {
         var out = "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
         for (key, h) in hs.sorted(by: { $0.key < $1.key }) {
+            let own = labelName.map { "\($0)=\(label(key))," } ?? ""
+            let only = labelName.map { "{\($0)=\(label(key))}" } ?? ""
             var cumulative = 0
             for (i, bound) in LoopMetrics.bounds.enumerated() {
                 cumulative += h.buckets[i]
-                out += "\(name)_bucket{\(labelName)=\(label(key)),le=\"\(bound)\"} \(cumulative)\n"
+                out += "\(name)_bucket{\(own)le=\"\(bound)\"} \(cumulative)\n"
             }
-            out += "\(name)_bucket{\(labelName)=\(label(key)),le=\"+Inf\"} \(h.count)\n"
-            out += "\(name)_sum{\(labelName)=\(label(key))} \(h.sum)\n"
-            out += "\(name)_count{\(labelName)=\(label(key))} \(h.count)\n"
+            out += "\(name)_bucket{\(own)le=\"+Inf\"} \(h.count)\n"
+            out += "\(name)_sum\(only) \(h.sum)\n"
+            out += "\(name)_count\(only) \(h.count)\n"
         }
         return out
     }

@@ -7,7 +7,8 @@ enum TenantRecordCodec {
         var object: [String: Any] = ["plan": r.plan, "status": r.status, "billing_anchor": r.billingAnchor]
         if let t = r.trialEnds { object["trial_ends"] = t }
         if let p = r.pastDueSinceAt { object["past_due_since_epoch"] = p }
-        if let m = r.maxBodyBytes { object["overrides"] = ["max_body_bytes": m] }
+        let overrides = OverridesJSON.encode(r)
+        if !overrides.isEmpty { object["overrides"] = overrides }
         object["api_keys"] = r.apiKeys.map { ["id": $0.id, "sha256": $0.sha256] }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
@@ -24,7 +25,7 @@ enum TenantRecordCodec {
         }
         r.pastDueSinceAt = (o["past_due_since_epoch"] as? NSNumber)?.doubleValue
         r.billingAnchor = o["billing_anchor"] as? Int ?? 1
-        r.maxBodyBytes = (o["overrides"] as? [String: Any])?["max_body_bytes"] as? Int
+        if let overrides = o["overrides"] { _ = OverridesJSON.decode(overrides, into: &r) }
         r.apiKeys = (o["api_keys"] as? [[String: Any]] ?? []).compactMap { k in
             guard let id = k["id"] as? String, let sha = k["sha256"] as? String else { return nil }
             return TenantSeed.APIKey(id: id, sha256: sha)

@@ -79,6 +79,8 @@ final class RedisTenantStore: TenantStore {
     let directory: TenantDirectory
     let hashKey: String
     let channel: String
+    /// The resolved connection settings (the rate limiter's per-loop clients use them too).
+    let redisConfiguration: RedisClient.Configuration
     private let logger: Logger
     private let refreshTask: LockedBox<RepeatedTask?>
 
@@ -88,6 +90,7 @@ final class RedisTenantStore: TenantStore {
         }
         redis.timeout = .nanoseconds(config.timeout)
         try redis.resolve()  // off the event loops: the server is built before it serves
+        self.redisConfiguration = redis
         self.directory = directory
         self.hashKey = config.keyPrefix + ":tenants"
         self.channel = config.keyPrefix + ":tenants:invalidate"
@@ -123,7 +126,11 @@ final class RedisTenantStore: TenantStore {
         _ = subscriber.close()
     }
 
-    var isReachable: EventLoopFuture<Bool> { client.isAvailable }
+    /// A PING answered within `store.timeout` (a frozen server keeps its socket open, so the connection
+    /// alone proves nothing).
+    var isReachable: EventLoopFuture<Bool> {
+        client.send(["PING"]).map { $0 == .status("PONG") }.recover { _ in false }
+    }
 
     func remember(eventID: String) -> EventLoopFuture<Bool> {
         client.send(["SET", hashKey + ":webhook-event:" + eventID, "1", "NX", "EX", String(Int(SeenEvents.ttl))])

@@ -247,8 +247,18 @@ extension ConfigLoader {
             r.problem(v, "a trialing tenant needs trial_ends")
         }
         if let v = f["overrides"], let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes"]) {
-            if let x = o["rate"] { _ = parseRate(x, "overrides.rate", r) }
-            if let x = o["quota"], case .mapping = x.node { _ = parseQuota(x, "overrides.quota", r) }
+            if let x = o["rate"] { t.rateOverride = parseRate(x, "overrides.rate", r) }
+            if let x = o["quota"] {
+                if case .scalar = x.node {
+                    if r.string(x, "quota") == "unlimited" {
+                        t.quotaOverride = .unlimited
+                    } else {
+                        r.problem(x, "quota must be 'unlimited' or {requests, per}")
+                    }
+                } else {
+                    t.quotaOverride = parseQuota(x, "overrides.quota", r)
+                }
+            }
             if let x = o["max_body_bytes"] { t.maxBodyBytes = r.size(x, "overrides.max_body_bytes") }
         }
         if let v = f["api_keys"] {

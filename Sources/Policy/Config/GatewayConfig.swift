@@ -134,9 +134,18 @@ public struct IssuerConfig: Sendable {
 
 /// A plan: rate, quota, features and body cap.
 public struct PlanConfig: Sendable {
-    public struct Rate: Sendable { public var requests: Int; public var per: Int64; public var burst: Int }
+    public struct Rate: Sendable, Equatable {
+        public var requests: Int
+        public var per: Int64
+        public var burst: Int
+        public init(requests: Int, per: Int64, burst: Int) {
+            self.requests = requests
+            self.per = per
+            self.burst = burst
+        }
+    }
     public enum QuotaPeriod: String, Sendable { case day, month }
-    public enum Quota: Sendable { case unlimited, limited(requests: Int, per: QuotaPeriod) }
+    public enum Quota: Sendable, Equatable { case unlimited, limited(requests: Int, per: QuotaPeriod) }
     public var rate: Rate? = nil
     public var quota: Quota = .unlimited
     public var features: [String] = []
@@ -164,6 +173,8 @@ public struct TenantSeed: Sendable {
     public var apiKeys: [APIKey] = []
     /// Overrides of the plan's limits.
     public var maxBodyBytes: Int? = nil
+    public var rateOverride: PlanConfig.Rate? = nil
+    public var quotaOverride: PlanConfig.Quota? = nil
 
     public init(plan: String) {
         self.plan = plan

@@ -9,13 +9,19 @@ public enum Digest {
         return Array(bytes).withUnsafeBytes { sha256($0) }
     }
 
-    private static func sha256(_ input: UnsafeRawBufferPointer) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: 32)
+    private static func sha256(_ input: UnsafeRawBufferPointer) -> [UInt8] { digest(input, EVP_sha256(), size: 32) }
+
+    /// SHA-1 of `bytes` (only where a protocol names it, such as Redis script ids; never for security).
+    public static func sha1(_ bytes: [UInt8]) -> [UInt8] {
+        bytes.withUnsafeBytes { digest($0, EVP_sha1(), size: 20) }
+    }
+
+    private static func digest(_ input: UnsafeRawBufferPointer, _ md: OpaquePointer?, size: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: size)
         var length: UInt32 = 0
         out.withUnsafeMutableBytes { outPtr in
             _ = EVP_Digest(
-                input.baseAddress, input.count, outPtr.baseAddress!.assumingMemoryBound(to: UInt8.self), &length,
-                EVP_sha256(), nil)
+                input.baseAddress, input.count, outPtr.baseAddress!.assumingMemoryBound(to: UInt8.self), &length, md, nil)
         }
         return out
     }

@@ -1,0 +1,74 @@
+import Policy
+
+/// Where a tenant's limit state lives. Every key of one tenant shares the hash tag `{<prefix>:<tenant>}`, so
+/// one script touching a tenant's buckets and counters stays on one Redis Cluster slot.
+///
+/// - `{gh:acme}:b:<bucket>`: a token bucket, hash `tk` (tokens) and `ts` (seconds, server time)
+/// - `{gh:acme}:q:<period start>`: requests counted in the quota period (expires a day after its end)
+/// - `{gh:acme}:d:<day start>`: requests counted on that UTC day (expires a day after the period's end)
+struct LimitKeys {
+    let prefix: String
+
+    func tag(_ tenant: String) -> String { "{" + prefix + ":" + tenant + "}:" }
+    func bucket(_ tenant: String, _ name: String) -> String { tag(tenant) + "b:" + name }
+    func quota(_ tenant: String, _ period: BillingPeriod) -> String { tag(tenant) + "q:" + String(period.start) }
+    func day(_ tenant: String, _ dayStart: Int) -> String { tag(tenant) + "d:" + String(dayStart) }
+    static func dayStart(_ now: Double) -> Int { Int(now.rounded(.down)) / 86_400 * 86_400 }
+}
+
+/// The outcome of charging a request, with what its response says about the limits.
+struct LimitOutcome {
+    enum Verdict: Equatable {
+        case admit
+        case rateLimited
+        case quotaExceeded
+        case storeUnavailable
+    }
+
+    struct Headers: Equatable {
+        var limit: Int
+        var remaining: Int
+        /// Seconds.
+        var reset: Int
+    }
+
+    var verdict: Verdict
+    var headers: Headers?
+    /// Whole seconds, at least 1, for denials.
+    var retryAfter = 0
+    /// Admitted by the local fallback bucket because the store failed (`on_failure: open`).
+    var failOpen = false
+
+    static let storeUnavailable = LimitOutcome(verdict: .storeUnavailable, headers: nil, retryAfter: 1)
+
+    /// Reads one decision of ``LimitMath`` (from memory or from the script) for `charge`.
+    init(_ r: LimitMath.Result, _ charge: Charge, now: Double) {
+        let untilPeriodEnd = max(1, Int((Double(charge.period.end) - now).rounded(.up)))
+        if r.granted == 0 && r.quotaExhausted {
+            verdict = .quotaExceeded
+            retryAfter = untilPeriodEnd
+            headers = Headers(limit: charge.quotaLimit ?? 0, remaining: 0, reset: untilPeriodEnd)
+            return
+        }
+        if r.granted == 0 {
+            verdict = .rateLimited
+            retryAfter = max(1, Int(r.retryAfter.rounded(.up)))
+            headers = Headers(limit: r.limit, remaining: 0, reset: retryAfter)
+            return
+        }
+        verdict = .admit
+        if !charge.buckets.isEmpty {
+            headers = Headers(limit: r.limit, remaining: max(0, r.remaining), reset: Int(r.resetAfter.rounded(.up)))
+        } else if let limit = charge.quotaLimit {
+            headers = Headers(limit: limit, remaining: max(0, limit - r.quotaUsed), reset: untilPeriodEnd)
+        } else {
+            headers = nil
+        }
+    }
+
+    init(verdict: Verdict, headers: Headers?, retryAfter: Int) {
+        self.verdict = verdict
+        self.headers = headers
+        self.retryAfter = retryAfter
+    }
+}

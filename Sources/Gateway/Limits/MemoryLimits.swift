@@ -1,0 +1,74 @@
+import Policy
+import Synchronization
+
+/// Limit state in process memory: the embedded store's buckets and counters, and the local fallback
+/// buckets used while Redis is unreachable (`on_failure: open`). One instance serves every event loop, so
+/// one process enforces one limit; the lock is held for the arithmetic only.
+final class MemoryLimits: Sendable {
+    private struct State {
+        var buckets: [String: (bucket: TokenBucket, spec: BucketSpec)] = [:]
+        /// Counters with the time (seconds) they expire.
+        var counters: [String: (value: Int, expires: Int)] = [:]
+        var writes = 0
+    }
+
+    private let state = Mutex(State())
+    let keys: LimitKeys
+    /// Entries examined for cleanup after this many writes.
+    static let sweepEvery = 8192
+
+    init(keys: LimitKeys) {
+        self.keys = keys
+    }
+
+    /// Decides `charge` for up to `want` units (see ``LimitMath``).
+    func take(_ charge: Charge, want: Int, now: Double) -> LimitMath.Result {
+        let bucketKeys = charge.buckets.map { keys.bucket(charge.tenant, $0.name) }
+        let specs = charge.buckets.map(\.spec)
+        let quotaKey = keys.quota(charge.tenant, charge.period)
+        let dayKey = keys.day(charge.tenant, LimitKeys.dayStart(now))
+        let expires = charge.period.end + 86_400
+        let nowSeconds = Int(now)
+        return state.withLock { s in
+            var buckets = bucketKeys.map { s.buckets[$0]?.bucket }
+            let used = s.counters[quotaKey].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0
+            let r = LimitMath.take(
+                buckets: &buckets, specs: specs, quotaUsed: used, quotaLimit: charge.quotaLimit, want: want, now: now)
+            guard r.granted > 0 else { return r }
+            for (i, key) in bucketKeys.enumerated() { s.buckets[key] = (buckets[i]!, specs[i]) }
+            s.counters[quotaKey] = (r.quotaUsed, expires)
+            let day = s.counters[dayKey].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0
+            s.counters[dayKey] = (day + r.granted, expires)
+            s.writes += 1
+            if s.writes % Self.sweepEvery == 0 { Self.sweep(&s, now: now) }
+            return r
+        }
+    }
+
+    /// Drops buckets that have refilled (a full bucket is the same as none) and expired counters.
+    private static func sweep(_ s: inout State, now: Double) {
+        s.buckets = s.buckets.filter { $0.value.bucket.refilled($0.value.spec, now: now).tokens < Double($0.value.spec.burst) }
+        let nowSeconds = Int(now)
+        s.counters = s.counters.filter { $0.value.expires > nowSeconds }
+    }
+
+    /// The quota counter and the per-day counts of `period`.
+    func usage(tenant: String, period: BillingPeriod, now: Double) -> (used: Int, days: [Int: Int]) {
+        let quotaKey = keys.quota(tenant, period)
+        let days = period.days(through: now)
+        let nowSeconds = Int(now)
+        return state.withLock { s in
+            func value(_ key: String) -> Int { s.counters[key].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0 }
+            var perDay: [Int: Int] = [:]
+            for d in days { perDay[d] = value(keys.day(tenant, d)) }
+            return (value(quotaKey), perDay)
+        }
+    }
+}
+
+/// What every loop's ``RateLimiter`` shares: key names, the local fallback buckets and the failure mode.
+struct LimitSettings: Sendable {
+    let keys: LimitKeys
+    let fallback: MemoryLimits
+    let failOpen: Bool
+}
