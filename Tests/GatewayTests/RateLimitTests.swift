@@ -230,6 +230,27 @@ import Testing
         #expect(r.header("RateLimit-Limit") == "5")
     }
 
+    @Test func failOpenBucketsTakeThisInstancesShareOfTheLimit() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let yaml = Self.config(upstream: up.port, redis: redis.port, mode: "exact", timeout: "100ms")
+        let a = try GatewayProcess(yaml: yaml, environment: Self.env)
+        defer { a.stop() }
+        let b = try GatewayProcess(yaml: yaml, environment: Self.env)
+        defer { b.stop() }
+        try waitUntil(seconds: 5) {
+            (try? request(port: a.adminPort!, "GET", "/metrics").text.contains("gatehouse_live_instances 2\n")) == true
+        }
+        redis.pause()
+        defer { redis.resume() }
+        // Burst 50 shared by two instances: a's local bucket holds 25.
+        let answers = try burst(port: a.port, count: 60, tenant: "acme")
+        #expect(count(answers, 200) == 25)
+        #expect(count(answers, 429) == 35)
+    }
+
     @Test func failClosedAnswers503AndRecoversAfterARestart() throws {
         let redis = try RedisServer()
         defer { redis.stop() }

@@ -66,9 +66,17 @@ final class MemoryLimits: Sendable {
     }
 }
 
-/// What every loop's ``RateLimiter`` shares: key names, the local fallback buckets and the failure mode.
-struct LimitSettings: Sendable {
+/// What every loop's ``RateLimiter`` shares: key names, the local fallback buckets, the failure mode and
+/// the number of live instances last seen in Redis (the fallback buckets take that share of each limit).
+final class LimitSettings: Sendable {
     let keys: LimitKeys
     let fallback: MemoryLimits
     let failOpen: Bool
+    let liveInstances = Atomic<Int>(1)
+
+    init(keys: LimitKeys, fallback: MemoryLimits, failOpen: Bool) {
+        self.keys = keys
+        self.fallback = fallback
+        self.failOpen = failOpen
+    }
 }

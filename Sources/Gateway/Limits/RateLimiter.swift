@@ -38,8 +38,7 @@ final class RateLimiter {
     typealias Completion = (LimitOutcome) -> Void
 
     let backend: Backend
-    let fallback: MemoryLimits
-    let failOpen: Bool
+    let settings: LimitSettings
     let script: LimitScript
     let metrics: LoopMetrics
     let logger: Logger
@@ -47,11 +46,10 @@ final class RateLimiter {
     /// Leased units older than this are dropped.
     static let leaseMaxAge = 10.0
 
-    init(backend: Backend, fallback: MemoryLimits, failOpen: Bool, keys: LimitKeys, metrics: LoopMetrics, logger: Logger) {
+    init(backend: Backend, settings: LimitSettings, metrics: LoopMetrics, logger: Logger) {
         self.backend = backend
-        self.fallback = fallback
-        self.failOpen = failOpen
-        self.script = LimitScript(keys: keys)
+        self.settings = settings
+        self.script = LimitScript(keys: settings.keys)
         self.metrics = metrics
         self.logger = logger
     }
@@ -201,10 +199,21 @@ final class RateLimiter {
         }
     }
 
-    /// The store failed: a local bucket decides (`open`), or 503 (`closed`).
+    /// The store failed: a local bucket decides (`open`), or 503 (`closed`). The local bucket has this
+    /// instance's share of the limits (divided by the live instances last counted in Redis); the quota is
+    /// left to Redis (a local counter could not know the period's usage).
     private func failed(_ c: Charge, now: Double) -> LimitOutcome {
-        guard failOpen else { return .storeUnavailable }
-        var outcome = LimitOutcome(fallback.take(c, want: 1, now: now), c, now: now)
+        guard settings.failOpen else { return .storeUnavailable }
+        let share = max(1, settings.liveInstances.load(ordering: .relaxed))
+        var local = c
+        local.quotaLimit = nil
+        if share > 1 {
+            for i in local.buckets.indices {
+                local.buckets[i].spec.ratePerSecond /= Double(share)
+                local.buckets[i].spec.burst = max(1, local.buckets[i].spec.burst / share)
+            }
+        }
+        var outcome = LimitOutcome(settings.fallback.take(local, want: 1, now: now), local, now: now)
         if outcome.verdict == .admit {
             outcome.failOpen = true
             metrics.failOpenAdmitted += 1

@@ -36,6 +36,8 @@ public final class GatewayServer: Sendable {
     let memoryLimits: MemoryLimits?
     /// One Redis connection per loop for rate-limit decisions.
     let limitClients: [RedisClient]
+    private let instanceID = UUID().uuidString
+    private let heartbeat = Mutex<RepeatedTask?>(nil)
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
     public init(configPath: String, config: GatewayConfig, logger: Logger) throws {
@@ -118,6 +120,7 @@ public final class GatewayServer: Sendable {
             admin = try await bindAdmin(adminAddress)
         }
         for client in limitClients { client.start() }
+        startInstanceHeartbeat()
         if let redisStore {
             redisStore.start()
             // Serve once the records are loaded, or after a bounded wait (cached seeds serve meanwhile).
@@ -312,9 +315,33 @@ public final class GatewayServer: Sendable {
         }
         try? await admin?.close()
         redisStore?.stop()
+        heartbeat.withLock { $0?.cancel() }
+        if let client = limitClients.first {
+            _ = try? await client.send(["ZREM", limits.keys.prefix + ":instances", instanceID]).get()
+        }
         for client in limitClients { _ = client.close() }
         logger.info("gatehouse stopped")
         try? await group.shutdownGracefully()
+    }
+
+    // MARK: Live instances
+
+    /// Every 2 s: this instance's heartbeat in the sorted set `<prefix>:instances` (scored by time), entries
+    /// older than 6 s dropped, and the count kept for the fail-open buckets.
+    private func startInstanceHeartbeat() {
+        guard let client = limitClients.first else { return }
+        let key = limits.keys.prefix + ":instances"
+        let id = instanceID
+        let settings = limits
+        let task = client.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(2)) { _ in
+            let now = ProxyHandler.wallClock()
+            _ = client.send(["ZADD", key, String(now), id])
+            _ = client.send(["ZREMRANGEBYSCORE", key, "-inf", String(now - 6)])
+            client.send(["ZCARD", key]).whenSuccess { reply in
+                if let n = reply.integer { settings.liveInstances.store(max(1, Int(n)), ordering: .relaxed) }
+            }
+        }
+        heartbeat.withLock { $0 = task }
     }
 
     // MARK: Metrics
@@ -328,6 +355,7 @@ public final class GatewayServer: Sendable {
         return EventLoopFuture.whenAllSucceed(futures, on: group.next()).map { parts in
             var merged = MetricsSnapshot()
             for p in parts { merged.merge(p) }
+            merged.liveInstances = self.limits.liveInstances.load(ordering: .relaxed)
             return MetricsText.render(merged, registry: snapshot.upstreams)
         }
     }

@@ -71,6 +71,8 @@ struct MetricsSnapshot: Sendable {
     var storeDurations = LoopMetrics.Histogram()
     var failOpenAdmitted = 0
     var leaseUnits = 0
+    /// Gateway instances seen in Redis in the last 6 s (1 without Redis).
+    var liveInstances = 1
 
     mutating func merge(_ other: MetricsSnapshot) {
         requests.merge(other.requests, uniquingKeysWith: +)

@@ -36,9 +36,7 @@ final class LoopState {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
         var rng = SystemRandomNumberGenerator()
         self.idPrefix = String(decoding: (0..<12).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
-        self.limiter = RateLimiter(
-            backend: limiterBackend, fallback: limits.fallback, failOpen: limits.failOpen, keys: limits.keys,
-            metrics: metrics, logger: logger)
+        self.limiter = RateLimiter(backend: limiterBackend, settings: limits, metrics: metrics, logger: logger)
     }
 
     /// A request id unique to this process run (random per-loop prefix, then a counter).

@@ -24,6 +24,8 @@ enum MetricsText {
         out += "# TYPE gatehouse_ratelimit_fail_open_total counter\ngatehouse_ratelimit_fail_open_total \(m.failOpenAdmitted)\n"
         out += "# HELP gatehouse_ratelimit_lease_tokens Units leased from Redis and not yet spent (this instance's share of the overshoot bound).\n"
         out += "# TYPE gatehouse_ratelimit_lease_tokens gauge\ngatehouse_ratelimit_lease_tokens \(m.leaseUnits)\n"
+        out += "# HELP gatehouse_live_instances Gateway instances sharing the store, as last counted in Redis.\n"
+        out += "# TYPE gatehouse_live_instances gauge\ngatehouse_live_instances \(m.liveInstances)\n"
         out += "# HELP gatehouse_upstream_healthy 1 when the target passes its health checks.\n"
         out += "# TYPE gatehouse_upstream_healthy gauge\n"
         for (name, entry) in registry.upstreams.sorted(by: { $0.key < $1.key }) {
