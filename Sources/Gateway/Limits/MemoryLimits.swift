@@ -5,28 +5,36 @@ import Synchronization
 /// buckets used while Redis is unreachable (`on_failure: open`). One instance serves every event loop, so
 /// one process enforces one limit; the lock is held for the arithmetic only.
 final class MemoryLimits: Sendable {
+    /// Keys are values, not strings: nothing is formatted on the request path.
+    private struct BucketKey: Hashable {
+        let tenant: String
+        let name: String
+    }
+
+    private struct CounterKey: Hashable {
+        let tenant: String
+        /// The period's start (quota) or the day's start (per-day count).
+        let start: Int
+        let isDay: Bool
+    }
+
     private struct State {
-        var buckets: [String: (bucket: TokenBucket, spec: BucketSpec)] = [:]
+        var buckets: [BucketKey: (bucket: TokenBucket, spec: BucketSpec)] = [:]
         /// Counters with the time (seconds) they expire.
-        var counters: [String: (value: Int, expires: Int)] = [:]
+        var counters: [CounterKey: (value: Int, expires: Int)] = [:]
         var writes = 0
     }
 
     private let state = Mutex(State())
-    let keys: LimitKeys
     /// Entries examined for cleanup after this many writes.
     static let sweepEvery = 8192
 
-    init(keys: LimitKeys) {
-        self.keys = keys
-    }
-
     /// Decides `charge` for up to `want` units (see ``LimitMath``).
     func take(_ charge: Charge, want: Int, now: Double) -> LimitMath.Result {
-        let bucketKeys = charge.buckets.map { keys.bucket(charge.tenant, $0.name) }
+        let bucketKeys = charge.buckets.map { BucketKey(tenant: charge.tenant, name: $0.name) }
         let specs = charge.buckets.map(\.spec)
-        let quotaKey = keys.quota(charge.tenant, charge.period)
-        let dayKey = keys.day(charge.tenant, LimitKeys.dayStart(now))
+        let quotaKey = CounterKey(tenant: charge.tenant, start: charge.period.start, isDay: false)
+        let dayKey = CounterKey(tenant: charge.tenant, start: LimitKeys.dayStart(now), isDay: true)
         let expires = charge.period.end + 86_400
         let nowSeconds = Int(now)
         return state.withLock { s in
@@ -54,13 +62,13 @@ final class MemoryLimits: Sendable {
 
     /// The quota counter and the per-day counts of `period`.
     func usage(tenant: String, period: BillingPeriod, now: Double) -> (used: Int, days: [Int: Int]) {
-        let quotaKey = keys.quota(tenant, period)
+        let quotaKey = CounterKey(tenant: tenant, start: period.start, isDay: false)
         let days = period.days(through: now)
         let nowSeconds = Int(now)
         return state.withLock { s in
-            func value(_ key: String) -> Int { s.counters[key].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0 }
+            func value(_ key: CounterKey) -> Int { s.counters[key].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0 }
             var perDay: [Int: Int] = [:]
-            for d in days { perDay[d] = value(keys.day(tenant, d)) }
+            for d in days { perDay[d] = value(CounterKey(tenant: tenant, start: d, isDay: true)) }
             return (value(quotaKey), perDay)
         }
     }

@@ -13,7 +13,7 @@ import Policy
 /// - Redis failing (timeout, lost connection, open circuit): `on_failure: open` admits through a local
 ///   bucket with the same limits (``MemoryLimits``); `closed` answers 503 `store_unavailable`.
 ///
-/// Lease bound: at most one lease per loop and charge signature is outstanding, of
+/// Lease bound: at most one lease per loop and charge key (``Charge/Key``) is outstanding, of
 /// ``leaseSize(_:)`` units (≤ 10% of the smallest burst and ≤ 0.1 s of its rate), and unspent units
 /// are dropped after ``leaseMaxAge``. Over any window the fleet admits at most what the Redis bucket
 /// allows plus instances × loops × lease size; `gatehouse_ratelimit_lease_tokens` exports what is
@@ -42,7 +42,7 @@ final class RateLimiter {
     let script: LimitScript
     let metrics: LoopMetrics
     let logger: Logger
-    private var leases: [String: Lease] = [:]
+    private var leases: [Charge.Key: Lease] = [:]
     /// Leased units older than this are dropped.
     static let leaseMaxAge = 10.0
 
@@ -83,10 +83,11 @@ final class RateLimiter {
     }
 
     private func chargeLeased(_ client: RedisClient, _ c: Charge, now: Double, requestID: String, _ done: @escaping Completion) {
-        var lease = leases[c.signature] ?? Lease()
+        let key = c.key
+        var lease = leases[key] ?? Lease()
         if lease.left > 0, now - lease.fetchedAt < Self.leaseMaxAge, let r = lease.result, lease.waiters.isEmpty {
             lease.left -= 1
-            leases[c.signature] = lease
+            leases[key] = lease
             done(LimitOutcome(spent(r, left: lease.left), c, now: now))
             return
         }
@@ -100,8 +101,8 @@ final class RateLimiter {
         lease.waiters.append(done)
         let start = !lease.inFlight
         lease.inFlight = true
-        leases[c.signature] = lease
-        if start { fetchLease(client, c, now: now, requestID: requestID) }
+        leases[key] = lease
+        if start { fetchLease(client, c, key: key, now: now, requestID: requestID) }
     }
 
     /// What a request spending one leased unit is told: the remaining count as of the lease, plus what the
@@ -113,17 +114,17 @@ final class RateLimiter {
         return out
     }
 
-    private func fetchLease(_ client: RedisClient, _ c: Charge, now: Double, requestID: String) {
+    private func fetchLease(_ client: RedisClient, _ c: Charge, key: Charge.Key, now: Double, requestID: String) {
         let want = Self.leaseSize(c)
         call(client, c, want: want, now: now, requestID: requestID) { [self] result in
-            guard var lease = self.leases[c.signature] else { return }
+            guard var lease = self.leases[key] else { return }
             lease.inFlight = false
             var waiters = lease.waiters
             lease.waiters = []
             let at = ProxyHandler.wallClock()
             switch result {
             case .failure:
-                self.leases[c.signature] = lease
+                self.leases[key] = lease
                 for w in waiters { w(self.failed(c, now: at)) }
                 return
             case .success(let r):
@@ -135,7 +136,7 @@ final class RateLimiter {
                     lease.deniedUntil =
                         at + (r.quotaExhausted ? Double(c.period.end) - at : r.retryAfter + Double(want - 1) / slowest)
                     lease.left = 0
-                    self.leases[c.signature] = lease
+                    self.leases[key] = lease
                     for w in waiters { w(LimitOutcome(r, c, now: at)) }
                     return
                 }
@@ -150,11 +151,11 @@ final class RateLimiter {
                 }
                 let left = lease.left
                 lease.waiters = waiters
-                self.leases[c.signature] = lease
+                self.leases[key] = lease
                 for w in served { w(LimitOutcome(self.spent(r, left: left), c, now: at)) }
                 if !waiters.isEmpty {
-                    self.leases[c.signature]?.inFlight = true
-                    self.fetchLease(client, c, now: at, requestID: requestID)
+                    self.leases[key]?.inFlight = true
+                    self.fetchLease(client, c, key: key, now: at, requestID: requestID)
                 }
             }
         }

@@ -51,7 +51,7 @@ public final class GatewayServer: Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let keys = LimitKeys(prefix: config.store?.keyPrefix ?? "gh")
         let limits = LimitSettings(
-            keys: keys, fallback: MemoryLimits(keys: keys), failOpen: (config.store?.onFailure ?? .open) == .open)
+            keys: keys, fallback: MemoryLimits(), failOpen: (config.store?.onFailure ?? .open) == .open)
         self.limits = limits
         let redisStore: RedisTenantStore?
         if let storeConfig = config.store {
@@ -66,7 +66,7 @@ public final class GatewayServer: Sendable {
         }
         self.redisStore = redisStore
         // The embedded store's limits live in this process; with Redis each loop has its own connection.
-        let memoryLimits = MemoryLimits(keys: keys)
+        let memoryLimits = MemoryLimits()
         self.memoryLimits = redisStore == nil ? memoryLimits : nil
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
         var limitClients: [RedisClient] = []

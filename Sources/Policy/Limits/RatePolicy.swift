@@ -1,6 +1,6 @@
 /// What one request charges: the buckets its route lists, for its tenant, and the tenant's quota.
 public struct Charge: Sendable {
-    public struct Bucket: Sendable {
+    public struct Bucket: Sendable, Hashable {
         /// Distinguishes the bucket within the tenant: `t`, `r:<route>`, `u:<user>`, `k:<key id>`.
         public var name: String
         public var spec: BucketSpec
@@ -12,8 +12,17 @@ public struct Charge: Sendable {
     /// The quota's limit in the current period; nil when unlimited (usage is still counted).
     public var quotaLimit: Int?
     public var period: BillingPeriod
-    /// A key naming this combination of buckets, limits and period (leases are kept per signature).
-    public var signature: String
+
+    /// Names this combination of tenant, buckets, limits and period (leases are kept per key, so a changed
+    /// plan or a new period starts afresh).
+    public struct Key: Hashable, Sendable {
+        let tenant: String
+        let periodStart: Int
+        let quotaLimit: Int?
+        let buckets: [Bucket]
+    }
+
+    public var key: Key { Key(tenant: tenant, periodStart: period.start, quotaLimit: quotaLimit, buckets: buckets) }
 }
 
 /// Works out the ``Charge`` of a request from the route, the caller and the plan (pure).
@@ -47,11 +56,6 @@ public enum RatePolicy {
         case .limited(let requests, let p): (limit, per) = (requests, p)
         }
         let period = BillingPeriod.containing(now, per: per, anchor: record.billingAnchor)
-        var signature = tenant + "|" + String(period.start) + "|" + (limit.map(String.init) ?? "-")
-        for b in buckets {
-            signature += "|" + b.name + "/" + String(b.spec.ratePerSecond) + "/" + String(b.spec.burst)
-        }
-        return Charge(
-            tenant: tenant, plan: record.plan, buckets: buckets, quotaLimit: limit, period: period, signature: signature)
+        return Charge(tenant: tenant, plan: record.plan, buckets: buckets, quotaLimit: limit, period: period)
     }
 }
