@@ -44,6 +44,9 @@ final class Exchange {
     /// The tenant's plan, for metrics; and whether the local fallback bucket admitted the request.
     var plan = "-"
     var failOpen = false
+    /// A place in the audit queue is held for this request's record; the record was written.
+    var auditReserved = false
+    var audited = false
     var attempts = 0
     var buffered: [ByteBuffer] = []
     var bufferedBytes = 0

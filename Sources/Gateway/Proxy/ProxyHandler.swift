@@ -182,8 +182,9 @@ final class ProxyHandler: ChannelDuplexHandler {
             }
             deny(ex, denial)
         } else {
+            // No request head could be read: the record shows method and path as "-".
             let ex = Exchange(
-                requestID: loop.nextRequestID(), head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"),
+                requestID: loop.nextRequestID(), head: HTTPRequestHead(version: .http1_1, method: .RAW(value: "-"), uri: "-"),
                 start: .now())
             exchange = ex
             deny(ex, denial)
@@ -368,8 +369,17 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Admitted: answer `Expect: 100-continue` and connect once enough of the request is here.
+    /// Admitted: reserve the audit record's place (waiting while the audit queue is full), answer
+    /// `Expect: 100-continue` and connect once enough of the request is here.
     private func forward(_ ex: Exchange) {
+        if let audit = loop.audit, !ex.auditReserved, audit.audits(method: ex.head.method.rawValue) {
+            if audit.tryReserve() {
+                ex.auditReserved = true
+            } else {
+                waitForAudit(ex, audit, until: .now() + audit.waitLimit)
+                return
+            }
+        }
         if ex.expectContinue {
             var buffer = context.channel.allocator.buffer(capacity: 32)
             buffer.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -377,6 +387,23 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
         if ex.framing != .chunked || ex.requestEnded || ex.bufferedBytes >= Self.chunkedHoldBytes {
             connectUpstream(ex, excluding: nil)
+        }
+    }
+
+    /// Back-pressure from the audit writer: retry every 5 ms until a place frees up or the wait limit passes.
+    private func waitForAudit(_ ex: Exchange, _ audit: AuditLog, until deadline: NIODeadline) {
+        ex.awaitingAdmission = true
+        context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) { [self] in
+            ex.awaitingAdmission = false
+            guard self.exchange === ex, !ex.responseStarted else { return }
+            if audit.tryReserve() {
+                ex.auditReserved = true
+                self.forward(ex)
+            } else if NIODeadline.now() >= deadline {
+                self.deny(ex, .auditUnavailable())
+            } else {
+                self.waitForAudit(ex, audit, until: deadline)
+            }
         }
     }
 
@@ -581,7 +608,25 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func record(_ ex: Exchange, status: Int) {
-        let seconds = Double((NIODeadline.now() - ex.start).nanoseconds) / 1e9
+        let elapsed = (NIODeadline.now() - ex.start).nanoseconds
+        let seconds = Double(elapsed) / 1e9
+        if let audit = loop.audit, !ex.audited {
+            let method = ex.head.method.rawValue
+            if ex.auditReserved || audit.audits(method: method) || (audit.denials && ex.decision == "deny") {
+                ex.audited = true
+                let uri = ex.head.uri
+                let path = uri.firstIndex(of: "?").map { String(uri[..<$0]) } ?? uri
+                let startMillis = Int64(Self.wallClock() * 1000) - elapsed / 1_000_000
+                var r = AuditRecord(
+                    timeMillis: startMillis, requestID: ex.requestID, tenant: ex.caller.tenant, user: ex.caller.user,
+                    method: method, path: path, route: ex.routeName == "-" ? nil : ex.routeName, status: status,
+                    decision: ex.decision, code: ex.code.isEmpty ? nil : ex.code, latencyMicros: elapsed / 1000,
+                    clientIP: clientAddress, upstream: ex.decision == "allow" && ex.upstreamName != "-" ? ex.upstreamName : nil)
+                r.failOpen = ex.failOpen
+                audit.append(r, reserved: ex.auditReserved)
+                ex.auditReserved = false
+            }
+        }
         loop.metrics.record(route: ex.routeName, status: status, decision: ex.decision, code: ex.code, seconds: seconds)
         if let up = ex.upstreamStart, ex.decision == "allow" {
             loop.metrics.recordUpstream(ex.upstreamName, seconds: Double((NIODeadline.now() - up).nanoseconds) / 1e9)

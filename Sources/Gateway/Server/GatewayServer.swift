@@ -36,6 +36,8 @@ public final class GatewayServer: Sendable {
     let memoryLimits: MemoryLimits?
     /// One Redis connection per loop for rate-limit decisions.
     let limitClients: [RedisClient]
+    /// The audit log (configured sinks; `audit` changes apply at restart).
+    let audit: AuditLog?
     private let instanceID = UUID().uuidString
     private let heartbeat = Mutex<RepeatedTask?>(nil)
 
@@ -65,6 +67,13 @@ public final class GatewayServer: Sendable {
             self.failOpen = true
         }
         self.redisStore = redisStore
+        if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
+            self.audit = try AuditLog(
+                config: auditConfig, redis: redisStore?.redisConfiguration, eventLoop: group.next(), logger: logger)
+        } else {
+            self.audit = nil
+        }
+        let audit = self.audit
         // The embedded store's limits live in this process; with Redis each loop has its own connection.
         let memoryLimits = MemoryLimits()
         self.memoryLimits = redisStore == nil ? memoryLimits : nil
@@ -83,7 +92,7 @@ public final class GatewayServer: Sendable {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
-                        limits: limits), eventLoop: loop)
+                        limits: limits, audit: audit), eventLoop: loop)
             }.wait()
             loops[ObjectIdentifier(loop)] = state
         }
@@ -121,6 +130,7 @@ public final class GatewayServer: Sendable {
         }
         for client in limitClients { client.start() }
         startInstanceHeartbeat()
+        audit?.start()
         if let redisStore {
             redisStore.start()
             // Serve once the records are loaded, or after a bounded wait (cached seeds serve meanwhile).
@@ -313,6 +323,8 @@ public final class GatewayServer: Sendable {
             let state = loops[ObjectIdentifier(loop)]!
             try? await loop.submit { state.value.forceClose() }.get()
         }
+        // Every request has finished or been cut: its record is queued. Write, sync and close the sinks.
+        await audit?.close()
         try? await admin?.close()
         redisStore?.stop()
         heartbeat.withLock { $0?.cancel() }
@@ -356,6 +368,8 @@ public final class GatewayServer: Sendable {
             var merged = MetricsSnapshot()
             for p in parts { merged.merge(p) }
             merged.liveInstances = self.limits.liveInstances.load(ordering: .relaxed)
+            merged.auditQueueDepth = self.audit?.queueDepth ?? 0
+            merged.auditWritten = self.audit?.writtenCount ?? 0
             return MetricsText.render(merged, registry: snapshot.upstreams)
         }
     }

@@ -73,6 +73,8 @@ struct MetricsSnapshot: Sendable {
     var leaseUnits = 0
     /// Gateway instances seen in Redis in the last 6 s (1 without Redis).
     var liveInstances = 1
+    var auditQueueDepth = 0
+    var auditWritten = 0
 
     mutating func merge(_ other: MetricsSnapshot) {
         requests.merge(other.requests, uniquingKeysWith: +)

@@ -16,6 +16,8 @@ final class LoopState {
     let metrics = LoopMetrics()
     /// Verified tokens, so repeated tokens skip signature checks (per loop: no lock).
     let tokenCache = TokenCache()
+    /// The audit log (shared by every loop), when configured.
+    let audit: AuditLog?
     /// Buckets and quotas (leases are per loop).
     private(set) var limiter: RateLimiter!
     private var lastLimiterSweep = NIODeadline.now()
@@ -26,9 +28,10 @@ final class LoopState {
 
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
-        limiterBackend: RateLimiter.Backend, limits: LimitSettings
+        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?
     ) {
         self.eventLoop = eventLoop
+        self.audit = audit
         self.loopCount = loopCount
         self.logger = logger
         self.snapshot = snapshot

@@ -26,6 +26,10 @@ enum MetricsText {
         out += "# TYPE gatehouse_ratelimit_lease_tokens gauge\ngatehouse_ratelimit_lease_tokens \(m.leaseUnits)\n"
         out += "# HELP gatehouse_live_instances Gateway instances sharing the store, as last counted in Redis.\n"
         out += "# TYPE gatehouse_live_instances gauge\ngatehouse_live_instances \(m.liveInstances)\n"
+        out += "# HELP gatehouse_audit_queue_depth Audit records queued and not yet written.\n"
+        out += "# TYPE gatehouse_audit_queue_depth gauge\ngatehouse_audit_queue_depth \(m.auditQueueDepth)\n"
+        out += "# HELP gatehouse_audit_records_total Audit records written to every sink.\n"
+        out += "# TYPE gatehouse_audit_records_total counter\ngatehouse_audit_records_total \(m.auditWritten)\n"
         out += "# HELP gatehouse_upstream_healthy 1 when the target passes its health checks.\n"
         out += "# TYPE gatehouse_upstream_healthy gauge\n"
         for (name, entry) in registry.upstreams.sorted(by: { $0.key < $1.key }) {

@@ -425,8 +425,12 @@ extension ConfigLoader {
     }
 
     func parseAudit(_ at: Located, _ r: YAMLReader) -> AuditConfig? {
-        guard let f = r.fields(at, "audit", allowed: ["methods", "denials", "sinks"]) else { return nil }
+        guard let f = r.fields(at, "audit", allowed: ["methods", "denials", "sinks", "queue_size", "queue_timeout"]) else {
+            return nil
+        }
         var a = AuditConfig()
+        if let v = f["queue_size"], let n = r.int(v, "audit.queue_size", min: 1, max: 10_000_000) { a.queueSize = n }
+        if let v = f["queue_timeout"], let d = r.duration(v, "audit.queue_timeout") { a.queueTimeout = d }
         if let v = f["methods"], let m = r.stringList(v, "audit.methods") { a.methods = m }
         if let v = f["denials"], let b = r.bool(v, "audit.denials") { a.denials = b }
         if let v = f["sinks"] {

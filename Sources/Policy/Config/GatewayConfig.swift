@@ -287,4 +287,8 @@ public struct AuditConfig: Sendable {
     public var methods: [String] = ["POST", "PUT", "PATCH", "DELETE"]
     public var denials = true
     public var sinks: [Sink] = []
+    /// Records queued or reserved before audited requests wait (back-pressure).
+    public var queueSize = 10_000
+    /// How long an audited request waits for queue space before 503 `audit_unavailable` (nanoseconds).
+    public var queueTimeout: Int64 = 1_000_000_000
 }

@@ -24,6 +24,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case badGateway = "bad_gateway"
         case upstreamTimeout = "upstream_timeout"
         case serviceUnavailable = "service_unavailable"
+        case auditUnavailable = "audit_unavailable"
     }
 
     private let kind: Code
@@ -70,6 +71,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case .badGateway: "Bad gateway"
         case .upstreamTimeout: "Upstream timeout"
         case .serviceUnavailable: "Service unavailable"
+        case .auditUnavailable: "Audit log unavailable"
         }
     }
 
@@ -146,6 +148,13 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
     public static func badGateway(_ detail: String) -> Denial { Denial(.badGateway, 502, detail) }
     public static func upstreamTimeout(_ detail: String) -> Denial { Denial(.upstreamTimeout, 504, detail) }
     /// 503 while the gateway is shutting down or over its own limits.
+    /// 503: the audit log's queue stayed full; the write was not forwarded (it could not be recorded).
+    public static func auditUnavailable() -> Denial {
+        var d = Denial(.auditUnavailable, 503, "The audit log is behind; the request was not forwarded. Retry shortly.")
+        d.headers = [("Retry-After", "1")]
+        return d
+    }
+
     public static func serviceUnavailable(_ detail: String) -> Denial {
         var d = Denial(.serviceUnavailable, 503, detail)
         d.closeConnection = true

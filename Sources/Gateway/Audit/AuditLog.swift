@@ -1,0 +1,219 @@
+import Foundation
+import Logging
+import NIOCore
+import Policy
+import Synchronization
+
+/// The audit log: records are queued by the event loops and sealed into the hash chain and written to every
+/// sink by one writer thread, so no event loop waits on a disk or on Redis.
+///
+/// Back-pressure, not loss: an audited request reserves its place in the queue before it is forwarded
+/// (``tryReserve()``); when `queue_size` places are taken the request waits (up to `queue_timeout`, then
+/// 503 `audit_unavailable`). Denial records are always accepted. A sink that fails is retried until it
+/// takes the batch, so a stuck sink stalls the writer and the queue, never the record.
+final class AuditLog: Sendable {
+    private struct Queue {
+        var records: [AuditRecord] = []
+        var closing = false
+    }
+
+    let methods: Set<String>
+    let denials: Bool
+    let capacity: Int
+    let waitLimit: TimeAmount
+    private let queue = Mutex(Queue())
+    private let wake = NSCondition()
+    /// Places taken: reserved by requests in flight plus records queued or being written.
+    private let outstanding = Atomic<Int>(0)
+    /// Records queued and not yet written (`gatehouse_audit_queue_depth`).
+    private let depth = Atomic<Int>(0)
+    private let written = Atomic<Int>(0)
+    private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    private let done = Atomic<Bool>(false)
+    private let logger: Logger
+    private let writer: Mutex<Writer?>
+
+    /// The writer's state, touched only by its thread.
+    private final class Writer: @unchecked Sendable {
+        var chain: AuditChain
+        let sinks: [AuditSink]
+        init(chain: AuditChain, sinks: [AuditSink]) {
+            self.chain = chain
+            self.sinks = sinks
+        }
+    }
+
+    /// Opens the sinks and recovers the chain from the newest record (file sinks first, then a Redis
+    /// stream). Blocking: call before serving.
+    init(config: AuditConfig, redis: RedisClient.Configuration?, eventLoop: EventLoop, logger: Logger) throws {
+        self.methods = Set(config.methods.map { $0.uppercased() })
+        self.denials = config.denials
+        self.capacity = config.queueSize
+        self.waitLimit = .nanoseconds(config.queueTimeout)
+        self.logger = logger
+        var sinks: [AuditSink] = []
+        var chain: AuditChain?
+        for sink in config.sinks {
+            switch sink {
+            case .file(let path, let rotateBytes, let fsync):
+                if chain == nil { chain = try FileAuditSink.recover(path: path) }
+                sinks.append(try FileAuditSink(path: path, rotateBytes: rotateBytes, fsync: fsync))
+            case .stdout:
+                sinks.append(StdoutAuditSink())
+            case .redisStream(let stream, let maxlen):
+                guard let redis else {
+                    throw AuditSinkError(description: "the redis_stream audit sink needs store.redis")
+                }
+                let client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger)
+                client.start()
+                let s = RedisStreamAuditSink(client: client, stream: stream, maxlen: maxlen)
+                sinks.append(s)
+            }
+        }
+        if chain == nil, let s = sinks.compactMap({ $0 as? RedisStreamAuditSink }).first {
+            // Wait briefly for the connection; a stream that cannot be read starts a new chain segment.
+            let deadline = Date().addingTimeInterval(2)
+            while chain == nil && Date() < deadline {
+                if let c = try? s.recover() { chain = c; break }
+                if (try? s.client.isAvailable.wait()) == true { break }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            if chain == nil { chain = try? s.recover() }
+        }
+        self.writer = Mutex(Writer(chain: chain ?? AuditChain(), sinks: sinks))
+        if let c = chain {
+            logger.info("audit chain recovered", metadata: ["gh-seq": "\(c.seq)"])
+        }
+    }
+
+    /// Starts the writer thread.
+    func start() {
+        let thread = Thread { [self] in self.run() }
+        thread.name = "gatehouse-audit"
+        thread.start()
+    }
+
+    var queueDepth: Int { depth.load(ordering: .relaxed) }
+    var writtenCount: Int { written.load(ordering: .relaxed) }
+
+    func audits(method: String) -> Bool { methods.contains(method) }
+
+    /// Takes a place in the queue for a request about to be forwarded; false when the queue is full.
+    func tryReserve() -> Bool {
+        var current = outstanding.load(ordering: .relaxed)
+        while current < capacity {
+            let (exchanged, original) = outstanding.compareExchange(
+                expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Gives back a place that will not be used.
+    func release() { outstanding.subtract(1, ordering: .relaxed) }
+
+    /// Queues a record; `reserved` when its place was taken by ``tryReserve()``.
+    func append(_ record: AuditRecord, reserved: Bool) {
+        if !reserved { outstanding.add(1, ordering: .relaxed) }
+        depth.add(1, ordering: .relaxed)
+        queue.withLock { $0.records.append(record) }
+        wake.lock()
+        wake.signal()
+        wake.unlock()
+    }
+
+    /// Writes what is queued, syncs, closes the sinks and stops the writer (graceful stop).
+    func close() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            if done.load(ordering: .acquiring) {
+                c.resume()
+                return
+            }
+            finished.withLock { $0 = c }
+            queue.withLock { $0.closing = true }
+            wake.lock()
+            wake.signal()
+            wake.unlock()
+            // The thread may have finished between the check and the store.
+            if done.load(ordering: .acquiring), let c = finished.withLock({ p -> CheckedContinuation<Void, Never>? in
+                let x = p
+                p = nil
+                return x
+            }) {
+                c.resume()
+            }
+        }
+    }
+
+    private func run() {
+        let w = writer.withLock { $0! }
+        while true {
+            wake.lock()
+            var (batch, closing) = queue.withLock { q -> ([AuditRecord], Bool) in
+                let b = q.records
+                q.records.removeAll(keepingCapacity: true)
+                return (b, q.closing)
+            }
+            if batch.isEmpty && !closing {
+                // Sleep until records arrive, waking in time for a batched fsync.
+                _ = wake.wait(until: Date().addingTimeInterval(FileAuditSink.batchSyncInterval))
+                (batch, closing) = queue.withLock { q -> ([AuditRecord], Bool) in
+                    let b = q.records
+                    q.records.removeAll(keepingCapacity: true)
+                    return (b, q.closing)
+                }
+            }
+            wake.unlock()
+            if !batch.isEmpty { writeBatch(batch, w) }
+            for s in w.sinks { try? s.sync(final: false) }
+            if closing && queue.withLock({ $0.records.isEmpty }) { break }
+        }
+        for s in w.sinks {
+            do { try s.sync(final: true) } catch { logger.error("audit sync failed", metadata: ["gh-error": "\(error)"]) }
+            s.close()
+        }
+        done.store(true, ordering: .releasing)
+        finished.withLock { c in
+            c?.resume()
+            c = nil
+        }
+    }
+
+    private func writeBatch(_ batch: [AuditRecord], _ w: Writer) {
+        var lines: [(seq: UInt64, line: String)] = []
+        lines.reserveCapacity(batch.count)
+        var bytes: [UInt8] = []
+        for r in batch {
+            let line = w.chain.seal(r) + "\n"
+            bytes += line.utf8
+            lines.append((w.chain.seq, line))
+        }
+        for sink in w.sinks {
+            var attempt = 0
+            while true {
+                do {
+                    try sink.write(lines, bytes: bytes)
+                    break
+                } catch {
+                    attempt += 1
+                    if attempt > 100 && queue.withLock({ $0.closing }) {
+                        logger.error(
+                            "audit sink failed at stop; records not delivered to it",
+                            metadata: ["gh-error": "\(error)", "gh-records": "\(batch.count)"])
+                        break
+                    }
+                    if attempt == 1 || attempt % 50 == 0 {
+                        logger.error(
+                            "audit sink failed; retrying (records are held, requests feel back-pressure)",
+                            metadata: ["gh-error": "\(error)", "gh-attempt": "\(attempt)"])
+                    }
+                    Thread.sleep(forTimeInterval: min(1, 0.02 * Double(attempt)))
+                }
+            }
+        }
+        written.add(batch.count, ordering: .relaxed)
+        depth.subtract(batch.count, ordering: .relaxed)
+        outstanding.subtract(batch.count, ordering: .relaxed)
+    }
+}

@@ -1,0 +1,58 @@
+import Testing
+
+@testable import Policy
+
+/// The audit record's canonical form and the hash chain (pure).
+@Suite struct AuditChainTests {
+    func record(_ path: String, status: Int = 200, code: String? = nil) -> AuditRecord {
+        AuditRecord(
+            timeMillis: 1_795_000_000_123, requestID: "req-1", tenant: "acme", user: "u\"1", method: "POST", path: path,
+            route: "api", status: status, decision: code == nil ? "allow" : "deny", code: code, latencyMicros: 1_234,
+            clientIP: "127.0.0.1", upstream: code == nil ? "app" : nil)
+    }
+
+    @Test func canonicalFormIsFixed() {
+        var chain = AuditChain()
+        let line = chain.seal(record("/a\u{1}b\nc"))
+        #expect(line.hasPrefix(#"{"ts":"2026-11-18T"#))
+        #expect(line.contains(#","seq":1,"request_id":"req-1","tenant":"acme","user":"u\"1","method":"POST","path":"/a\u0001b\nc","route":"api","status":200,"decision":"allow","code":null,"latency_ms":1.234,"client_ip":"127.0.0.1","upstream":"app","prev_hash":"0000"#))
+        #expect(!line.contains("\n") && !line.contains("\u{1}"))
+        let (body, hash) = AuditChain.split(line[...])!
+        #expect(Digest.hex(Digest.sha256(body.utf8)) == hash)
+        #expect(AuditChain.links(body)! == (1, AuditChain.genesis))
+        #expect(AuditRecord.timestamp(1_795_000_000_123).hasSuffix(".123Z"))
+    }
+
+    @Test func verifyFindsEditsRemovalsAndReordering() {
+        var chain = AuditChain()
+        let lines = (0..<6).map { chain.seal(record("/r/\($0)", status: $0 == 3 ? 403 : 200, code: $0 == 3 ? "forbidden" : nil)) }
+        #expect(AuditChain.verify(lines: lines.map { $0[...] }) == .ok(count: 6, first: 1, last: 6))
+        var edited = lines
+        edited[2] = edited[2].replacingOccurrences(of: #""tenant":"acme""#, with: #""tenant":"evil""#)
+        #expect(AuditChain.verify(lines: edited.map { $0[...] }) == .broken(index: 2, reason: "hash does not match the record's content"))
+        var removed = lines
+        removed.remove(at: 4)
+        guard case .broken(4, let why) = AuditChain.verify(lines: removed.map { $0[...] }) else {
+            Issue.record("removal not found")
+            return
+        }
+        #expect(why.contains("prev_hash"))
+        #expect(AuditChain.verify(lines: [lines[1], lines[0]].map { $0[...] }) != .ok(count: 2, first: 2, last: 1))
+        // A set starting later in the chain (older files removed) verifies from its first record on.
+        #expect(AuditChain.verify(lines: lines.dropFirst(2).map { $0[...] }) == .ok(count: 4, first: 3, last: 6))
+        // A record re-hashed after an edit still breaks the next link.
+        var forged = AuditChain(seq: 2, lastHash: AuditChain.split(lines[1][...])!.hash)
+        var tampered = lines
+        tampered[2] = forged.seal(record("/forged"))
+        #expect(AuditChain.verify(lines: tampered.map { $0[...] }) == .broken(index: 3, reason: "prev_hash does not match the hash of seq 3"))
+        #expect(AuditChain.verify(lines: ["{}"[...]]) == .broken(index: 0, reason: "no hash member"))
+    }
+
+    @Test func theChainResumesFromARecoveredPosition() {
+        var a = AuditChain()
+        let first = (0..<3).map { a.seal(record("/x\($0)")) }
+        var b = AuditChain(seq: a.seq, lastHash: a.lastHash)
+        let more = (0..<2).map { b.seal(record("/y\($0)")) }
+        #expect(AuditChain.verify(lines: (first + more).map { $0[...] }) == .ok(count: 5, first: 1, last: 5))
+    }
+}
