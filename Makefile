@@ -29,6 +29,8 @@ run: build
 	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/api/echo/hello"; \
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/echo/items"; \
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/admin/x   # 403 forbidden (no role)"; \
+	echo "  curl -i -X POST -H 'X-API-Key: gh_dev_globex_key' -d '{}' http://127.0.0.1:8080/api/echo/items  # audited"; \
+	echo "  .build/debug/gatehouse audit verify var/audit.jsonl        # the audit log's hash chain"; \
 	echo "  curl -s http://127.0.0.1:9901/metrics"; echo "Ctrl-C stops both."; echo; \
 	$(BIN) serve --config config/gateway.yaml
 

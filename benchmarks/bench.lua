@@ -1,18 +1,28 @@
 -- wrk script for the harness. With an argument (a file of JWTs, one per line) every request carries the next
--- token in turn, so the tokens rotate across tenants. Reports one JSON line with what the harness records.
+-- token in turn, so the tokens rotate across tenants; a second argument "POST" sends small JSON writes instead
+-- of GETs. Reports one JSON line with what the harness records.
 local tokens = {}
 local i = 0
+local method = "GET"
+local body = nil
 
 init = function(args)
-  if args[1] then
+  if args[1] and args[1] ~= "-" then
     for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  end
+  if args[2] == "POST" then
+    method = "POST"
+    body = '{"op":"write"}'
   end
 end
 
 request = function()
-  if #tokens == 0 then return wrk.format("GET", "/") end
+  local headers = {}
+  if body then headers["Content-Type"] = "application/json" end
+  if #tokens == 0 then return wrk.format(method, "/", headers, body) end
   i = (i % #tokens) + 1
-  return wrk.format("GET", "/", {["Authorization"] = "Bearer " .. tokens[i]})
+  headers["Authorization"] = "Bearer " .. tokens[i]
+  return wrk.format(method, "/", headers, body)
 end
 
 done = function(summary, latency, requests)

@@ -34,7 +34,8 @@ import Testing
     @Test func repliesOfEveryTypeInPipelinedOrder() throws {
         let redis = try RedisServer()
         defer { redis.stop() }
-        let c = try client(redis)
+        // A generous timeout: this is about order, and the suites run side by side on two cores.
+        let c = try client(redis, timeout: .seconds(5))
         defer { try? c.close().wait() }
         #expect(try c.send(["SET", "k", "v\u{0}binary"]).wait() == .status("OK"))
         #expect(try c.send(["GET", "k"]).wait().string == "v\u{0}binary")
