@@ -23,6 +23,14 @@ import Testing
         #expect(AuditRecord.timestamp(1_795_000_000_123).hasSuffix(".123Z"))
     }
 
+    @Test func byteEscapingMatchesTheStringEscaper() {
+        for text in ["plain", "", "q\"b\\s", "\u{0}\u{1f}\u{7f}", "é€😀", "a\u{2028}b\u{2029}c\u{2027}", "\r\n\t", "\u{E2}x"] {
+            var out: [UInt8] = []
+            JSONText.appendQuoted(text, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == JSONText.quote(text), "\(text.debugDescription)")
+        }
+    }
+
     @Test func verifyFindsEditsRemovalsAndReordering() {
         var chain = AuditChain()
         let lines = (0..<6).map { chain.seal(record("/r/\($0)", status: $0 == 3 ? 403 : 200, code: $0 == 3 ? "forbidden" : nil)) }

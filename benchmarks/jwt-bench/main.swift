@@ -1,5 +1,5 @@
 // Micro-benchmark: the cost of verifying a JWT with and without the per-loop verified-token cache,
-// for HS256 and RS256, on this machine. Prints one JSON object. Run by benchmarks/run.
+// for HS256 and RS256, and of sealing one audit record, on this machine. Prints one JSON object. Run by benchmarks/run.
 import Foundation
 import Policy
 
@@ -47,6 +47,18 @@ result["hs256_cached_us"] = measure("hsc", iterations: 200_000) {
 }
 result["rs256_cached_us"] = measure("rsc", iterations: 200_000) {
     _ = cache.verify(rsToken, now: now, leeway: { _ in 0 }) { verifier.verify($0, now: now) }
+}
+// Sealing one audit record into the hash chain (canonical form + SHA-256), as the audit writer does.
+var chain = AuditChain()
+var sealed: [UInt8] = []
+sealed.reserveCapacity(1 << 20)
+let record = AuditRecord(
+    timeMillis: Int64(now * 1000), requestID: "k3j2h4g5f6d7-1a2b", tenant: "t0042", user: "user42", method: "POST",
+    path: "/api/items/42", route: "jwt", status: 200, decision: "allow", code: nil, latencyMicros: 1234,
+    clientIP: "127.0.0.1", upstream: "origin")
+result["audit_seal_us"] = measure("seal", iterations: 200_000) {
+    if sealed.count > 900_000 { sealed.removeAll(keepingCapacity: true) }
+    chain.seal(record, into: &sealed)
 }
 let json = try JSONSerialization.data(withJSONObject: result.mapValues { ($0 * 100).rounded() / 100 }, options: [.sortedKeys])
 print(String(decoding: json, as: UTF8.self))

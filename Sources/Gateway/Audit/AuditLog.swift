@@ -32,6 +32,8 @@ final class AuditLog: Sendable {
     private let done = Atomic<Bool>(false)
     private let logger: Logger
     private let writer: Mutex<Writer?>
+    /// How long the writer collects records before writing a batch.
+    static let collectInterval = 0.005
 
     /// The writer's state, touched only by its thread.
     private final class Writer: @unchecked Sendable {
@@ -113,14 +115,20 @@ final class AuditLog: Sendable {
     /// Gives back a place that will not be used.
     func release() { outstanding.subtract(1, ordering: .relaxed) }
 
-    /// Queues a record; `reserved` when its place was taken by ``tryReserve()``.
+    /// Queues a record; `reserved` when its place was taken by ``tryReserve()``. The writer is not woken for
+    /// each record (it collects every few milliseconds), only when the queue is half full.
     func append(_ record: AuditRecord, reserved: Bool) {
         if !reserved { outstanding.add(1, ordering: .relaxed) }
         depth.add(1, ordering: .relaxed)
-        queue.withLock { $0.records.append(record) }
-        wake.lock()
-        wake.signal()
-        wake.unlock()
+        let count = queue.withLock { q -> Int in
+            q.records.append(record)
+            return q.records.count
+        }
+        if count == max(1, capacity / 2) {
+            wake.lock()
+            wake.signal()
+            wake.unlock()
+        }
     }
 
     /// Writes what is queued, syncs, closes the sinks and stops the writer (graceful stop).
@@ -149,22 +157,18 @@ final class AuditLog: Sendable {
     private func run() {
         let w = writer.withLock { $0! }
         while true {
+            // Collect for a few milliseconds (or until the queue is half full, or the log closes), then write
+            // everything queued as one batch.
             wake.lock()
-            var (batch, closing) = queue.withLock { q -> ([AuditRecord], Bool) in
+            if !queue.withLock({ $0.closing || $0.records.count >= max(1, capacity / 2) }) {
+                _ = wake.wait(until: Date().addingTimeInterval(Self.collectInterval))
+            }
+            wake.unlock()
+            let (batch, closing) = queue.withLock { q -> ([AuditRecord], Bool) in
                 let b = q.records
                 q.records.removeAll(keepingCapacity: true)
                 return (b, q.closing)
             }
-            if batch.isEmpty && !closing {
-                // Sleep until records arrive, waking in time for a batched fsync.
-                _ = wake.wait(until: Date().addingTimeInterval(FileAuditSink.batchSyncInterval))
-                (batch, closing) = queue.withLock { q -> ([AuditRecord], Bool) in
-                    let b = q.records
-                    q.records.removeAll(keepingCapacity: true)
-                    return (b, q.closing)
-                }
-            }
-            wake.unlock()
             if !batch.isEmpty { writeBatch(batch, w) }
             for s in w.sinks { try? s.sync(final: false) }
             if closing && queue.withLock({ $0.records.isEmpty }) { break }
@@ -181,19 +185,21 @@ final class AuditLog: Sendable {
     }
 
     private func writeBatch(_ batch: [AuditRecord], _ w: Writer) {
-        var lines: [(seq: UInt64, line: String)] = []
-        lines.reserveCapacity(batch.count)
+        // One buffer for the whole batch, and where each record ends in it.
         var bytes: [UInt8] = []
+        bytes.reserveCapacity(batch.count * 480)
+        var records: [AuditBatch.Record] = []
+        records.reserveCapacity(batch.count)
         for r in batch {
-            let line = w.chain.seal(r) + "\n"
-            bytes += line.utf8
-            lines.append((w.chain.seq, line))
+            w.chain.seal(r, into: &bytes)
+            records.append(.init(seq: w.chain.seq, end: bytes.count))
         }
+        let lines = AuditBatch(bytes: bytes, records: records)
         for sink in w.sinks {
             var attempt = 0
             while true {
                 do {
-                    try sink.write(lines, bytes: bytes)
+                    try sink.write(lines)
                     break
                 } catch {
                     attempt += 1

@@ -3,12 +3,31 @@ import Logging
 import NIOCore
 import Policy
 
+/// Sealed records: their lines (each ending with a newline) in one buffer, and where each one ends.
+struct AuditBatch {
+    struct Record {
+        var seq: UInt64
+        /// Offset just past the record's newline.
+        var end: Int
+    }
+    var bytes: [UInt8]
+    var records: [Record]
+
+    /// Each record's seq and its line (with the newline).
+    func lines() -> [(seq: UInt64, line: ArraySlice<UInt8>)] {
+        var start = 0
+        return records.map { r in
+            defer { start = r.end }
+            return (r.seq, bytes[start..<r.end])
+        }
+    }
+}
+
 /// Where sealed audit lines go. Sinks are driven by the audit writer's thread only (never an event loop),
 /// so they may block on I/O.
 protocol AuditSink: AnyObject {
-    /// Writes one batch: each record's seq and line (ending with a newline), and all the lines as bytes.
-    /// Throws when the batch could not be stored.
-    func write(_ batch: [(seq: UInt64, line: String)], bytes: [UInt8]) throws
+    /// Writes one batch. Throws when it could not be stored (the writer retries the same batch).
+    func write(_ batch: AuditBatch) throws
     /// Makes everything written so far durable as the sink's policy says (called between batches).
     func sync(final: Bool) throws
     func close()
@@ -98,18 +117,16 @@ final class FileAuditSink: AuditSink {
         return nil
     }
 
-    func write(_ batch: [(seq: UInt64, line: String)], bytes: [UInt8]) throws {
+    func write(_ batch: AuditBatch) throws {
         // A retried batch skips what an earlier attempt wrote; a failed write is cut back to a line boundary.
-        let pending = batch.filter { $0.seq > lastSeq }
-        guard let last = pending.last else { return }
-        if pending.count == batch.count && size + bytes.count <= rotateBytes {
-            try append(bytes)
+        guard let last = batch.records.last, last.seq > lastSeq else { return }
+        if batch.records[0].seq > lastSeq && size + batch.bytes.count <= rotateBytes {
+            try append(batch.bytes[...])
         } else {
             // Rotate between records, at a line boundary, so the chain continues in the next file.
-            for (seq, line) in pending {
-                let b = Array(line.utf8)
-                if size > 0 && size + b.count > rotateBytes { try rotate() }
-                try append(b)
+            for (seq, line) in batch.lines() where seq > lastSeq {
+                if size > 0 && size + line.count > rotateBytes { try rotate() }
+                try append(line)
                 lastSeq = seq
             }
         }
@@ -118,7 +135,7 @@ final class FileAuditSink: AuditSink {
         if fsyncMode == "always" { try sync(final: false) }
     }
 
-    private func append(_ bytes: [UInt8]) throws {
+    private func append(_ bytes: ArraySlice<UInt8>) throws {
         let before = size
         do {
             try writeAll(bytes)
@@ -129,10 +146,10 @@ final class FileAuditSink: AuditSink {
         }
     }
 
-    private func writeAll(_ bytes: [UInt8]) throws {
+    private func writeAll(_ bytes: ArraySlice<UInt8>) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+            let n = bytes[(bytes.startIndex + offset)...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw AuditSinkError(description: "write to \(path) failed: \(String(cString: strerror(errno)))")
@@ -174,7 +191,8 @@ final class FileAuditSink: AuditSink {
 
 /// JSON lines on standard output (logs go to standard error).
 final class StdoutAuditSink: AuditSink {
-    func write(_ batch: [(seq: UInt64, line: String)], bytes: [UInt8]) throws {
+    func write(_ batch: AuditBatch) throws {
+        let bytes = batch.bytes
         var offset = 0
         while offset < bytes.count {
             let n = bytes[offset...].withUnsafeBytes { Foundation.write(1, $0.baseAddress, $0.count) }
@@ -203,11 +221,13 @@ final class RedisStreamAuditSink: AuditSink {
         self.maxlen = String(maxlen)
     }
 
-    func write(_ batch: [(seq: UInt64, line: String)], bytes: [UInt8]) throws {
-        let sends = batch.map { seq, line in
+    func write(_ batch: AuditBatch) throws {
+        let sends = batch.lines().map { seq, line in
             client.send(
-                ["XADD", stream, "MAXLEN", "~", maxlen, String(seq) + "-0", "record", String(line.dropLast())],
-                timeout: .seconds(2))
+                bytes: [
+                    Array("XADD".utf8), Array(stream.utf8), Array("MAXLEN".utf8), [UInt8(ascii: "~")], Array(maxlen.utf8),
+                    Array((String(seq) + "-0").utf8), Array("record".utf8), Array(line.dropLast()),
+                ], timeout: .seconds(2))
         }
         for f in sends {
             do {

@@ -189,11 +189,12 @@ final class RateLimiter {
                 done(.failure(e))
             }
         }
-        client.send(["EVALSHA", LimitScript.sha] + args).whenComplete { result in
+        // The client lives on this loop, so its futures complete here.
+        client.send(["EVALSHA", LimitScript.sha] + args).assumeIsolated().whenComplete { result in
             if case .failure(let error) = result, let e = error as? RedisError, e.name == "server",
                 e.detail.hasPrefix("NOSCRIPT")
             {
-                client.send(["EVAL", LimitScript.source] + args).whenComplete(finish)
+                client.send(["EVAL", LimitScript.source] + args).assumeIsolated().whenComplete(finish)
                 return
             }
             finish(result)

@@ -49,48 +49,155 @@ public struct AuditRecord: Sendable, Equatable {
 
     /// The canonical text (no `hash`).
     public func canonical(seq: UInt64, prevHash: String) -> String {
-        func str(_ s: String?) -> String { s.map(JSONText.quote) ?? "null" }
-        var out = "{\"ts\":\"" + Self.timestamp(timeMillis) + "\",\"seq\":" + String(seq)
-        out += ",\"request_id\":" + JSONText.quote(requestID)
-        out += ",\"tenant\":" + str(tenant) + ",\"user\":" + str(user)
-        out += ",\"method\":" + JSONText.quote(method) + ",\"path\":" + JSONText.quote(path)
-        out += ",\"route\":" + str(route) + ",\"status\":" + String(status)
-        out += ",\"decision\":" + JSONText.quote(decision) + ",\"code\":" + str(code)
-        let frac = latencyMicros % 1000
-        out += ",\"latency_ms\":" + String(latencyMicros / 1000) + "." + (frac < 10 ? "00" : frac < 100 ? "0" : "") + String(frac)
-        out += ",\"client_ip\":" + JSONText.quote(clientIP) + ",\"upstream\":" + str(upstream)
-        if failOpen { out += ",\"rate_limit\":\"fail_open\"" }
-        out += ",\"prev_hash\":\"" + prevHash + "\"}"
-        return out
+        var out: [UInt8] = []
+        appendCanonical(seq: seq, prevHash: Array(prevHash.utf8), to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the canonical text to `out` (bytes, no intermediate strings: the writer's hot path).
+    public func appendCanonical(seq: UInt64, prevHash: [UInt8], to out: inout [UInt8]) {
+        func raw(_ s: StaticString) {
+            s.withUTF8Buffer { out.append(contentsOf: $0) }
+        }
+        func str(_ s: String?) {
+            if let s { JSONText.appendQuoted(s, to: &out) } else { raw("null") }
+        }
+        func int<I: BinaryInteger>(_ n: I) { Self.appendDecimal(Int64(n), to: &out) }
+        raw("{\"ts\":\"")
+        Self.appendTimestamp(timeMillis, to: &out)
+        raw("\",\"seq\":")
+        int(seq)
+        raw(",\"request_id\":")
+        str(requestID)
+        raw(",\"tenant\":")
+        str(tenant)
+        raw(",\"user\":")
+        str(user)
+        raw(",\"method\":")
+        str(method)
+        raw(",\"path\":")
+        str(path)
+        raw(",\"route\":")
+        str(route)
+        raw(",\"status\":")
+        int(status)
+        raw(",\"decision\":")
+        str(decision)
+        raw(",\"code\":")
+        str(code)
+        raw(",\"latency_ms\":")
+        int(latencyMicros / 1000)
+        out.append(UInt8(ascii: "."))
+        let frac = Int(latencyMicros % 1000)
+        out.append(UInt8(48 + frac / 100))
+        out.append(UInt8(48 + frac / 10 % 10))
+        out.append(UInt8(48 + frac % 10))
+        raw(",\"client_ip\":")
+        str(clientIP)
+        raw(",\"upstream\":")
+        str(upstream)
+        if failOpen { raw(",\"rate_limit\":\"fail_open\"") }
+        raw(",\"prev_hash\":\"")
+        out.append(contentsOf: prevHash)
+        raw("\"}")
+    }
+
+    /// Decimal digits of `n`, without a String in between.
+    static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
+        if n < 0 { out.append(UInt8(ascii: "-")) }
+        var v = n.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[count] = UInt8(48 + v % 10)
+                v /= 10
+                count += 1
+            } while v > 0
+            for i in stride(from: count - 1, through: 0, by: -1) { out.append(d[i]) }
+        }
     }
 
     /// RFC 3339 UTC with milliseconds.
     static func timestamp(_ ms: Int64) -> String {
+        var out: [UInt8] = []
+        appendTimestamp(ms, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func appendTimestamp(_ ms: Int64, to out: inout [UInt8]) {
         let seconds = Int(ms >= 0 ? ms / 1000 : (ms - 999) / 1000)
         let millis = Int(ms - Int64(seconds) * 1000)
-        let base = CivilDate.rfc3339(seconds)  // …:SSZ
-        return String(base.dropLast()) + "." + CivilDate.pad(millis, 3) + "Z"
+        let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let rest = seconds - day * 86_400
+        let (y, m, d) = CivilDate.fromDays(day)
+        func digits(_ n: Int, _ width: Int) {
+            var div = 1
+            for _ in 1..<width { div *= 10 }
+            var v = n
+            while div > 0 {
+                out.append(UInt8(48 + (v / div) % 10))
+                v %= div
+                div /= 10
+            }
+        }
+        digits(y, 4)
+        out.append(UInt8(ascii: "-"))
+        digits(m, 2)
+        out.append(UInt8(ascii: "-"))
+        digits(d, 2)
+        out.append(UInt8(ascii: "T"))
+        digits(rest / 3600, 2)
+        out.append(UInt8(ascii: ":"))
+        digits(rest / 60 % 60, 2)
+        out.append(UInt8(ascii: ":"))
+        digits(rest % 60, 2)
+        out.append(UInt8(ascii: "."))
+        digits(millis, 3)
+        out.append(UInt8(ascii: "Z"))
     }
 }
 
 /// The hash chain: each record's `prev_hash` is the previous record's `hash`; the first record's is 64 zeros.
 public struct AuditChain: Sendable {
     public static let genesis = String(repeating: "0", count: 64)
+    static let hexDigits = Array("0123456789abcdef".utf8)
     public private(set) var seq: UInt64
-    public private(set) var lastHash: String
+    private var lastHashBytes: [UInt8]
+    public var lastHash: String { String(decoding: lastHashBytes, as: UTF8.self) }
 
     public init(seq: UInt64 = 0, lastHash: String = AuditChain.genesis) {
         self.seq = seq
-        self.lastHash = lastHash
+        self.lastHashBytes = Array(lastHash.utf8)
     }
 
     /// Numbers and hashes `record`; returns its line (without the newline).
     public mutating func seal(_ record: AuditRecord) -> String {
+        var out: [UInt8] = []
+        seal(record, into: &out)
+        out.removeLast()
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Numbers and hashes `record` and appends its line, with a newline, to `out`.
+    public mutating func seal(_ record: AuditRecord, into out: inout [UInt8]) {
         seq += 1
-        let body = record.canonical(seq: seq, prevHash: lastHash)
-        let hash = Digest.hex(Digest.sha256(body.utf8))
-        lastHash = hash
-        return String(body.dropLast()) + ",\"hash\":\"" + hash + "\"}"
+        let start = out.count
+        record.appendCanonical(seq: seq, prevHash: lastHashBytes, to: &out)
+        let digest = out.withUnsafeBufferPointer { Digest.sha256(UnsafeBufferPointer(rebasing: $0[start...])) }
+        var hex = [UInt8]()
+        hex.reserveCapacity(64)
+        for b in digest {
+            hex.append(Self.hexDigits[Int(b >> 4)])
+            hex.append(Self.hexDigits[Int(b & 15)])
+        }
+        lastHashBytes = hex
+        out.removeLast()  // the closing brace: the hash member goes before it
+        for b in ",\"hash\":\"".utf8 { out.append(b) }
+        out.append(contentsOf: hex)
+        out.append(UInt8(ascii: "\""))
+        out.append(UInt8(ascii: "}"))
+        out.append(UInt8(ascii: "\n"))
     }
 
     /// Splits a written line into its canonical text and its hash; nil when it has no trailing hash member.

@@ -21,4 +21,52 @@ public enum JSONText {
         out += "\""
         return out
     }
+
+    /// Appends `value` as a quoted JSON string to `out`, escaping exactly as ``quote(_:)`` does, byte by byte
+    /// (the audit writer's hot path: no intermediate strings).
+    public static func appendQuoted(_ value: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        var value = value
+        value.withUTF8 { bytes in
+            // Runs of bytes that need no escaping are copied in one go.
+            var i = 0
+            var run = 0
+            let n = bytes.count
+            while i < n {
+                let b = bytes[i]
+                let plain = b >= 0x20 && b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\") && b != 0x7F && b != 0xE2
+                if plain {
+                    i += 1
+                    continue
+                }
+                if b == 0xE2 && !(i + 2 < n && bytes[i + 1] == 0x80 && (bytes[i + 2] == 0xA8 || bytes[i + 2] == 0xA9)) {
+                    i += 1  // another character starting with E2: plain
+                    continue
+                }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<i]))
+                switch b {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"): out.append(UInt8(ascii: "\\")); out.append(b)
+                case UInt8(ascii: "\n"): out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
+                case UInt8(ascii: "\r"): out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
+                case UInt8(ascii: "\t"): out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
+                case 0xE2:
+                    appendEscape(bytes[i + 2] == 0xA8 ? 0x2028 : 0x2029, to: &out)
+                    i += 2
+                default: appendEscape(UInt32(b), to: &out)
+                }
+                i += 1
+                run = i
+            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<n]))
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    private static func appendEscape(_ scalar: UInt32, to out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        out.append(UInt8(ascii: "\\"))
+        out.append(UInt8(ascii: "u"))
+        for shift in [12, 8, 4, 0] { out.append(hex[Int((scalar >> UInt32(shift)) & 15)]) }
+    }
 }
+
