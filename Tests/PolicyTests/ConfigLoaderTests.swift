@@ -137,6 +137,31 @@ let minimal = """
         #expect(config.audit?.sinks.count == 2)
     }
 
+    @Test func auditAndLimitKeys() throws {
+        let yaml = minimal + """
+
+            audit:
+              queue_size: 0
+              queue_timeout: soon
+              sinks:
+                - redis_stream: {stream: gh:audit}
+            tenants:
+              a: {plan: p, billing_anchor: 32, overrides: {quota: lots, rate: {requests: 5}}}
+            plans:
+              p: {quota: {requests: 5, per: week}}
+            """
+        #expect(
+            problems(["gw.yaml": yaml]) == [
+                "gw.yaml:9:3: the redis_stream audit sink needs a store with redis",
+                "gw.yaml:9:15: audit.queue_size must be between 1 and 10000000",
+                "gw.yaml:10:18: audit.queue_timeout: invalid duration 'soon' (expected e.g. 250ms, 30s, 5m, 1h, 7d)",
+                "gw.yaml:14:32: billing_anchor must be between 1 and 31",
+                "gw.yaml:14:55: quota must be 'unlimited' or {requests, per}",
+                "gw.yaml:14:67: overrides.rate needs requests and per",
+                "gw.yaml:16:33: plans.p.quota.per must be one of day, month (got 'week')",
+            ])
+    }
+
     @Test func defaults() throws {
         let config = try load(["gw.yaml": minimal]).get()
         #expect(config.server.listen == HostPort(host: "127.0.0.1", port: 8080))

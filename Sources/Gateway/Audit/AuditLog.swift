@@ -112,9 +112,6 @@ final class AuditLog: Sendable {
         return false
     }
 
-    /// Gives back a place that will not be used.
-    func release() { outstanding.subtract(1, ordering: .relaxed) }
-
     /// Queues a record; `reserved` when its place was taken by ``tryReserve()``. The writer is not woken for
     /// each record (it collects every few milliseconds), only when the queue is half full.
     func append(_ record: AuditRecord, reserved: Bool) {
@@ -203,7 +200,7 @@ final class AuditLog: Sendable {
                     break
                 } catch {
                     attempt += 1
-                    if attempt > 100 && queue.withLock({ $0.closing }) {
+                    if attempt >= 10 && queue.withLock({ $0.closing }) {
                         logger.error(
                             "audit sink failed at stop; records not delivered to it",
                             metadata: ["gh-error": "\(error)", "gh-records": "\(batch.count)"])

@@ -202,6 +202,11 @@ public struct ConfigLoader {
             }
         }
         let audit = single["audit"].flatMap { parseAudit($0, reader) }
+        if let audit, store == nil, let at = single["audit"],
+            audit.sinks.contains(where: { if case .redisStream = $0 { return true } else { return false } })
+        {
+            reader.problem(at, "the redis_stream audit sink needs a store with redis")
+        }
         return GatewayConfig(
             server: server, store: store, identity: identity, plans: plans, planOrder: planOrder, tenants: tenants,
             billing: billing, upstreams: upstreams, routes: routes, audit: audit, files: files)
