@@ -185,17 +185,70 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
-    private func write(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Void> {
-        client.send(["HSET", hashKey, tenant, TenantRecordCodec.encode(record)])
-            .flatMap { _ in self.client.send(["PUBLISH", self.channel, tenant]) }
-            .map { _ in self.directory.setStored(tenant, record) }
+    /// Edits a tenant's stored record in one atomic step in Redis (so two instances editing one tenant at
+    /// once cannot lose each other's change) and publishes the invalidation.
+    /// - `put`: replaces the record, keeping the API keys already stored (or the seed's).
+    /// - `add` / `revoke`: adds or removes one API key of the stored record (or of the seed, the first time).
+    /// Replies `{status, record}`: status 1 done (0 for `put`: replaced), 0 key not found, -1 unknown tenant,
+    /// -2 key id taken.
+    static let editScript = """
+        local cur = redis.call('HGET', KEYS[1], ARGV[2])
+        local op = ARGV[1]
+        local base = cur
+        if not base and ARGV[4] ~= '' then base = ARGV[4] end
+        local rec
+        local status = 1
+        if op == 'put' then
+          rec = cjson.decode(ARGV[3])
+          local old = base and cjson.decode(base) or nil
+          rec.api_keys = (old and type(old.api_keys) == 'table') and old.api_keys or {}
+          if cur then status = 0 end
+        else
+          if not base then return {-1, ''} end
+          rec = cjson.decode(base)
+          local keys = type(rec.api_keys) == 'table' and rec.api_keys or {}
+          if op == 'add' then
+            for _, k in ipairs(keys) do if k.id == ARGV[5] then return {-2, ''} end end
+            table.insert(keys, {id = ARGV[5], sha256 = ARGV[6]})
+          else
+            local kept, found = {}, false
+            for _, k in ipairs(keys) do
+              if k.id == ARGV[5] then found = true else table.insert(kept, k) end
+            end
+            if not found then return {0, ''} end
+            keys = kept
+          end
+          rec.api_keys = keys
+        end
+        local out = cjson.encode(rec)
+        redis.call('HSET', KEYS[1], ARGV[2], out)
+        redis.call('PUBLISH', KEYS[2], ARGV[2])
+        return {status, out}
+        """
+
+    private func edit(_ op: String, _ tenant: String, record: TenantSeed? = nil, keyID: String = "", sha256: String = "")
+        -> EventLoopFuture<Int64>
+    {
+        // The local seed is the base when the store has no record of this tenant yet.
+        let seed = directory.effective(tenant).flatMap { $0.source == .seed ? $0.record : nil }
+        let args = [
+            "EVAL", Self.editScript, "2", hashKey, channel, op, tenant, record.map(TenantRecordCodec.encode) ?? "",
+            seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256,
+        ]
+        return client.send(args).flatMapThrowing { reply in
+            guard case .array(let items) = reply, items.count == 2, let status = items[0].integer else {
+                throw RedisError.protocolError("unexpected reply to the tenant edit script")
+            }
+            if case .string(let json) = items[1], let stored = TenantRecordCodec.decode(json) {
+                self.directory.setStored(tenant, stored)
+            }
+            return status
+        }
     }
 
     func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool> {
-        var r = record
-        let existing = directory.record(tenant)
-        r.apiKeys = existing?.apiKeys ?? []
-        return write(tenant, r).map { existing == nil }
+        let known = directory.record(tenant) != nil
+        return edit("put", tenant, record: record).map { _ in !known }
     }
 
     func delete(_ tenant: String) -> EventLoopFuture<Bool> {
@@ -209,17 +262,11 @@ final class RedisTenantStore: TenantStore {
     }
 
     func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {
-        guard var r = directory.record(tenant) else { return client.eventLoop.makeSucceededFuture(false) }
-        r.apiKeys.append(.init(id: id, sha256: sha256))
-        return write(tenant, r).map { true }
+        edit("add", tenant, keyID: id, sha256: sha256).map { $0 == 1 }
     }
 
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {
-        guard var r = directory.record(tenant), r.apiKeys.contains(where: { $0.id == id }) else {
-            return client.eventLoop.makeSucceededFuture(false)
-        }
-        r.apiKeys.removeAll { $0.id == id }
-        return write(tenant, r).map { true }
+        edit("revoke", tenant, keyID: id).map { $0 == 1 }
     }
 }
 
