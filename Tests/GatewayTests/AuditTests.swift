@@ -33,6 +33,30 @@ import Testing
 
     static let env = ["GH_TEST_ADMIN_TOKEN": "adm", "GH_TEST_HS_SECRET": TestKeys.hsSecret]
 
+    /// A log directory and an upstream for one test, removed and stopped when the test ends.
+    final class Setup {
+        let dir: URL
+        let log: String
+        let up: TestUpstream
+
+        init() throws {
+            dir = try AuditTests.logDirectory()
+            log = dir.appendingPathComponent("audit.jsonl").path
+            up = try TestUpstream()
+        }
+
+        func gateway(rotate: String = "100MiB", extra: String = "", store: String = "", sinks: String = "") throws -> GatewayProcess {
+            try GatewayProcess(
+                yaml: AuditTests.config(upstream: up.port, log: log, rotate: rotate, extra: extra, store: store) + sinks,
+                environment: AuditTests.env)
+        }
+
+        deinit {
+            up.stop()
+            try? FileManager.default.removeItem(at: dir)
+        }
+    }
+
     static func logDirectory() throws -> URL {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gh-audit-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -72,12 +96,10 @@ import Testing
     }
 
     @Test func writesAndDenialsAreRecordedWithIdentityAndNoSecrets() throws {
-        let dir = try Self.logDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let log = dir.appendingPathComponent("audit.jsonl").path
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, log: log), environment: Self.env)
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let gw = try setup.gateway()
         defer { gw.stop() }
         let token = Tok.hs256(Tok.claims(tenant: "acme", sub: "alice"))
         let bearer = [("Authorization", "Bearer " + token)]
@@ -122,12 +144,10 @@ import Testing
     }
 
     @Test func verifyPassesOnARealLogAndNamesTheFirstBadRecord() throws {
-        let dir = try Self.logDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let log = dir.appendingPathComponent("audit.jsonl").path
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, log: log), environment: Self.env)
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let gw = try setup.gateway()
         let bearer = [("Authorization", "Bearer " + Tok.hs256(Tok.claims(tenant: "acme", sub: "bob")))]
         for i in 0..<20 {
             #expect(try request(port: gw.port, "POST", "/api/n/\(i)", headers: bearer, body: "\(i)").status == 200)
@@ -178,14 +198,12 @@ import Testing
         """
 
     @Test func theChainContinuesAcrossRotationAndRestarts() throws {
-        let dir = try Self.logDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let log = dir.appendingPathComponent("audit.jsonl").path
-        let up = try TestUpstream()
-        defer { up.stop() }
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
         let bearer = [("Authorization", "Bearer " + Tok.hs256(Tok.claims(tenant: "acme", sub: "carol")))]
         for round in 0..<2 {
-            let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, log: log, rotate: "2KiB"), environment: Self.env)
+            let gw = try setup.gateway(rotate: "2KiB")
             for i in 0..<15 {
                 #expect(try request(port: gw.port, "DELETE", "/api/r\(round)/\(i)", headers: bearer).status == 200)
             }
@@ -201,12 +219,10 @@ import Testing
     }
 
     @Test func aGracefulStopWritesTheRecordOfEveryAnsweredWrite() throws {
-        let dir = try Self.logDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let log = dir.appendingPathComponent("audit.jsonl").path
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, log: log), environment: Self.env)
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let gw = try setup.gateway()
         let token = Tok.hs256(Tok.claims(tenant: "acme", sub: "dave"))
         let answered = Mutex<[String]>([])
         let total = Atomic<Int>(0)
@@ -239,15 +255,14 @@ import Testing
     @Test func aStuckSinkIsBackPressureNotLoss() throws {
         let redis = try RedisServer()
         defer { redis.stop() }
-        let dir = try Self.logDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let log = dir.appendingPathComponent("audit.jsonl").path
-        let up = try TestUpstream()
-        defer { up.stop() }
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let up = setup.up
         let store = "store: {redis: \"redis://127.0.0.1:\(redis.port)/0\", timeout: 100ms, key_prefix: ghaudit, rate_limit_mode: exact}"
-        var yaml = Self.config(upstream: up.port, log: log, extra: "  queue_size: 2\n  queue_timeout: 200ms", store: store)
-        yaml += "\n    - redis_stream: {stream: \"ghaudit:log\", maxlen: 1000}\n"
-        let gw = try GatewayProcess(yaml: yaml, environment: Self.env)
+        let gw = try setup.gateway(
+            extra: "  queue_size: 2\n  queue_timeout: 200ms", store: store,
+            sinks: "\n    - redis_stream: {stream: \"ghaudit:log\", maxlen: 1000}\n")
         defer { gw.stop() }
         let bearer = [("Authorization", "Bearer " + Tok.hs256(Tok.claims(tenant: "acme", sub: "erin")))]
         #expect(try request(port: gw.port, "POST", "/api/before", headers: bearer, body: "1").status == 200)

@@ -352,16 +352,14 @@ final class ProxyHandler: ChannelDuplexHandler {
             ex.responseHeaders += rateHeaders
             ex.failOpen = outcome.failOpen
             forward(ex)
-        case .rateLimited:
+        case .rateLimited, .quotaExceeded:
             loop.metrics.ratelimitDenied[ex.plan, default: 0] += 1
-            var denial = Denial.rateLimited(
-                retryAfter: outcome.retryAfter, "The tenant's request rate limit is exhausted; retry after \(outcome.retryAfter) s.")
-            denial.headers += rateHeaders
-            deny(ex, denial)
-        case .quotaExceeded:
-            loop.metrics.ratelimitDenied[ex.plan, default: 0] += 1
-            var denial = Denial.quotaExceeded(
-                retryAfter: outcome.retryAfter, "The tenant's request quota for this period is used up.")
+            var denial =
+                outcome.verdict == .rateLimited
+                ? Denial.rateLimited(
+                    retryAfter: outcome.retryAfter,
+                    "The tenant's request rate limit is exhausted; retry after \(outcome.retryAfter) s.")
+                : Denial.quotaExceeded(retryAfter: outcome.retryAfter, "The tenant's request quota for this period is used up.")
             denial.headers += rateHeaders
             deny(ex, denial)
         case .storeUnavailable:

@@ -17,19 +17,13 @@ enum MetricsText {
         for (plan, n) in m.ratelimitDenied.sorted(by: { $0.key < $1.key }) {
             out += "gatehouse_ratelimit_denied_total{plan=\(label(plan))} \(n)\n"
         }
-        out += "# HELP gatehouse_store_errors_total Rate-limit store calls that failed (timeout, connection, open circuit).\n"
-        out += "# TYPE gatehouse_store_errors_total counter\ngatehouse_store_errors_total \(m.storeErrors)\n"
+        out += single("gatehouse_store_errors_total", "counter", "Rate-limit store calls that failed (timeout, connection, open circuit).", m.storeErrors)
         out += histogram("gatehouse_store_duration_seconds", "Duration of rate-limit store calls.", nil, ["": m.storeDurations])
-        out += "# HELP gatehouse_ratelimit_fail_open_total Requests admitted by the local fallback bucket while the store failed.\n"
-        out += "# TYPE gatehouse_ratelimit_fail_open_total counter\ngatehouse_ratelimit_fail_open_total \(m.failOpenAdmitted)\n"
-        out += "# HELP gatehouse_ratelimit_lease_tokens Units leased from Redis and not yet spent (this instance's share of the overshoot bound).\n"
-        out += "# TYPE gatehouse_ratelimit_lease_tokens gauge\ngatehouse_ratelimit_lease_tokens \(m.leaseUnits)\n"
-        out += "# HELP gatehouse_live_instances Gateway instances sharing the store, as last counted in Redis.\n"
-        out += "# TYPE gatehouse_live_instances gauge\ngatehouse_live_instances \(m.liveInstances)\n"
-        out += "# HELP gatehouse_audit_queue_depth Audit records queued and not yet written.\n"
-        out += "# TYPE gatehouse_audit_queue_depth gauge\ngatehouse_audit_queue_depth \(m.auditQueueDepth)\n"
-        out += "# HELP gatehouse_audit_records_total Audit records written to every sink.\n"
-        out += "# TYPE gatehouse_audit_records_total counter\ngatehouse_audit_records_total \(m.auditWritten)\n"
+        out += single("gatehouse_ratelimit_fail_open_total", "counter", "Requests admitted by the local fallback bucket while the store failed.", m.failOpenAdmitted)
+        out += single("gatehouse_ratelimit_lease_tokens", "gauge", "Units leased from Redis and not yet spent (this instance's share of the overshoot bound).", m.leaseUnits)
+        out += single("gatehouse_live_instances", "gauge", "Gateway instances sharing the store, as last counted in Redis.", m.liveInstances)
+        out += single("gatehouse_audit_queue_depth", "gauge", "Audit records queued and not yet written.", m.auditQueueDepth)
+        out += single("gatehouse_audit_records_total", "counter", "Audit records written to every sink.", m.auditWritten)
         out += "# HELP gatehouse_upstream_healthy 1 when the target passes its health checks.\n"
         out += "# TYPE gatehouse_upstream_healthy gauge\n"
         for (name, entry) in registry.upstreams.sorted(by: { $0.key < $1.key }) {
@@ -38,6 +32,11 @@ enum MetricsText {
             }
         }
         return out
+    }
+
+    /// One unlabelled series with its HELP and TYPE lines.
+    private static func single(_ name: String, _ type: String, _ help: String, _ value: Int) -> String {
+        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
     }
 
     /// A histogram per label value; `labelName` nil renders one unlabelled histogram.
