@@ -33,7 +33,7 @@ struct Audit: ParsableCommand {
                 print(count == 0 ? "ok: 0 records" : "ok: \(count) records (seq \(first)..\(last))")
             case .broken(let index, let reason):
                 let o = origins[index]
-                let seq = AuditChain.split(lines[index]).flatMap { AuditChain.links($0.body) }.map { " (seq \($0.seq))" } ?? ""
+                let seq = AuditChain.resuming(after: lines[index]).map { " (seq \($0.seq))" } ?? ""
                 FileHandle.standardError.write(Data("\(o.path):\(o.line): record\(seq): \(reason)\n".utf8))
                 throw ExitCode(1)
             }

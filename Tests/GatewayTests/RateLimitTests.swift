@@ -38,18 +38,21 @@ import Testing
     static let env = ["GH_TEST_ADMIN_TOKEN": "adm", "GH_TEST_HS_SECRET": TestKeys.hsSecret]
     static let admin = [("Authorization", "Bearer adm")]
 
-    /// Sends `count` requests at once, each on its own connection, then reads every answer.
-    func burst(port: Int, count: Int, tenant: String, path: String = "/api/x", extra: [(String, String)] = []) throws -> [RawResponse] {
+    /// Sends `count` requests at once, each on its own connection (spread over `ports` in turn), then reads
+    /// every answer.
+    func burst(ports: [Int], count: Int, tenant: String, path: String = "/api/x") throws -> [RawResponse] {
         var connections: [RawConnection] = []
-        for _ in 0..<count { connections.append(try RawConnection(port: port)) }
-        var head = "GET \(path) HTTP/1.1\r\nHost: gateway.test\r\nX-Tenant-ID: \(tenant)\r\n"
-        for (n, v) in extra { head += "\(n): \(v)\r\n" }
-        head += "Connection: close\r\n\r\n"
+        for i in 0..<count { connections.append(try RawConnection(port: ports[i % ports.count])) }
+        let head = "GET \(path) HTTP/1.1\r\nHost: gateway.test\r\nX-Tenant-ID: \(tenant)\r\nConnection: close\r\n\r\n"
         for c in connections { try c.send(head) }
         return try connections.map { c in
             guard let r = try c.readResponse() else { throw RawClientError(description: "no response") }
             return r
         }
+    }
+
+    func burst(port: Int, count: Int, tenant: String) throws -> [RawResponse] {
+        try burst(ports: [port], count: count, tenant: tenant)
     }
 
     func count(_ responses: [RawResponse], _ status: Int) -> Int { responses.filter { $0.status == status }.count }
@@ -158,10 +161,7 @@ import Testing
         defer { b.stop() }
         let calls0 = try commandCalls(redis, "evalsha")
         let started = Date()
-        var connections: [(RawConnection)] = []
-        for i in 0..<300 { connections.append(try RawConnection(port: i % 2 == 0 ? a.port : b.port)) }
-        for c in connections { try c.send("GET /api/x HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n") }
-        let answers = try connections.map { try #require(try $0.readResponse()) }
+        let answers = try burst(ports: [a.port, b.port], count: 300, tenant: "acme")
         let elapsed = Date().timeIntervalSince(started)
         let admitted = count(answers, 200)
         let refill = Int((100 * elapsed).rounded(.up))

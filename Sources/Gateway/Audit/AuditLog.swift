@@ -15,11 +15,15 @@ final class AuditLog: Sendable {
     private struct Queue {
         var records: [AuditRecord] = []
         var closing = false
+        /// Resumed by the writer once everything is written (set with `closing`).
+        var closed: CheckedContinuation<Void, Never>?
     }
 
     let methods: Set<String>
     let denials: Bool
     let capacity: Int
+    /// Queue length at which the writer is woken before its collect interval ends.
+    private let wakeAt: Int
     let waitLimit: TimeAmount
     private let queue = Mutex(Queue())
     private let wake = NSCondition()
@@ -28,10 +32,8 @@ final class AuditLog: Sendable {
     /// Records queued and not yet written (`gatehouse_audit_queue_depth`).
     private let depth = Atomic<Int>(0)
     private let written = Atomic<Int>(0)
-    private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
-    private let done = Atomic<Bool>(false)
     private let logger: Logger
-    private let writer: Mutex<Writer?>
+    private let writer: Writer
     /// How long the writer collects records before writing a batch.
     static let collectInterval = 0.005
 
@@ -51,6 +53,7 @@ final class AuditLog: Sendable {
         self.methods = Set(config.methods.map { $0.uppercased() })
         self.denials = config.denials
         self.capacity = config.queueSize
+        self.wakeAt = max(1, config.queueSize / 2)
         self.waitLimit = .nanoseconds(config.queueTimeout)
         self.logger = logger
         var sinks: [AuditSink] = []
@@ -75,14 +78,12 @@ final class AuditLog: Sendable {
         if chain == nil, let s = sinks.compactMap({ $0 as? RedisStreamAuditSink }).first {
             // Wait briefly for the connection; a stream that cannot be read starts a new chain segment.
             let deadline = Date().addingTimeInterval(2)
-            while chain == nil && Date() < deadline {
-                if let c = try? s.recover() { chain = c; break }
-                if (try? s.client.isAvailable.wait()) == true { break }
+            while Date() < deadline, (try? s.client.isAvailable.wait()) != true {
                 Thread.sleep(forTimeInterval: 0.05)
             }
-            if chain == nil { chain = try? s.recover() }
+            chain = try? s.recover()
         }
-        self.writer = Mutex(Writer(chain: chain ?? AuditChain(), sinks: sinks))
+        self.writer = Writer(chain: chain ?? AuditChain(), sinks: sinks)
         if let c = chain {
             logger.info("audit chain recovered", metadata: ["gh-seq": "\(c.seq)"])
         }
@@ -121,7 +122,7 @@ final class AuditLog: Sendable {
             q.records.append(record)
             return q.records.count
         }
-        if count == max(1, capacity / 2) {
+        if count == wakeAt {
             wake.lock()
             wake.signal()
             wake.unlock()
@@ -131,33 +132,23 @@ final class AuditLog: Sendable {
     /// Writes what is queued, syncs, closes the sinks and stops the writer (graceful stop).
     func close() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            if done.load(ordering: .acquiring) {
-                c.resume()
-                return
+            queue.withLock {
+                $0.closing = true
+                $0.closed = c
             }
-            finished.withLock { $0 = c }
-            queue.withLock { $0.closing = true }
             wake.lock()
             wake.signal()
             wake.unlock()
-            // The thread may have finished between the check and the store.
-            if done.load(ordering: .acquiring), let c = finished.withLock({ p -> CheckedContinuation<Void, Never>? in
-                let x = p
-                p = nil
-                return x
-            }) {
-                c.resume()
-            }
         }
     }
 
     private func run() {
-        let w = writer.withLock { $0! }
+        let w = writer
         while true {
             // Collect for a few milliseconds (or until the queue is half full, or the log closes), then write
             // everything queued as one batch.
             wake.lock()
-            if !queue.withLock({ $0.closing || $0.records.count >= max(1, capacity / 2) }) {
+            if !queue.withLock({ $0.closing || $0.records.count >= wakeAt }) {
                 _ = wake.wait(until: Date().addingTimeInterval(Self.collectInterval))
             }
             wake.unlock()
@@ -174,11 +165,7 @@ final class AuditLog: Sendable {
             do { try s.sync(final: true) } catch { logger.error("audit sync failed", metadata: ["gh-error": "\(error)"]) }
             s.close()
         }
-        done.store(true, ordering: .releasing)
-        finished.withLock { c in
-            c?.resume()
-            c = nil
-        }
+        queue.withLock { $0.closed }?.resume()
     }
 
     private func writeBatch(_ batch: [AuditRecord], _ w: Writer) {

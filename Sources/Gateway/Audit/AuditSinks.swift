@@ -35,6 +35,24 @@ protocol AuditSink: AnyObject {
 
 struct AuditSinkError: Error, CustomStringConvertible {
     let description: String
+
+    /// `what` failed, with the reason from `errno`.
+    static func errno(_ what: String) -> AuditSinkError {
+        AuditSinkError(description: "\(what): \(String(cString: strerror(Foundation.errno)))")
+    }
+}
+
+/// Writes all of `bytes` to `fd`, retrying short writes and interruptions.
+private func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>, what: String) throws {
+    var offset = bytes.startIndex
+    while offset < bytes.endIndex {
+        let n = bytes[offset...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw AuditSinkError.errno("write to \(what) failed")
+        }
+        offset += n
+    }
 }
 
 /// JSON lines in a file, rotated by size: the current file is `path`; a full one is renamed to
@@ -68,7 +86,7 @@ final class FileAuditSink: AuditSink {
 
     private func open() throws {
         fd = Foundation.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw AuditSinkError(description: "cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw AuditSinkError.errno("cannot open \(path)") }
         var st = stat()
         fstat(fd, &st)
         size = Int(st.st_size)
@@ -108,11 +126,10 @@ final class FileAuditSink: AuditSink {
                 bytes = Array(bytes[..<keep])
             }
             guard let lastLine = bytes.split(separator: UInt8(ascii: "\n")).last else { continue }
-            let line = String(decoding: lastLine, as: UTF8.self)
-            guard let (body, hash) = AuditChain.split(line[...]), let links = AuditChain.links(body) else {
+            guard let chain = AuditChain.resuming(after: String(decoding: lastLine, as: UTF8.self)[...]) else {
                 throw AuditSinkError(description: "the last record of \(file) is not an audit record; refusing to continue its chain")
             }
-            return AuditChain(seq: links.seq, lastHash: hash)
+            return chain
         }
         return nil
     }
@@ -138,7 +155,8 @@ final class FileAuditSink: AuditSink {
     private func append(_ bytes: ArraySlice<UInt8>) throws {
         let before = size
         do {
-            try writeAll(bytes)
+            try writeAll(fd, bytes, what: path)
+            size += bytes.count
         } catch {
             _ = ftruncate(fd, off_t(before))
             size = before
@@ -146,25 +164,12 @@ final class FileAuditSink: AuditSink {
         }
     }
 
-    private func writeAll(_ bytes: ArraySlice<UInt8>) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[(bytes.startIndex + offset)...].withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AuditSinkError(description: "write to \(path) failed: \(String(cString: strerror(errno)))")
-            }
-            offset += n
-        }
-        size += bytes.count
-    }
-
     private func rotate() throws {
         if fsyncMode != "never" { fsync(fd) }
         Foundation.close(fd)
         let target = Self.rotatedName(path, nextIndex)
         guard rename(path, target) == 0 else {
-            throw AuditSinkError(description: "cannot rotate \(path): \(String(cString: strerror(errno)))")
+            throw AuditSinkError.errno("cannot rotate \(path)")
         }
         nextIndex += 1
         try open()
@@ -177,7 +182,7 @@ final class FileAuditSink: AuditSink {
         case "batch": if !final && Date().timeIntervalSince(lastSync) < Self.batchSyncInterval { return }
         default: break
         }
-        if fsync(fd) != 0 { throw AuditSinkError(description: "fsync of \(path) failed: \(String(cString: strerror(errno)))") }
+        if fsync(fd) != 0 { throw AuditSinkError.errno("fsync of \(path) failed") }
         dirty = false
         lastSync = Date()
     }
@@ -192,16 +197,7 @@ final class FileAuditSink: AuditSink {
 /// JSON lines on standard output (logs go to standard error).
 final class StdoutAuditSink: AuditSink {
     func write(_ batch: AuditBatch) throws {
-        let bytes = batch.bytes
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Foundation.write(1, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AuditSinkError(description: "write to stdout failed: \(String(cString: strerror(errno)))")
-            }
-            offset += n
-        }
+        try writeAll(1, batch.bytes[...], what: "stdout")
     }
     func sync(final: Bool) throws {}
     func close() {}
@@ -244,8 +240,7 @@ final class RedisStreamAuditSink: AuditSink {
         guard case .array(let entries) = reply, let entry = entries.first, case .array(let parts) = entry, parts.count == 2,
             case .array(let fields) = parts[1], fields.count >= 2, let line = fields[1].string
         else { return nil }
-        guard let (body, hash) = AuditChain.split(line[...]), let links = AuditChain.links(body) else { return nil }
-        return AuditChain(seq: links.seq, lastHash: hash)
+        return AuditChain.resuming(after: line[...])
     }
 
     func sync(final: Bool) throws {}

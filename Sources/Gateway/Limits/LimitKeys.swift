@@ -13,7 +13,9 @@ struct LimitKeys {
     func bucket(_ tenant: String, _ name: String) -> String { tag(tenant) + "b:" + name }
     func quota(_ tenant: String, _ period: BillingPeriod) -> String { tag(tenant) + "q:" + String(period.start) }
     func day(_ tenant: String, _ dayStart: Int) -> String { tag(tenant) + "d:" + String(dayStart) }
-    static func dayStart(_ now: Double) -> Int { Int(now.rounded(.down)) / 86_400 * 86_400 }
+    static func dayStart(_ now: Double) -> Int { CivilDate.dayStart(Int(now.rounded(.down))) }
+    /// The sorted set of live instances (heartbeats scored by time).
+    var instances: String { prefix + ":instances" }
 }
 
 /// The outcome of charging a request, with what its response says about the limits.

@@ -23,6 +23,11 @@ final class MemoryLimits: Sendable {
         /// Counters with the time (seconds) they expire.
         var counters: [CounterKey: (value: Int, expires: Int)] = [:]
         var writes = 0
+
+        /// A counter's value, 0 once it has expired.
+        func count(_ key: CounterKey, at nowSeconds: Int) -> Int {
+            counters[key].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0
+        }
     }
 
     private let state = Mutex(State())
@@ -39,14 +44,13 @@ final class MemoryLimits: Sendable {
         let nowSeconds = Int(now)
         return state.withLock { s in
             var buckets = bucketKeys.map { s.buckets[$0]?.bucket }
-            let used = s.counters[quotaKey].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0
+            let used = s.count(quotaKey, at: nowSeconds)
             let r = LimitMath.take(
                 buckets: &buckets, specs: specs, quotaUsed: used, quotaLimit: charge.quotaLimit, want: want, now: now)
             guard r.granted > 0 else { return r }
             for (i, key) in bucketKeys.enumerated() { s.buckets[key] = (buckets[i]!, specs[i]) }
             s.counters[quotaKey] = (r.quotaUsed, expires)
-            let day = s.counters[dayKey].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0
-            s.counters[dayKey] = (day + r.granted, expires)
+            s.counters[dayKey] = (s.count(dayKey, at: nowSeconds) + r.granted, expires)
             s.writes += 1
             if s.writes % Self.sweepEvery == 0 { Self.sweep(&s, now: now) }
             return r
@@ -66,10 +70,9 @@ final class MemoryLimits: Sendable {
         let days = period.days(through: now)
         let nowSeconds = Int(now)
         return state.withLock { s in
-            func value(_ key: CounterKey) -> Int { s.counters[key].flatMap { $0.expires > nowSeconds ? $0.value : nil } ?? 0 }
             var perDay: [Int: Int] = [:]
-            for d in days { perDay[d] = value(CounterKey(tenant: tenant, start: d, isDay: true)) }
-            return (value(quotaKey), perDay)
+            for d in days { perDay[d] = s.count(CounterKey(tenant: tenant, start: d, isDay: true), at: nowSeconds) }
+            return (s.count(quotaKey, at: nowSeconds), perDay)
         }
     }
 }

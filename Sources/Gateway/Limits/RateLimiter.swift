@@ -144,11 +144,9 @@ final class RateLimiter {
                 lease.left = r.granted
                 lease.result = r
                 lease.fetchedAt = at
-                var served: [Completion] = []
-                while lease.left > 0, !waiters.isEmpty {
-                    lease.left -= 1
-                    served.append(waiters.removeFirst())
-                }
+                let served = waiters.prefix(lease.left)
+                waiters.removeFirst(served.count)
+                lease.left -= served.count
                 let left = lease.left
                 lease.waiters = waiters
                 self.leases[key] = lease

@@ -30,7 +30,6 @@ public final class GatewayServer: Sendable {
     /// Where admin writes go (in memory, or Redis shared by the fleet).
     let store: any TenantStore
     private let redisStore: RedisTenantStore?
-    private let failOpen: Bool
     let limits: LimitSettings
     /// The embedded store's buckets and counters (nil with Redis).
     let memoryLimits: MemoryLimits?
@@ -60,11 +59,9 @@ public final class GatewayServer: Sendable {
             let redis = try RedisTenantStore(config: storeConfig, directory: tenants, eventLoop: group.next(), logger: logger)
             redisStore = redis
             self.store = redis
-            self.failOpen = storeConfig.onFailure == .open
         } else {
             redisStore = nil
             self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next())
-            self.failOpen = true
         }
         self.redisStore = redisStore
         if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
@@ -112,7 +109,7 @@ public final class GatewayServer: Sendable {
     /// Ready: listening with a config, and the store reachable unless `on_failure: open`.
     func readiness() -> EventLoopFuture<Bool> {
         let listening = isReady
-        if !listening || failOpen { return group.next().makeSucceededFuture(listening) }
+        if !listening || limits.failOpen { return group.next().makeSucceededFuture(listening) }
         return store.isReachable
     }
     public var isReady: Bool { ready.load(ordering: .relaxed) }
@@ -329,7 +326,7 @@ public final class GatewayServer: Sendable {
         redisStore?.stop()
         heartbeat.withLock { $0?.cancel() }
         if let client = limitClients.first {
-            _ = try? await client.send(["ZREM", limits.keys.prefix + ":instances", instanceID]).get()
+            _ = try? await client.send(["ZREM", limits.keys.instances, instanceID]).get()
         }
         for client in limitClients { _ = client.close() }
         logger.info("gatehouse stopped")
@@ -342,7 +339,7 @@ public final class GatewayServer: Sendable {
     /// older than 6 s dropped, and the count kept for the fail-open buckets.
     private func startInstanceHeartbeat() {
         guard let client = limitClients.first else { return }
-        let key = limits.keys.prefix + ":instances"
+        let key = limits.keys.instances
         let id = instanceID
         let settings = limits
         let task = client.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(2)) { _ in

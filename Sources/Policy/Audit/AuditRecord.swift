@@ -106,16 +106,12 @@ public struct AuditRecord: Sendable, Equatable {
     static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
         if n < 0 { out.append(UInt8(ascii: "-")) }
         var v = n.magnitude
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat {
-                d[count] = UInt8(48 + v % 10)
-                v /= 10
-                count += 1
-            } while v > 0
-            for i in stride(from: count - 1, through: 0, by: -1) { out.append(d[i]) }
-        }
+        let start = out.count
+        repeat {
+            out.append(UInt8(48 + v % 10))
+            v /= 10
+        } while v > 0
+        out[start...].reverse()
     }
 
     /// RFC 3339 UTC with milliseconds.
@@ -127,34 +123,7 @@ public struct AuditRecord: Sendable, Equatable {
 
     static func appendTimestamp(_ ms: Int64, to out: inout [UInt8]) {
         let seconds = Int(ms >= 0 ? ms / 1000 : (ms - 999) / 1000)
-        let millis = Int(ms - Int64(seconds) * 1000)
-        let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
-        let rest = seconds - day * 86_400
-        let (y, m, d) = CivilDate.fromDays(day)
-        func digits(_ n: Int, _ width: Int) {
-            var div = 1
-            for _ in 1..<width { div *= 10 }
-            var v = n
-            while div > 0 {
-                out.append(UInt8(48 + (v / div) % 10))
-                v %= div
-                div /= 10
-            }
-        }
-        digits(y, 4)
-        out.append(UInt8(ascii: "-"))
-        digits(m, 2)
-        out.append(UInt8(ascii: "-"))
-        digits(d, 2)
-        out.append(UInt8(ascii: "T"))
-        digits(rest / 3600, 2)
-        out.append(UInt8(ascii: ":"))
-        digits(rest / 60 % 60, 2)
-        out.append(UInt8(ascii: ":"))
-        digits(rest % 60, 2)
-        out.append(UInt8(ascii: "."))
-        digits(millis, 3)
-        out.append(UInt8(ascii: "Z"))
+        CivilDate.appendRFC3339(seconds, millis: Int(ms - Int64(seconds) * 1000), to: &out)
     }
 }
 
@@ -211,6 +180,13 @@ public struct AuditChain: Sendable {
             return nil
         }
         return (String(line[..<range.lowerBound]) + "}", String(hash))
+    }
+
+    /// The chain's position after the record on `line` (to resume after a restart); nil when `line` is not
+    /// a sealed record.
+    public static func resuming(after line: Substring) -> AuditChain? {
+        guard let (body, hash) = split(line), let links = links(body) else { return nil }
+        return AuditChain(seq: links.seq, lastHash: hash)
     }
 
     /// The `seq` and `prev_hash` members of a canonical text (they are written by ``seal(_:)``, so plain

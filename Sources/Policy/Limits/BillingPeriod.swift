@@ -13,8 +13,7 @@ public struct BillingPeriod: Sendable, Equatable {
 
     /// The period containing `now`.
     public static func containing(_ now: Double, per: PlanConfig.QuotaPeriod, anchor: Int) -> BillingPeriod {
-        let seconds = Int(now.rounded(.down))
-        let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let day = CivilDate.day(of: Int(now.rounded(.down)))
         switch per {
         case .day:
             return BillingPeriod(start: day * 86_400, end: (day + 1) * 86_400)
@@ -34,7 +33,7 @@ public struct BillingPeriod: Sendable, Equatable {
     public func days(through: Double) -> [Int] {
         let last = min(end - 1, Int(through.rounded(.down)))
         guard last >= start else { return [] }
-        return Array(stride(from: start, through: last - last % 86_400, by: 86_400))
+        return Array(stride(from: start, through: CivilDate.dayStart(last), by: 86_400))
     }
 }
 
@@ -76,21 +75,50 @@ public enum CivilDate {
     static func previous(year: Int, month: Int) -> (Int, Int) { month == 1 ? (year - 1, 12) : (year, month - 1) }
     static func next(year: Int, month: Int) -> (Int, Int) { month == 12 ? (year + 1, 1) : (year, month + 1) }
 
-    /// `YYYY-MM-DD` of a day's midnight (seconds since the epoch).
-    public static func isoDate(_ seconds: Int) -> String {
-        let (y, m, d) = fromDays(seconds / 86_400)
-        return pad(y, 4) + "-" + pad(m, 2) + "-" + pad(d, 2)
-    }
+    /// Days since 1970-01-01 of a time (seconds since the epoch), rounding down also before 1970.
+    public static func day(of seconds: Int) -> Int { seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400 }
+
+    /// The UTC midnight (seconds since the epoch) of the day containing `seconds`.
+    public static func dayStart(_ seconds: Int) -> Int { day(of: seconds) * 86_400 }
+
+    /// `YYYY-MM-DD` of the day containing `seconds`.
+    public static func isoDate(_ seconds: Int) -> String { String(rfc3339(seconds).prefix(10)) }
 
     /// RFC 3339 UTC timestamp of whole seconds.
     public static func rfc3339(_ seconds: Int) -> String {
-        let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
-        let rest = seconds - day * 86_400
-        return isoDate(day * 86_400) + "T" + pad(rest / 3600, 2) + ":" + pad(rest / 60 % 60, 2) + ":" + pad(rest % 60, 2) + "Z"
+        var out: [UInt8] = []
+        appendRFC3339(seconds, to: &out)
+        return String(decoding: out, as: UTF8.self)
     }
 
-    static func pad(_ n: Int, _ width: Int) -> String {
-        let s = String(n)
-        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+    /// Appends `YYYY-MM-DDTHH:MM:SS[.mmm]Z` as bytes (no intermediate strings: the audit writer's hot path).
+    public static func appendRFC3339(_ seconds: Int, millis: Int? = nil, to out: inout [UInt8]) {
+        let day = day(of: seconds)
+        let rest = seconds - day * 86_400
+        let (y, m, d) = fromDays(day)
+        func digits(_ n: Int, _ width: Int) {
+            var div = 1
+            for _ in 1..<width { div *= 10 }
+            while div > 0 {
+                out.append(UInt8(48 + (n / div) % 10))
+                div /= 10
+            }
+        }
+        digits(y, 4)
+        out.append(UInt8(ascii: "-"))
+        digits(m, 2)
+        out.append(UInt8(ascii: "-"))
+        digits(d, 2)
+        out.append(UInt8(ascii: "T"))
+        digits(rest / 3600, 2)
+        out.append(UInt8(ascii: ":"))
+        digits(rest / 60 % 60, 2)
+        out.append(UInt8(ascii: ":"))
+        digits(rest % 60, 2)
+        if let millis {
+            out.append(UInt8(ascii: "."))
+            digits(millis, 3)
+        }
+        out.append(UInt8(ascii: "Z"))
     }
 }
