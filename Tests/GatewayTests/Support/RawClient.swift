@@ -52,10 +52,9 @@ final class RawConnection {
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard rc == 0 else {
-            Glibc.close(fd)
-            throw RawClientError(description: "connect to \(port) failed: errno \(errno)")
-        }
+        // No close here: a class whose stored properties are all set runs `deinit` when its init throws, and a
+        // second close could close a descriptor another thread has just been given.
+        guard rc == 0 else { throw RawClientError(description: "connect to \(port) failed: errno \(errno)") }
     }
 
     deinit { Glibc.close(fd) }
