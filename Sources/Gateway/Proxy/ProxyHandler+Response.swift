@@ -6,42 +6,38 @@ import Upstream
 /// The response half of ``ProxyHandler``: upstream responses streamed back, re-framed by the gateway.
 extension ProxyHandler: UpstreamResponseDelegate {
     func upstreamResponseHead(_ head: HTTPResponseHead) {
-        guard let ex = exchange, !ex.responseStarted else { return }
+        guard let ctx = current, ctx.connection != nil else { return }
+        let code = Int(head.status.code)
         var buffer = context.channel.allocator.buffer(capacity: 512)
-        writeStatusLine(&buffer, version: ex.head.version, status: head.status)
+        writeStatusLine(&buffer, version: ctx.head.version, status: head.status)
         let contentLength = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
             writeHeader(&buffer, name, value)
         }
-        let code = Int(head.status.code)
-        ex.status = code
-        let framing: Exchange.Framing
-        var extra: [(String, String)] = []
-        if ex.head.method == .HEAD || code < 200 || code == 204 || code == 304 {
+        let framing: ResponseFraming
+        if ctx.head.method == .HEAD || code < 200 || code == 204 || code == 304 {
             framing = .none
-            if let contentLength, code != 204 { extra.append(("Content-Length", String(contentLength))) }
+            if let contentLength, code != 204 { writeHeader(&buffer, "Content-Length", String(contentLength)) }
         } else if let contentLength {
             framing = .contentLength
-            extra.append(("Content-Length", String(contentLength)))
-        } else if ex.head.version.minor >= 1 {
+            writeHeader(&buffer, "Content-Length", String(contentLength))
+        } else if ctx.head.version.minor >= 1 {
             framing = .chunked
-            extra.append(("Transfer-Encoding", "chunked"))
+            buffer.writeStaticString("Transfer-Encoding: chunked\r\n")
         } else {
             framing = .closeDelimited
-            ex.keepAlive = false
         }
-        if noMoreRequests { ex.keepAlive = false }
-        ex.response = .streaming(framing)
-        for (name, value) in extra { writeHeader(&buffer, name, value) }
-        for (name, value) in ex.responseHeaders { writeHeader(&buffer, name, value) }
-        writeConnectionHeaders(&buffer, ex)
-        writeHeader(&buffer, "X-Request-ID", ex.requestID)
+        responseFraming = framing
+        let keepAlive = machine.responseHead(status: code, keepAliveAllowed: framing != .closeDelimited)
+        for (name, value) in ctx.responseHeaders { writeHeader(&buffer, name, value) }
+        writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
+        writeHeader(&buffer, "X-Request-ID", ctx.requestID)
         buffer.writeStaticString("\r\n")
         context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
-        guard let ex = exchange, case .streaming(let framing) = ex.response else { return }
-        switch framing {
+        guard let ctx = current, ctx.connection != nil else { return }
+        switch responseFraming {
         case .none:
             return
         case .chunked:
@@ -55,30 +51,31 @@ extension ProxyHandler: UpstreamResponseDelegate {
         case .contentLength, .closeDelimited:
             context.write(wrapOutboundOut(buffer), promise: nil)
         }
-        if !context.channel.isWritable { ex.connection?.setReadPaused(true) }
+        if !context.channel.isWritable {
+            // The client is not keeping up: stop reading the upstream until it drains (send_timeout bounds the wait).
+            ctx.connection?.setReadPaused(true)
+            machine.writabilityChanged(isWritable: false, now: .now())
+        }
     }
 
     func upstreamResponseEnd() {
-        guard let ex = exchange, case .streaming(let framing) = ex.response else { return }
-        if case .chunked = framing {
+        guard let ctx = current, ctx.connection != nil else { return }
+        if case .chunked = responseFraming {
             context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
         }
         context.flush()
-        ex.connection = nil
-        ex.response = .done
-        if ex.requestEnded || !ex.keepAlive {
-            finishExchange(ex)
-        }
+        ctx.connection = nil
+        if let end = machine.responseEnd(now: .now()) { finish(end) }
     }
 
     func upstreamFailed(_ error: UpstreamError) {
-        guard let ex = exchange else { return }
-        ex.connection = nil
-        upstreamFailedForExchange(ex, error)
+        guard let ctx = current, ctx.connection != nil else { return }
+        upstreamFailed(ctx, error)
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
-        if isWritable { resume(.upstreamBackpressure) } else { pause(.upstreamBackpressure) }
+        machine.setPaused(.upstreamBackpressure, !isWritable)
+        if isWritable { updateReading() }
     }
 
     func upstreamReadComplete() {
@@ -105,27 +102,26 @@ extension ProxyHandler: UpstreamResponseDelegate {
         buffer.writeStaticString("\r\n")
     }
 
-    func writeConnectionHeaders(_ buffer: inout ByteBuffer, _ ex: Exchange) {
-        if !ex.keepAlive {
+    func writeConnectionHeaders(_ buffer: inout ByteBuffer, version: HTTPVersion, keepAlive: Bool) {
+        if !keepAlive {
             buffer.writeStaticString("Connection: close\r\n")
-        } else if ex.head.version.minor == 0 {
+        } else if version.minor == 0 {
             buffer.writeStaticString("Connection: keep-alive\r\n")
         }
     }
 
     /// Writes a complete problem-document response (not flushed).
-    func writeProblem(_ denial: Denial, for ex: Exchange) {
-        ex.status = denial.status
-        let body = denial.document(requestID: ex.requestID)
+    func writeProblem(_ denial: Denial, for ctx: RequestContext, keepAlive: Bool) {
+        let body = denial.document(requestID: ctx.requestID)
         var buffer = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
-        writeStatusLine(&buffer, version: ex.head.version, status: HTTPResponseStatus(statusCode: denial.status))
+        writeStatusLine(&buffer, version: ctx.head.version, status: HTTPResponseStatus(statusCode: denial.status))
         writeHeader(&buffer, "Content-Type", "application/problem+json")
         writeHeader(&buffer, "Content-Length", String(body.utf8.count))
         for (name, value) in denial.headers { writeHeader(&buffer, name, value) }
-        writeConnectionHeaders(&buffer, ex)
-        writeHeader(&buffer, "X-Request-ID", ex.requestID)
+        writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
+        writeHeader(&buffer, "X-Request-ID", ctx.requestID)
         buffer.writeStaticString("\r\n")
-        if ex.head.method != .HEAD { buffer.writeString(body) }
+        if ctx.head.method != .HEAD { buffer.writeString(body) }
         context.write(wrapOutboundOut(buffer), promise: nil)
     }
 }

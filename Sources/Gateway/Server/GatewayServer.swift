@@ -358,7 +358,10 @@ public final class GatewayServer: Sendable {
     func metricsText() -> EventLoopFuture<String> {
         let futures = group.makeIterator().map { loop in
             let state = loops[ObjectIdentifier(loop)]!
-            return loop.submit { state.value.metrics.snapshot(leaseUnits: state.value.limiter.outstandingLeaseUnits) }
+            return loop.submit {
+                state.value.metrics.snapshot(
+                    leaseUnits: state.value.limiter.outstandingLeaseUnits, connections: state.value.connectionCounts())
+            }
         }
         let snapshot = self.snapshot
         return EventLoopFuture.whenAllSucceed(futures, on: group.next()).map { parts in

@@ -42,6 +42,8 @@ final class LoopMetrics {
     var storeDurations = Histogram()
     /// Requests admitted by the local fallback bucket while the store failed (`on_failure: open`).
     var failOpenAdmitted = 0
+    /// Exchanges started and not yet ended (`gatehouse_exchanges_in_flight`).
+    var exchangesInFlight = 0
 
     func record(route: String, status: Int, decision: String, code: String, seconds: Double) {
         requests[RequestKey(route: route, status: status, decision: decision, code: code), default: 0] += 1
@@ -53,12 +55,24 @@ final class LoopMetrics {
     }
 
     /// A copy of the current values (taken on the loop, merged elsewhere).
-    func snapshot(leaseUnits: Int) -> MetricsSnapshot {
-        MetricsSnapshot(
+    func snapshot(leaseUnits: Int, connections: [UpstreamConnectionKey: (idle: Int, busy: Int)]) -> MetricsSnapshot {
+        var s = MetricsSnapshot(
             requests: requests, durations: durations, upstreamDurations: upstreamDurations,
             ratelimitDenied: ratelimitDenied, storeErrors: storeErrors, storeDurations: storeDurations,
             failOpenAdmitted: failOpenAdmitted, leaseUnits: leaseUnits)
+        s.exchangesInFlight = exchangesInFlight
+        for (key, c) in connections {
+            s.idleConnections[key] = c.idle
+            s.busyConnections[key] = c.busy
+        }
+        return s
     }
+}
+
+/// One upstream target, as the connection gauges label it.
+struct UpstreamConnectionKey: Hashable, Sendable {
+    var upstream: String
+    var target: String
 }
 
 /// Plain values of one or more loops' metrics.
@@ -75,6 +89,9 @@ struct MetricsSnapshot: Sendable {
     var liveInstances = 1
     var auditQueueDepth = 0
     var auditWritten = 0
+    var exchangesInFlight = 0
+    var idleConnections: [UpstreamConnectionKey: Int] = [:]
+    var busyConnections: [UpstreamConnectionKey: Int] = [:]
 
     mutating func merge(_ other: MetricsSnapshot) {
         requests.merge(other.requests, uniquingKeysWith: +)
@@ -83,6 +100,9 @@ struct MetricsSnapshot: Sendable {
         storeDurations.merge(other.storeDurations)
         failOpenAdmitted += other.failOpenAdmitted
         leaseUnits += other.leaseUnits
+        exchangesInFlight += other.exchangesInFlight
+        idleConnections.merge(other.idleConnections, uniquingKeysWith: +)
+        busyConnections.merge(other.busyConnections, uniquingKeysWith: +)
         for (k, v) in other.durations { durations[k, default: .init()].merge(v) }
         for (k, v) in other.upstreamDurations { upstreamDurations[k, default: .init()].merge(v) }
     }

@@ -10,7 +10,11 @@ final class LoopState {
     let eventLoop: EventLoop
     let loopCount: Int
     let logger: Logger
+    /// Wall-clock time for policy (token expiry, buckets, periods, audit timestamps).
+    let clock: WallClock
     private(set) var snapshot: RuntimeSnapshot
+    /// Client connection limits and timeouts, from the snapshot's `server` section.
+    private(set) var connectionConfiguration: ClientConnectionStateMachine.Configuration
     private(set) var groups: [String: UpstreamGroup]
     private var connections: [ObjectIdentifier: ProxyHandler] = [:]
     let metrics = LoopMetrics()
@@ -28,9 +32,11 @@ final class LoopState {
 
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
-        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?
+        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?, clock: WallClock = .system
     ) {
         self.eventLoop = eventLoop
+        self.clock = clock
+        self.connectionConfiguration = Self.connectionConfiguration(snapshot.config.server)
         self.audit = audit
         self.loopCount = loopCount
         self.logger = logger
@@ -63,15 +69,37 @@ final class LoopState {
     func install(_ newSnapshot: RuntimeSnapshot) {
         let old = groups
         snapshot = newSnapshot
+        connectionConfiguration = Self.connectionConfiguration(newSnapshot.config.server)
         tokenCache.clear()
         groups = newSnapshot.upstreams.makeGroups(on: eventLoop, loopCount: loopCount)
         for g in old.values { g.close() }
     }
 
+    static func connectionConfiguration(_ s: ServerConfig) -> ClientConnectionStateMachine.Configuration {
+        ClientConnectionStateMachine.Configuration(
+            idleTimeout: .nanoseconds(s.idleTimeout), headerTimeout: .nanoseconds(min(s.headerTimeout, s.requestTimeout)),
+            requestTimeout: .nanoseconds(s.requestTimeout), sendTimeout: .nanoseconds(s.sendTimeout),
+            maxPipelinedRequests: s.maxPipelinedRequests, maxReadAheadBytes: s.maxReadAheadBytes,
+            chunkedHoldBytes: 64 * 1024, linger: .seconds(2))
+    }
+
+    /// Upstream connections by upstream and target: (idle, busy).
+    func connectionCounts() -> [UpstreamConnectionKey: (idle: Int, busy: Int)] {
+        var counts: [UpstreamConnectionKey: (idle: Int, busy: Int)] = [:]
+        for (name, group) in groups {
+            for pool in group.pools {
+                let key = UpstreamConnectionKey(upstream: name, target: pool.target.description)
+                let c = counts[key] ?? (0, 0)
+                counts[key] = (c.idle + pool.idleCount, c.busy + pool.busyCount)
+            }
+        }
+        return counts
+    }
+
     /// Starts the periodic check of every connection's deadlines (idle, header, request, upstream response).
     func startSweeper() {
         let s = snapshot.config.server
-        let shortest = min(s.idleTimeout, s.headerTimeout, s.requestTimeout)
+        let shortest = min(s.idleTimeout, s.headerTimeout, s.requestTimeout, s.sendTimeout)
         let tick = max(20_000_000, min(500_000_000, shortest / 5))
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         sweepTask = eventLoop.scheduleRepeatedTask(
@@ -86,7 +114,7 @@ final class LoopState {
         for group in groups.values { group.sweep(now: now) }
         if now - lastLimiterSweep >= .seconds(1) {
             lastLimiterSweep = now
-            limiter.sweep(now: ProxyHandler.wallClock())
+            limiter.sweep(now: clock.now())
         }
     }
 

@@ -24,6 +24,15 @@ enum MetricsText {
         out += single("gatehouse_live_instances", "gauge", "Gateway instances sharing the store, as last counted in Redis.", m.liveInstances)
         out += single("gatehouse_audit_queue_depth", "gauge", "Audit records queued and not yet written.", m.auditQueueDepth)
         out += single("gatehouse_audit_records_total", "counter", "Audit records written to every sink.", m.auditWritten)
+        out += single("gatehouse_exchanges_in_flight", "gauge", "Client exchanges started and not yet ended.", m.exchangesInFlight)
+        out += "# HELP gatehouse_upstream_connections Open upstream connections, idle in the pool or busy with an exchange.\n"
+        out += "# TYPE gatehouse_upstream_connections gauge\n"
+        let keys = Set(m.idleConnections.keys).union(m.busyConnections.keys).sorted { ($0.upstream, $0.target) < ($1.upstream, $1.target) }
+        for k in keys {
+            for (state, n) in [("idle", m.idleConnections[k] ?? 0), ("busy", m.busyConnections[k] ?? 0)] {
+                out += "gatehouse_upstream_connections{upstream=\(label(k.upstream)),target=\(label(k.target)),state=\"\(state)\"} \(n)\n"
+            }
+        }
         out += "# HELP gatehouse_upstream_healthy 1 when the target passes its health checks.\n"
         out += "# TYPE gatehouse_upstream_healthy gauge\n"
         for (name, entry) in registry.upstreams.sorted(by: { $0.key < $1.key }) {

@@ -11,8 +11,8 @@ extension ConfigLoader {
                 at, "server",
                 allowed: [
                     "listen", "threads", "admin_listen", "admin_token_env", "max_header_bytes", "max_body_bytes",
-                    "idle_timeout", "header_timeout", "request_timeout", "drain_timeout", "max_connections",
-                    "max_pipelined_requests",
+                    "idle_timeout", "header_timeout", "request_timeout", "send_timeout", "drain_timeout",
+                    "max_connections", "max_pipelined_requests", "max_read_ahead_bytes",
                 ])
         else { return nil }
         var s = ServerConfig()
@@ -31,12 +31,20 @@ extension ConfigLoader {
         if let v = f["idle_timeout"], let d = r.duration(v, "server.idle_timeout") { s.idleTimeout = d }
         if let v = f["header_timeout"], let d = r.duration(v, "server.header_timeout") { s.headerTimeout = d }
         if let v = f["request_timeout"], let d = r.duration(v, "server.request_timeout") { s.requestTimeout = d }
+        if let v = f["send_timeout"], let d = r.duration(v, "server.send_timeout") { s.sendTimeout = d }
         if let v = f["drain_timeout"], let d = r.duration(v, "server.drain_timeout") { s.drainTimeout = d }
         if let v = f["max_connections"], let n = r.int(v, "server.max_connections", min: 1, max: 1_000_000) {
             s.maxConnections = n
         }
         if let v = f["max_pipelined_requests"], let n = r.int(v, "server.max_pipelined_requests", min: 1, max: 1024) {
             s.maxPipelinedRequests = n
+        }
+        if let v = f["max_read_ahead_bytes"], let n = r.size(v, "server.max_read_ahead_bytes") {
+            if n < 1024 {
+                r.problem(v, "server.max_read_ahead_bytes must be at least 1KiB")
+            } else {
+                s.maxReadAheadBytes = n
+            }
         }
         if let admin = s.adminListen, admin == s.listen, admin.port != 0 {
             r.problem(f["admin_listen"]!, "server.admin_listen must differ from server.listen")

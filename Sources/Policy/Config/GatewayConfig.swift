@@ -77,12 +77,17 @@ public struct ServerConfig: Sendable {
     public var headerTimeout: Int64 = 10_000_000_000
     /// A request's headers and body must arrive within this long of its first byte (ns); else 408 and close.
     public var requestTimeout: Int64 = 30_000_000_000
+    /// A client that accepts no byte of a pending response for this long is closed, with its upstream
+    /// connection (ns).
+    public var sendTimeout: Int64 = 60_000_000_000
     /// On SIGTERM, in-flight requests get this long to finish (ns).
     public var drainTimeout: Int64 = 10_000_000_000
     /// Open client connections at most; further connections are closed at accept.
     public var maxConnections = 10_000
     /// Requests a client may pipeline ahead of the one being answered before reading pauses.
     public var maxPipelinedRequests = 16
+    /// Bytes of pipelined input held behind the running exchange before reading pauses.
+    public var maxReadAheadBytes = 256 * 1024
 
     public init() {}
 }

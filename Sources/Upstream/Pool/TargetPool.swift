@@ -3,34 +3,33 @@ import NIOHTTP1
 import NIOPosix
 import Policy
 
-/// The keep-alive connections of one event loop to one upstream target.
+/// The keep-alive connections of one event loop to one upstream target: the executor of a
+/// ``TargetPoolStateMachine``.
 ///
 /// Lives on its loop and is used only there, so a proxied request never hops threads. Holds at most
-/// `maxConnections` open connections; requests beyond that wait (bounded by the connect timeout) for one
-/// to be released.
+/// `maxConnections` open connections; requests beyond that wait (bounded by the connect timeout) for one to be
+/// released, and can leave the queue (``cancel(_:)``) when their client goes away.
 public final class TargetPool {
     public typealias Acquired = (Result<UpstreamConnection, UpstreamError>) -> Void
 
-    private struct Waiter {
-        var deadline: NIODeadline
-        var callback: Acquired
+    /// The answer to ``acquire(_:)``.
+    public enum Acquisition {
+        /// An idle connection, handed out synchronously (the callback is not called).
+        case ready(UpstreamConnection)
+        /// Queued: the callback is called once, unless ``cancel(_:)`` comes first.
+        case waiting(TargetPoolStateMachine.WaiterID)
+        case failed(UpstreamError)
     }
 
     public let target: HostPort
     public let health: TargetHealth
     let address: SocketAddress
     let eventLoop: EventLoop
-    let maxConnections: Int
     let connectTimeout: TimeAmount
-    let keepaliveTimeout: TimeAmount
-    private var idle: [UpstreamConnection] = []
-    private var busy: [ObjectIdentifier: UpstreamConnection] = [:]
-    private var waiters = CircularBuffer<Waiter>()
-    /// Connections open or opening (idle + busy + connecting).
-    public private(set) var openCount = 0
-    /// Exchanges in progress through this pool (for least-connections balancing).
-    public private(set) var inFlight = 0
-    private var closed = false
+    private var machine: TargetPoolStateMachine
+    private var connections: [TargetPoolStateMachine.ConnectionID: UpstreamConnection] = [:]
+    private var waiters: [TargetPoolStateMachine.WaiterID: Acquired] = [:]
+    private var nextID = 0
 
     init(
         target: HostPort, address: SocketAddress, health: TargetHealth, eventLoop: EventLoop, maxConnections: Int,
@@ -40,82 +39,50 @@ public final class TargetPool {
         self.address = address
         self.health = health
         self.eventLoop = eventLoop
-        self.maxConnections = max(1, maxConnections)
         self.connectTimeout = connectTimeout
-        self.keepaliveTimeout = keepaliveTimeout
+        self.machine = TargetPoolStateMachine(maxConnections: maxConnections, keepalive: keepaliveTimeout)
     }
 
-    /// The fast path: an idle keep-alive connection, handed out synchronously (no callback), or nil.
-    public func takeIdle() -> UpstreamConnection? {
-        guard !closed else { return nil }
-        while let conn = idle.popLast() {
-            if conn.isOpen {
-                conn.idleSince = nil
-                busy[ObjectIdentifier(conn)] = conn
-                inFlight += 1
-                return conn
-            }
-            openCount -= 1
-        }
-        return nil
-    }
+    /// Connections open or opening.
+    public var openCount: Int { machine.openCount }
+    public var idleCount: Int { machine.idleCount }
+    public var busyCount: Int { machine.busyCount }
+    /// Exchanges using or waiting for this target (for least-connections balancing).
+    public var inFlight: Int { machine.load }
 
-    /// Hands out a connection: an idle one, a new one, or the next one released.
-    public func acquire(_ callback: @escaping Acquired) {
-        inFlight += 1
-        let counted: Acquired = { [unowned self] result in
-            if case .failure = result { self.inFlight -= 1 }
-            callback(result)
-        }
-        guard !closed else {
-            counted(.failure(.connectFailed("pool closed")))
-            return
-        }
-        while let conn = idle.popLast() {
-            if conn.isOpen {
-                conn.idleSince = nil
-                busy[ObjectIdentifier(conn)] = conn
-                counted(.success(conn))
-                return
-            }
-            openCount -= 1
-        }
-        if openCount < maxConnections {
-            connect(counted)
-        } else {
-            waiters.append(Waiter(deadline: .now() + connectTimeout, callback: counted))
+    /// A connection for one exchange: an idle one at once, or the next one opened or released.
+    public func acquire(_ callback: @escaping Acquired) -> Acquisition {
+        nextID += 1
+        let waiter = nextID
+        switch machine.request(waiter, deadline: .now() + connectTimeout) {
+        case .use(let id):
+            guard let conn = connections[id] else { return .failed(.connectFailed("pool lost a connection")) }
+            return .ready(conn)
+        case .wait(let connect):
+            waiters[waiter] = callback
+            if connect { self.connect() }
+            return .waiting(waiter)
+        case .fail(let error):
+            return .failed(error)
         }
     }
 
-    /// The exchange ended (or failed): the connection's way back. Called by the connection itself.
-    public func release(_ conn: UpstreamConnection, reusable: Bool) {
-        let id = ObjectIdentifier(conn)
-        if busy.removeValue(forKey: id) != nil {
-            inFlight -= 1
-        } else if let i = idle.firstIndex(where: { $0 === conn }) {
-            idle.remove(at: i)
-        } else {
-            return
-        }
-        if reusable && !closed {
-            if let waiter = waiters.popFirst() {
-                busy[id] = conn
-                waiter.callback(.success(conn))
-            } else {
-                conn.idleSince = .now()
-                idle.append(conn)
-            }
-            return
-        }
-        openCount -= 1
-        if let waiter = waiters.popFirst(), !closed {
-            connect(waiter.callback)
-        }
+    /// The waiter leaves the queue; its callback will not be called.
+    public func cancel(_ waiter: TargetPoolStateMachine.WaiterID) {
+        guard waiters.removeValue(forKey: waiter) != nil else { return }
+        machine.cancel(waiter)
     }
 
-    private func connect(_ callback: @escaping Acquired) {
-        openCount += 1
+    /// A lease ended (called by the connection): back to idle (or to a waiter), or off the books.
+    func release(_ conn: UpstreamConnection, reusable: Bool) {
+        if !reusable { connections.removeValue(forKey: conn.id) }
+        run(machine.release(conn.id, reusable: reusable, now: .now()))
+    }
+
+    private func connect() {
         let target = self.target
+        nextID += 1
+        let id = nextID
         let future = ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -124,7 +91,7 @@ public final class TargetPool {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try sync.addHandler(UpstreamConnection())
+                    try sync.addHandler(UpstreamConnection(id: id))
                 }
             }
             .connect(to: address)
@@ -134,54 +101,55 @@ public final class TargetPool {
                 guard let self, let conn = try? channel.pipeline.syncOperations.handler(type: UpstreamConnection.self)
                 else {
                     channel.close(promise: nil)
-                    callback(.failure(.connectFailed("pool gone")))
                     return
                 }
                 conn.pool = self
-                self.busy[ObjectIdentifier(conn)] = conn
-                callback(.success(conn))
+                self.connections[id] = conn
+                self.run(self.machine.connected(id, now: .now()))
             case .failure(let error):
-                self?.openCount -= 1
+                guard let self else { return }
                 let message = "\(target): \(error)"
-                if error is ChannelError, case .connectTimeout = error as! ChannelError {
-                    callback(.failure(.connectTimeout(message)))
+                let failure: UpstreamError
+                if let e = error as? ChannelError, case .connectTimeout = e {
+                    failure = .connectTimeout(message)
                 } else {
-                    callback(.failure(.connectFailed(message)))
+                    failure = .connectFailed(message)
                 }
+                self.run(self.machine.connectFailed(failure))
             }
         }
     }
 
     /// Expires waiters, closes connections idle too long and times out overdue responses.
     public func sweep(now: NIODeadline) {
-        while let first = waiters.first, now >= first.deadline {
-            _ = waiters.popFirst()
-            first.callback(.failure(.poolExhausted("no free connection to \(target) within the connect timeout")))
-        }
-        var i = 0
-        while i < idle.count {
-            if let since = idle[i].idleSince, now - since >= keepaliveTimeout {
-                let conn = idle.remove(at: i)
-                openCount -= 1
-                conn.pool = nil
-                conn.closeIdle()
-            } else {
-                i += 1
-            }
-        }
-        for conn in busy.values { conn.checkTimeout(now: now) }
+        run(machine.sweep(now: now))
+        for conn in Array(connections.values) { conn.checkTimeout(now: now) }
     }
 
-    /// Closes every idle connection and refuses new work (shutdown).
+    /// Closes every idle connection and refuses new work (shutdown); busy connections close when released.
     public func close() {
-        closed = true
-        for conn in idle {
-            conn.pool = nil
-            conn.closeIdle()
+        run(machine.close())
+    }
+
+    private func run(_ actions: [TargetPoolStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .handOut(let id, let waiter):
+                let callback = waiters.removeValue(forKey: waiter)
+                switch (connections[id], callback) {
+                case (let conn?, let callback?): callback(.success(conn))
+                case (nil, let callback?): callback(.failure(.connectFailed("pool lost a connection")))
+                case (_?, nil): run(machine.release(id, reusable: true, now: .now()))  // nobody left to use it
+                case (nil, nil): break
+                }
+            case .connect:
+                connect()
+            case .fail(let waiter, let error):
+                waiters.removeValue(forKey: waiter)?(.failure(error))
+            case .close(let id):
+                connections.removeValue(forKey: id)?.closeIdle()
+            }
         }
-        openCount -= idle.count
-        idle.removeAll()
-        while let w = waiters.popFirst() { w.callback(.failure(.connectFailed("gateway shutting down"))) }
     }
 }
 

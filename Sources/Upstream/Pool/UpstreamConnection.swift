@@ -15,73 +15,52 @@ public protocol UpstreamResponseDelegate: AnyObject {
     func upstreamReadComplete()
 }
 
-/// One keep-alive HTTP/1.1 connection to an upstream target, the last handler of its pipeline.
+/// One keep-alive HTTP/1.1 connection to an upstream target, the last handler of its pipeline: the executor
+/// of an ``UpstreamConnectionStateMachine``.
 ///
-/// Carries one exchange at a time. A connection whose response was malformed, cut short or timed out is
-/// closed and never reused. Reading can be paused by the delegate for response back-pressure.
+/// Carries one exchange at a time. Every lease ends exactly once, and its end is reported to the pool then:
+/// reusable after a clean keep-alive response, closed otherwise (failure, timeout, abandonment, early answer).
+/// Reading can be paused by the delegate for response back-pressure.
 public final class UpstreamConnection: ChannelDuplexHandler {
     public typealias InboundIn = HTTPClientResponsePart
     public typealias OutboundIn = HTTPClientRequestPart
     public typealias OutboundOut = HTTPClientRequestPart
 
-    private enum State {
-        case idle
-        case active(UpstreamResponseDelegate)
-        case closed
-    }
-
-    private var state: State = .idle
+    private var machine = UpstreamConnectionStateMachine()
+    private var delegate: UpstreamResponseDelegate?
     private var context: ChannelHandlerContext?
+    /// The pool's name for this connection.
+    let id: Int
     weak var pool: TargetPool?
-    /// Set while a request is outstanding: when the response head must have arrived.
-    var responseDeadline: NIODeadline?
-    /// Set while idle in the pool: when the connection is closed for disuse.
-    var idleSince: NIODeadline?
-    private var requestComplete = false
-    private var responseHeadSeen = false
-    private var responseKeepAlive = true
     private var readPaused = false
     private var readPending = false
-    /// Bytes of the request have been written (retries of non-idempotent requests are unsafe).
-    public private(set) var requestBytesSent = false
 
-    public init() {}
+    init(id: Int) { self.id = id }
 
-    public var isOpen: Bool {
-        if case .closed = state { return false }
-        return context?.channel.isActive ?? false
-    }
-
+    public var isOpen: Bool { !machine.isClosed && (context?.channel.isActive ?? false) }
     public var isWritable: Bool { context?.channel.isWritable ?? false }
 
     public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     // MARK: Exchange API (called by the delegate, on this loop)
 
-    /// Starts an exchange: writes the request head. `requestComplete` is set by ``sendEnd()``.
-    public func begin(head: HTTPRequestHead, delegate: UpstreamResponseDelegate, responseTimeout: TimeAmount) {
-        guard let context, case .idle = state else {
-            delegate.upstreamFailed(.connectionClosed("upstream connection is not idle"))
-            return
-        }
-        state = .active(delegate)
-        idleSince = nil
-        requestComplete = false
-        responseHeadSeen = false
-        responseKeepAlive = true
-        requestBytesSent = true
-        responseDeadline = .now() + responseTimeout
+    /// Starts an exchange by writing the request head; false when the connection cannot take it (the delegate
+    /// is not called back then).
+    public func begin(head: HTTPRequestHead, delegate: UpstreamResponseDelegate, responseTimeout: TimeAmount) -> Bool {
+        guard let context, machine.begin(deadline: .now() + responseTimeout) == .writeHead else { return false }
+        self.delegate = delegate
         context.write(wrapOutboundOut(.head(head)), promise: nil)
+        return true
     }
 
     public func sendBody(_ buffer: ByteBuffer) {
-        guard let context, case .active = state else { return }
+        guard let context, delegate != nil else { return }
         context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
     }
 
     public func sendEnd() {
-        guard let context, case .active = state else { return }
-        requestComplete = true
+        guard let context, delegate != nil else { return }
+        machine.requestEndSent()
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
@@ -96,11 +75,10 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         }
     }
 
-    /// Abandons the current exchange (the client went away): the connection is closed, never reused.
+    /// Abandons the current exchange (the client went away, or it was denied mid-way): the connection is
+    /// closed, never reused, and its lease is released as closed.
     public func abandon() {
-        guard case .active = state else { return }
-        state = .closed
-        context?.close(promise: nil)
+        run(machine.abandon())
     }
 
     // MARK: Channel events
@@ -114,82 +92,78 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .active(let delegate) = state else {
-            // A response nobody asked for: the connection's framing can no longer be trusted.
-            state = .closed
-            context.close(promise: nil)
-            return
-        }
         switch unwrapInboundIn(data) {
         case .head(let head):
-            responseHeadSeen = true
-            responseDeadline = nil
-            responseKeepAlive = head.isKeepAlive
-            delegate.upstreamResponseHead(head)
-        case .body(let buffer):
-            delegate.upstreamResponseBody(buffer)
-        case .end:
-            let reusable = responseKeepAlive && requestComplete
-            responseDeadline = nil
-            if reusable {
-                state = .idle
-                requestBytesSent = false
-                setReadPaused(false)
-            } else {
-                state = .closed
-                context.close(promise: nil)
+            switch machine.responseHead(keepAlive: head.isKeepAlive) {
+            case .forwardHead: delegate?.upstreamResponseHead(head)
+            case let other: run(other)
             }
-            pool?.release(self, reusable: reusable)
-            delegate.upstreamResponseEnd()
+        case .body(let buffer):
+            switch machine.responseBody() {
+            case .forwardBody: delegate?.upstreamResponseBody(buffer)
+            case let other: run(other)
+            }
+        case .end:
+            run(machine.responseEnd())
         }
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        if case .active(let delegate) = state { delegate.upstreamReadComplete() }
+        delegate?.upstreamReadComplete()
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .active(let delegate) = state { delegate.upstreamWritabilityChanged(isWritable: context.channel.isWritable) }
+        delegate?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
         context.fireChannelWritabilityChanged()
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
-        fail(.malformedResponse("\(error)"))
-        context.close(promise: nil)
+        run(machine.errorCaught("\(error)"))
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        fail(.connectionClosed(responseHeadSeen ? "upstream closed mid-response" : "upstream closed before responding"))
+        run(machine.channelInactive())
         context.fireChannelInactive()
     }
 
     /// Closes a connection the pool no longer keeps (idle too long, or the pool is closing).
     func closeIdle() {
-        state = .closed
-        context?.close(promise: nil)
+        run(machine.closeIdle())
     }
 
     /// Called by the pool's sweep: fails the exchange if the response head is overdue.
     func checkTimeout(now: NIODeadline) {
-        if let deadline = responseDeadline, now >= deadline {
-            fail(.responseTimeout("no response within the response timeout"))
-        }
+        run(machine.checkTimeout(now: now))
     }
 
-    private func fail(_ error: UpstreamError) {
-        let previous = state
-        state = .closed
-        responseDeadline = nil
-        switch previous {
-        case .active(let delegate):
-            pool?.release(self, reusable: false)
-            context?.close(promise: nil)
-            delegate.upstreamFailed(error)
-        case .idle:
-            pool?.release(self, reusable: false)
-            context?.close(promise: nil)
-        case .closed:
+    private func run(_ action: UpstreamConnectionStateMachine.Action) {
+        switch action {
+        case .none, .writeHead, .forwardHead, .forwardBody, .refuseBegin:
             break
+        case .forwardEnd(let release):
+            let d = delegate
+            delegate = nil
+            if release == .closed {
+                context?.close(promise: nil)
+            } else {
+                setReadPaused(false)
+            }
+            pool?.release(self, reusable: release == .reusable)
+            d?.upstreamResponseEnd()
+        case .failExchange(let error):
+            let d = delegate
+            delegate = nil
+            context?.close(promise: nil)
+            pool?.release(self, reusable: false)
+            d?.upstreamFailed(error)
+        case .abandon:
+            delegate = nil
+            context?.close(promise: nil)
+            pool?.release(self, reusable: false)
+        case .closeIdle:
+            delegate = nil
+            context?.close(promise: nil)
+            pool?.release(self, reusable: false)
         }
     }
 }

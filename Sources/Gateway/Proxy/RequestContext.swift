@@ -1,0 +1,71 @@
+import NIOCore
+import NIOHTTP1
+import Policy
+import Upstream
+
+/// What the phases of one request read and write: the request, what each phase decided, and the upstream it
+/// was given. Lifecycle (what has been sent and answered, how it ends) is not here: it is the
+/// ``ClientConnectionStateMachine``'s.
+final class RequestContext {
+    /// The phases, in the order the request walks them (``RequestPhases``).
+    enum Phase: Int {
+        case validate, route, authenticate, gate, charge, reserveAudit, forward
+    }
+
+    let requestID: String
+    let start: NIODeadline
+    let head: HTTPRequestHead
+    var phase: Phase = .validate
+    /// Set by `validate`.
+    var framing: HeaderRewriter.BodyFraming = .none
+    var host: String?
+    var path: Substring = ""
+    var query: Substring = ""
+    var expectContinue = false
+    /// Set by `route`.
+    var route: RouteConfig?
+    var routeName = "-"
+    var upstreamName = "-"
+    /// Set by `authenticate`.
+    var caller = Caller()
+    /// Set by `gate`: headers added to the client's response (e.g. `Gatehouse-Billing: past_due`) and the body
+    /// limit (the server's, or the plan's when lower).
+    var responseHeaders: [(String, String)] = []
+    var bodyLimit = Int.max
+    /// Set by `charge`: the tenant's plan (for metrics) and whether the local fallback bucket admitted it.
+    var plan = "-"
+    var failOpen = false
+    /// Set by `reserveAudit`: a place in the audit queue is held for this request's record.
+    var auditReserved = false
+    /// Set by `forward`: the upstream, the request for it, the pool and connection in use.
+    var group: UpstreamGroup?
+    var upstreamHead: HTTPRequestHead?
+    var pool: TargetPool?
+    var connection: UpstreamConnection?
+    var waiter: TargetPoolStateMachine.WaiterID?
+    var upstreamStart: NIODeadline?
+    var attempts = 0
+    /// Body parts held until a connection is attached.
+    var held: [ByteBuffer] = []
+
+    init(requestID: String, head: HTTPRequestHead, start: NIODeadline) {
+        self.requestID = requestID
+        self.head = head
+        self.start = start
+    }
+
+    /// Retrying is safe when nothing reached the upstream, or the method is idempotent and has no body.
+    func mayRetry(after error: UpstreamError, retries: Int) -> Bool {
+        guard attempts <= retries else { return false }
+        if error.nothingSent { return true }
+        let idempotent: Bool
+        switch head.method {
+        case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: idempotent = true
+        default: idempotent = false
+        }
+        return idempotent && framing == .none && !error.isTimeout
+    }
+}
+
+@available(*, unavailable)
+extension RequestContext: Sendable {}

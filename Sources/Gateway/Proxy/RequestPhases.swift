@@ -1,0 +1,205 @@
+import NIOCore
+import NIOHTTP1
+import Policy
+import Upstream
+
+/// The request path before forwarding, as ordered steps over one ``RequestContext`` (the shape of pingora's
+/// proxy phases): validate → route → authenticate (credentials and tenant) → gate → charge → reserve the
+/// audit record's place → forward. Each returns `next`, `deny` or `await` (it calls `resume` later, on the
+/// loop). The remaining steps, respond and record, are the ``ProxyHandler``'s: they follow the upstream's
+/// response and the exchange's end.
+struct RequestPhases {
+    enum Outcome {
+        case next
+        case deny(Denial)
+        /// The phase finishes later through its `resume` callback.
+        case await
+    }
+
+    typealias Resume = (Outcome) -> Void
+
+    let loop: LoopState
+    let clientAddress: String
+
+    var server: ServerConfig { loop.snapshot.config.server }
+
+    /// Runs `ctx.phase`.
+    func run(_ ctx: RequestContext, resume: @escaping Resume) -> Outcome {
+        switch ctx.phase {
+        case .validate: return validate(ctx)
+        case .route: return route(ctx)
+        case .authenticate: return authenticate(ctx)
+        case .gate: return gate(ctx)
+        case .charge: return charge(ctx, resume: resume)
+        case .reserveAudit: return reserveAudit(ctx, resume: resume)
+        case .forward: return forward(ctx)
+        }
+    }
+
+    /// Framing and request line (smuggling defences), then the body limit's first check.
+    func validate(_ ctx: RequestContext) -> Outcome {
+        switch RequestValidation.check(ctx.head, maxHeaderBytes: server.maxHeaderBytes) {
+        case .failure(let denial):
+            return .deny(denial)
+        case .success(let checked):
+            ctx.framing = checked.framing
+            ctx.host = checked.host
+            ctx.path = checked.path
+            ctx.query = checked.query
+            ctx.expectContinue = checked.expectContinue && ctx.head.version.minor == 1
+            ctx.bodyLimit = server.maxBodyBytes
+            return .next
+        }
+    }
+
+    func route(_ ctx: RequestContext) -> Outcome {
+        let snapshot = loop.snapshot
+        guard let index = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue) else {
+            return .deny(.routeNotFound())
+        }
+        let route = snapshot.config.routes[index]
+        ctx.route = route
+        ctx.routeName = route.name
+        ctx.upstreamName = route.upstream
+        return .next
+    }
+
+    /// Credentials (bearer token or API key), then the tenant they name, then the route's roles.
+    func authenticate(_ ctx: RequestContext) -> Outcome {
+        guard let route = ctx.route else { return .deny(.routeNotFound()) }
+        let snapshot = loop.snapshot
+        let identity = snapshot.identity
+        let headers = ctx.head.headers
+        let input = IdentityResolver.Input(
+            authorization: headers["authorization"], apiKey: headers[identity.config.apiKeyHeader],
+            tenantHeader: headers[identity.config.tenantHeader])
+        let cache = loop.tokenCache
+        let now = loop.clock.now()
+        let result = identity.resolve(input, route: route) { token in
+            cache.verify(token, now: now, leeway: { snapshot.leeways[$0] ?? 0 }) { snapshot.verifier.verify($0, now: now) }
+        }
+        switch result {
+        case .failure(let denial): return .deny(denial)
+        case .success(let caller):
+            ctx.caller = caller
+            return .next
+        }
+    }
+
+    /// Subscription state, plan and feature; the plan's body limit.
+    func gate(_ ctx: RequestContext) -> Outcome {
+        guard let route = ctx.route else { return .deny(.routeNotFound()) }
+        if let tenant = ctx.caller.tenant, let record = ctx.caller.record {
+            switch Gate.check(route: route, tenant: tenant, record: record, config: loop.snapshot.config, now: loop.clock.now()) {
+            case .failure(let denial):
+                return .deny(denial)
+            case .success(let outcome):
+                ctx.responseHeaders = outcome.responseHeaders
+                if let cap = outcome.maxBodyBytes { ctx.bodyLimit = min(ctx.bodyLimit, cap) }
+            }
+        } else if route.minPlan != nil || route.feature != nil {
+            return .deny(.tenantRequired("Route '\(route.name)' is gated by plan and needs a tenant."))
+        }
+        if case .contentLength(let n) = ctx.framing, n > ctx.bodyLimit {
+            return .deny(.payloadTooLarge(limit: ctx.bodyLimit, close: true))
+        }
+        return .next
+    }
+
+    /// Buckets and quota (may wait for Redis; body parts are held meanwhile).
+    func charge(_ ctx: RequestContext, resume: @escaping Resume) -> Outcome {
+        guard let route = ctx.route, let record = ctx.caller.record else { return .next }
+        let now = loop.clock.now()
+        guard let charge = RatePolicy.charge(route: route, caller: ctx.caller, record: record, config: loop.snapshot.config, now: now)
+        else { return .next }
+        ctx.plan = charge.plan
+        var outcome: Outcome? = nil
+        var waiting = false
+        loop.limiter.charge(charge, now: now, requestID: ctx.requestID) { [loop] limit in
+            let result = Self.admission(ctx, limit, metrics: loop.metrics)
+            if waiting { resume(result) } else { outcome = result }
+        }
+        if let outcome { return outcome }
+        waiting = true
+        return .await
+    }
+
+    /// The limiter's verdict as a phase outcome; rate headers go on the response either way.
+    private static func admission(_ ctx: RequestContext, _ outcome: LimitOutcome, metrics: LoopMetrics) -> Outcome {
+        var rateHeaders: [(String, String)] = []
+        if let h = outcome.headers {
+            rateHeaders = [
+                ("RateLimit-Limit", String(h.limit)), ("RateLimit-Remaining", String(h.remaining)),
+                ("RateLimit-Reset", String(h.reset)),
+            ]
+        }
+        switch outcome.verdict {
+        case .admit:
+            ctx.responseHeaders += rateHeaders
+            ctx.failOpen = outcome.failOpen
+            return .next
+        case .rateLimited, .quotaExceeded:
+            metrics.ratelimitDenied[ctx.plan, default: 0] += 1
+            var denial =
+                outcome.verdict == .rateLimited
+                ? Denial.rateLimited(
+                    retryAfter: outcome.retryAfter,
+                    "The tenant's request rate limit is exhausted; retry after \(outcome.retryAfter) s.")
+                : Denial.quotaExceeded(retryAfter: outcome.retryAfter, "The tenant's request quota for this period is used up.")
+            denial.headers += rateHeaders
+            return .deny(denial)
+        case .storeUnavailable:
+            return .deny(.storeUnavailable(retryAfter: outcome.retryAfter))
+        }
+    }
+
+    /// An audited request holds its record's place before anything goes upstream, waiting (every 5 ms, up to
+    /// `audit.queue_timeout`) while the queue is full: back-pressure, never a lost record.
+    func reserveAudit(_ ctx: RequestContext, resume: @escaping Resume) -> Outcome {
+        guard let audit = loop.audit, audit.audits(method: ctx.head.method.rawValue) else { return .next }
+        if audit.tryReserve() {
+            ctx.auditReserved = true
+            return .next
+        }
+        retryReservation(ctx, audit, until: .now() + audit.waitLimit, resume: resume)
+        return .await
+    }
+
+    private func retryReservation(
+        _ ctx: RequestContext, _ audit: AuditLog, until deadline: NIODeadline, resume: @escaping Resume
+    ) {
+        loop.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) { [self] in
+            if audit.tryReserve() {
+                ctx.auditReserved = true
+                resume(.next)
+            } else if NIODeadline.now() >= deadline {
+                resume(.deny(.auditUnavailable()))
+            } else {
+                self.retryReservation(ctx, audit, until: deadline, resume: resume)
+            }
+        }
+    }
+
+    /// The upstream group and the request for it: path rewritten, forwarding and verified identity headers set
+    /// (every client-sent copy removed first).
+    func forward(_ ctx: RequestContext) -> Outcome {
+        guard let route = ctx.route else { return .deny(.routeNotFound()) }
+        guard let group = loop.groups[route.upstream] else {
+            return .deny(.upstreamUnavailable("Upstream '\(route.upstream)' is not available."))
+        }
+        ctx.group = group
+        var path = String(ctx.path)
+        if let strip = route.stripPrefix { path = Router.strip(prefix: strip, from: ctx.path) }
+        var head = HTTPRequestHead(version: .http1_1, method: ctx.head.method, uri: path + ctx.query)
+        let forwarding = HeaderRewriter.Forwarding(clientAddress: clientAddress, host: ctx.host, requestID: ctx.requestID)
+        head.headers = loop.snapshot.rewriter.upstreamRequestHeaders(
+            ctx.head.headers, forwarding: forwarding, framing: ctx.framing, defaultHost: group.defaultHost)
+        let caller = ctx.caller
+        if let tenant = caller.tenant { head.headers.add(name: "X-Tenant-ID", value: tenant) }
+        if let user = caller.user { head.headers.add(name: "X-User-ID", value: user) }
+        if let plan = caller.plan { head.headers.add(name: "X-Plan", value: plan) }
+        if !caller.roles.isEmpty { head.headers.add(name: "X-Roles", value: caller.roles.joined(separator: ",")) }
+        ctx.upstreamHead = head
+        return .next
+    }
+}

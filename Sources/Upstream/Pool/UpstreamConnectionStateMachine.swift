@@ -1,0 +1,173 @@
+import NIOCore
+
+/// The life of one upstream connection (STYLE 4): idle in its pool, carrying one exchange, or closed.
+///
+/// A lease is the time between ``begin(deadline:)`` and the end of that exchange. Every lease ends exactly
+/// once, in one of two transitions, and each returns the action that tells the pool: `.active → .idle`
+/// (the response ended cleanly on a keep-alive connection whose request was sent whole: `release(.reusable)`)
+/// or `.active → .closed` (anything else: `release(.closed)`). A connection that dies while idle leaves the pool
+/// the same way. Events after `.closed` (the `channelInactive` that follows our own close, a late timer) are
+/// no-ops, so nothing is released twice. No I/O and no clock reads: deadlines come in as values.
+public struct UpstreamConnectionStateMachine: Sendable {
+    /// How a lease ends for the pool.
+    public enum Release: Equatable, Sendable {
+        /// Back to the pool's idle list.
+        case reusable
+        /// Closed: the pool forgets it.
+        case closed
+    }
+
+    enum State: Equatable {
+        case idle
+        case active(Lease)
+        case closed
+    }
+
+    struct Lease: Equatable {
+        /// The request's end was written.
+        var requestSent = false
+        /// A response head arrived.
+        var headSeen = false
+        /// The response allows another exchange on this connection.
+        var keepAlive = true
+        /// When the response head must have arrived; nil once it has.
+        var deadline: NIODeadline?
+    }
+
+    public enum Action: Equatable, Sendable {
+        case none
+        /// Write the request head.
+        case writeHead
+        /// Hand the response head / a body part to the delegate.
+        case forwardHead
+        case forwardBody
+        /// The response ended: release the lease as given (closing the channel when `.closed`), then tell the
+        /// delegate.
+        case forwardEnd(Release)
+        /// The exchange failed: close the channel, release the lease as closed, tell the delegate.
+        case failExchange(UpstreamError)
+        /// The delegate gave up on the exchange: close the channel and release the lease as closed; the delegate
+        /// is not called back.
+        case abandon
+        /// Closed while idle: close the channel (if open) and leave the pool.
+        case closeIdle
+        /// The connection is not idle: the delegate's `begin` is refused.
+        case refuseBegin
+    }
+
+    private(set) var state: State = .idle
+
+    public init() {}
+
+    public var isIdle: Bool { state == .idle }
+    public var isClosed: Bool { state == .closed }
+
+    /// Starts a lease; the response head is due by `deadline`.
+    public mutating func begin(deadline: NIODeadline) -> Action {
+        guard case .idle = state else { return .refuseBegin }
+        state = .active(Lease(deadline: deadline))
+        return .writeHead
+    }
+
+    /// The request's end was written upstream.
+    public mutating func requestEndSent() {
+        guard case .active(var lease) = state else { return }
+        lease.requestSent = true
+        state = .active(lease)
+    }
+
+    public mutating func responseHead(keepAlive: Bool) -> Action {
+        switch state {
+        case .active(var lease):
+            lease.headSeen = true
+            lease.keepAlive = keepAlive
+            lease.deadline = nil
+            state = .active(lease)
+            return .forwardHead
+        case .idle:
+            // A response nobody asked for: the connection's framing can no longer be trusted.
+            state = .closed
+            return .closeIdle
+        case .closed:
+            return .none
+        }
+    }
+
+    public mutating func responseBody() -> Action {
+        switch state {
+        case .active: return .forwardBody
+        case .idle:
+            state = .closed
+            return .closeIdle
+        case .closed: return .none
+        }
+    }
+
+    public mutating func responseEnd() -> Action {
+        switch state {
+        case .active(let lease):
+            // An upstream that answered before the request was sent whole may still be reading it: never reuse.
+            if lease.keepAlive && lease.requestSent {
+                state = .idle
+                return .forwardEnd(.reusable)
+            }
+            state = .closed
+            return .forwardEnd(.closed)
+        case .idle:
+            state = .closed
+            return .closeIdle
+        case .closed:
+            return .none
+        }
+    }
+
+    /// The channel closed (peer, reset, or our own close).
+    public mutating func channelInactive() -> Action {
+        switch state {
+        case .active(let lease):
+            state = .closed
+            return .failExchange(
+                .connectionClosed(lease.headSeen ? "upstream closed mid-response" : "upstream closed before responding"))
+        case .idle:
+            state = .closed
+            return .closeIdle
+        case .closed:
+            return .none
+        }
+    }
+
+    /// A decoding or I/O error.
+    public mutating func errorCaught(_ description: String) -> Action {
+        switch state {
+        case .active:
+            state = .closed
+            return .failExchange(.malformedResponse(description))
+        case .idle:
+            state = .closed
+            return .closeIdle
+        case .closed:
+            return .none
+        }
+    }
+
+    /// The response head is overdue at `now`.
+    public mutating func checkTimeout(now: NIODeadline) -> Action {
+        guard case .active(let lease) = state, let deadline = lease.deadline, now >= deadline else { return .none }
+        state = .closed
+        return .failExchange(.responseTimeout("no response within the response timeout"))
+    }
+
+    /// The delegate leaves (client gone, exchange denied mid-way).
+    public mutating func abandon() -> Action {
+        guard case .active = state else { return .none }
+        state = .closed
+        return .abandon
+    }
+
+    /// The pool closes an idle connection (kept too long, or the pool is closing).
+    public mutating func closeIdle() -> Action {
+        guard case .idle = state else { return .none }
+        state = .closed
+        return .closeIdle
+    }
+}
