@@ -275,12 +275,13 @@ struct ClientConnectionStateMachine {
         }
     }
 
-    /// A chunk announced its size: true when it cannot fit in the body limit (413 at once, before its bytes).
-    func chunkExceedsLimit(declared size: Int) -> Bool {
+    /// The request's chunks have announced `declaredTotal` bytes: true when that cannot fit in the body limit
+    /// (413 at once, before the bytes arrive).
+    func chunkExceedsLimit(declaredTotal: Int) -> Bool {
         guard case .exchange(let ex) = state, ex.chunked, ex.request == .receiving, ex.response == .pending else {
             return false
         }
-        return size > ex.bodyLimit - ex.bodyBytes
+        return declaredTotal > ex.bodyLimit
     }
 
     enum RequestEndAction: Equatable {

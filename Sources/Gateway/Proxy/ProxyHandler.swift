@@ -42,6 +42,8 @@ final class ProxyHandler: ChannelDuplexHandler {
     var responseFraming: ResponseFraming = .none
     private var queue = CircularBuffer<Queued>()
     private var readPending = false
+    /// Request heads handled so far on this connection (they arrive, and are handled, in order).
+    private var requestsStarted = 0
 
     enum ResponseFraming {
         case none, contentLength, chunked, closeDelimited
@@ -187,6 +189,8 @@ final class ProxyHandler: ChannelDuplexHandler {
         let clientID = head.headers.first(name: "x-request-id")
         let requestID = clientID.flatMap { RequestTarget.isValidRequestID($0) ? $0 : nil } ?? loop.nextRequestID()
         let ctx = RequestContext(requestID: requestID, head: head, start: now)
+        ctx.ordinal = requestsStarted
+        requestsStarted += 1
         current = ctx
         let chunked = head.headers.contains(name: "transfer-encoding")
         let length = head.headers.first(name: "content-length")
@@ -275,9 +279,10 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// A chunk of the current request announced `size` bytes: refused at once when it cannot fit the limit.
-    func chunkDeclared(size: Int) {
-        guard let ctx = current, machine.chunkExceedsLimit(declared: size) else { return }
+    /// Request number `request` (0-based, in arrival order) has announced chunks of `total` bytes so far: refused
+    /// at once when that cannot fit the body limit.
+    func chunkDeclared(request: Int, total: Int) {
+        guard let ctx = current, ctx.ordinal == request, machine.chunkExceedsLimit(declaredTotal: total) else { return }
         deny(ctx, .payloadTooLarge(limit: ctx.bodyLimit, close: true))
         updateReading()
     }

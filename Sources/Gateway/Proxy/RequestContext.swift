@@ -15,6 +15,8 @@ final class RequestContext {
     let requestID: String
     let start: NIODeadline
     let head: HTTPRequestHead
+    /// Its place among the connection's requests (0-based); -1 for input that never became a request.
+    var ordinal = -1
     var phase: Phase = .validate
     /// Set by `validate`.
     var framing: HeaderRewriter.BodyFraming = .none

@@ -1,0 +1,201 @@
+/// Follows the framing of a client's byte stream alongside the HTTP decoder, to learn what the decoder does not
+/// tell: the size a chunk declares before its bytes arrive. A chunk whose declared size already exceeds the body
+/// limit is refused with 413 at once, instead of waiting for bytes that would only be dropped.
+///
+/// It finds each request head's end, reads its `Content-Length`, `Transfer-Encoding` and `Upgrade` headers,
+/// skips a sized body, and walks chunk-size lines. It never decides what is forwarded: the decoder and
+/// ``RequestValidation`` stay the authority, and anything this mirror does not follow exactly (malformed
+/// framing, an upgrade, an over-long line) makes it stop for the rest of the connection rather than guess.
+/// Pure: bytes in, reports out.
+struct RequestFramingMirror {
+    private enum State {
+        /// Reading head lines; `sawRequestLine` once the first non-empty line passed.
+        case head
+        case sizedBody(remaining: Int)
+        case chunkSize(value: Int, digits: Int, inExtension: Bool)
+        case chunkData(remaining: Int)
+        /// The CRLF after a chunk's data; `sawCR` once the CR passed.
+        case chunkDataEnd(sawCR: Bool)
+        /// Trailer lines after the last chunk, until an empty line.
+        case trailers
+        /// Not following any more.
+        case lost
+    }
+
+    /// Requests whose head has been seen so far (the index of the one being read is `requests - 1`).
+    private(set) var requests = 0
+    private var state: State = .head
+    private var sawRequestLine = false
+    /// The current line's first bytes (lower-cased), its full length, and the head's framing so far.
+    private var line: [UInt8] = []
+    private var lineLength = 0
+    private var contentLength: Int?
+    private var chunked = false
+    private var upgrade = false
+    /// Chunk sizes declared so far by the current request.
+    private var declaredTotal = 0
+
+    static let keptLineBytes = 48
+    static let maxLineBytes = 64 * 1024
+
+    var isLost: Bool {
+        if case .lost = state { return true }
+        return false
+    }
+
+    /// Scans `bytes`; `declared(request, total)` is called each time a chunk of request number `request`
+    /// (0-based) is announced, with the sum of its chunks' declared sizes so far.
+    mutating func scan(_ bytes: UnsafeRawBufferPointer, declared: (Int, Int) -> Void) {
+        var i = 0
+        let n = bytes.count
+        while i < n {
+            switch state {
+            case .lost:
+                return
+            case .head, .trailers:
+                let b = bytes[i]
+                i += 1
+                if b == UInt8(ascii: "\n") {
+                    endOfLine()
+                } else {
+                    lineLength += 1
+                    if lineLength > Self.maxLineBytes {
+                        state = .lost
+                    } else if b != UInt8(ascii: "\r") && line.count < Self.keptLineBytes {
+                        line.append(b >= 65 && b <= 90 ? b | 0x20 : b)
+                    }
+                }
+            case .sizedBody(let remaining):
+                let take = min(remaining, n - i)
+                i += take
+                state = remaining - take == 0 ? .head : .sizedBody(remaining: remaining - take)
+            case .chunkSize(var value, var digits, var inExtension):
+                let b = bytes[i]
+                i += 1
+                if b == UInt8(ascii: "\n") {
+                    guard digits > 0 else {
+                        state = .lost
+                        break
+                    }
+                    declaredTotal += value
+                    declared(requests - 1, declaredTotal)
+                    state = value == 0 ? .trailers : .chunkData(remaining: value)
+                    break
+                }
+                if b == UInt8(ascii: "\r") || inExtension {
+                    // Extensions (`;name=value`) and the CR are skipped.
+                } else if b == UInt8(ascii: ";") || b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") {
+                    inExtension = true
+                } else if let d = Self.hexValue(b), digits < 15 {
+                    value = value * 16 + d
+                    digits += 1
+                } else {
+                    state = .lost
+                    break
+                }
+                state = .chunkSize(value: value, digits: digits, inExtension: inExtension)
+            case .chunkData(let remaining):
+                let take = min(remaining, n - i)
+                i += take
+                state = remaining - take == 0 ? .chunkDataEnd(sawCR: false) : .chunkData(remaining: remaining - take)
+            case .chunkDataEnd(let sawCR):
+                let b = bytes[i]
+                i += 1
+                if b == UInt8(ascii: "\r") && !sawCR {
+                    state = .chunkDataEnd(sawCR: true)
+                } else if b == UInt8(ascii: "\n") {
+                    state = .chunkSize(value: 0, digits: 0, inExtension: false)
+                } else {
+                    state = .lost
+                }
+            }
+        }
+    }
+
+    private mutating func endOfLine() {
+        defer {
+            line.removeAll(keepingCapacity: true)
+            lineLength = 0
+        }
+        let empty = lineLength == 0 || (lineLength == 1 && line.isEmpty)
+        if case .trailers = state {
+            if empty { startNextRequest() }
+            return
+        }
+        if !sawRequestLine {
+            // Empty lines before a request line are skipped, as the decoder does.
+            if !empty {
+                sawRequestLine = true
+                requests += 1
+                declaredTotal = 0
+            }
+            return
+        }
+        if !empty {
+            header()
+            return
+        }
+        // The end of a head.
+        if upgrade {
+            state = .lost  // the decoder parses nothing after an upgrade request
+        } else if chunked {
+            state = .chunkSize(value: 0, digits: 0, inExtension: false)
+        } else if let length = contentLength, length > 0 {
+            state = .sizedBody(remaining: length)
+        } else {
+            startNextRequest()
+        }
+    }
+
+    private mutating func header() {
+        if Self.hasPrefix(line, "content-length:") {
+            guard lineLength <= Self.keptLineBytes, let n = Self.decimal(line.dropFirst(15)), contentLength == nil else {
+                state = .lost  // several or odd lengths: the request is refused; stop following
+                return
+            }
+            contentLength = n
+        } else if Self.hasPrefix(line, "transfer-encoding:") {
+            chunked = true
+        } else if Self.hasPrefix(line, "upgrade:") {
+            upgrade = true
+        }
+    }
+
+    private mutating func startNextRequest() {
+        state = .head
+        sawRequestLine = false
+        contentLength = nil
+        chunked = false
+        upgrade = false
+    }
+
+    private static func hasPrefix(_ line: [UInt8], _ prefix: StaticString) -> Bool {
+        let count = prefix.utf8CodeUnitCount
+        guard line.count >= count else { return false }
+        return prefix.withUTF8Buffer { p in
+            for k in 0..<count where line[k] != p[k] { return false }
+            return true
+        }
+    }
+
+    private static func decimal(_ bytes: ArraySlice<UInt8>) -> Int? {
+        var value = 0
+        var digits = 0
+        for b in bytes {
+            if b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") { continue }
+            guard b >= 48 && b <= 57, digits < 18 else { return nil }
+            value = value * 10 + Int(b - 48)
+            digits += 1
+        }
+        return digits > 0 ? value : nil
+    }
+
+    private static func hexValue(_ b: UInt8) -> Int? {
+        switch b {
+        case 48...57: return Int(b - 48)
+        case 65...70: return Int(b - 55)
+        case 97...102: return Int(b - 87)
+        default: return nil
+        }
+    }
+}
