@@ -76,7 +76,7 @@ import Testing
     @Test func resolverRules() throws {
         var identity = IdentityConfig()
         identity.headerTenancy = .always
-        let tenants = ["acme": TenantSeed(plan: "pro"), "globex": TenantSeed(plan: "free")]
+        let tenants = ["acme": TenantRecord(plan: "pro"), "globex": TenantRecord(plan: "free")]
         let resolver = IdentityResolver(config: identity, tenants: StaticTenantRecords(tenants))
         var route = RouteConfig(name: "r", pathPrefix: "/", upstream: "u")
         route.auth = .optional

@@ -34,7 +34,7 @@ struct BillingWebhookHandler {
         return store.remember(eventID: change.eventID).flatMap { first in
             guard first else { return answer(200, "{\"received\":true,\"duplicate\":true}") }
             let existing = tenants.record(change.tenant)
-            guard var record = existing ?? change.plan.map({ TenantSeed(plan: $0) }) else {
+            guard var record = existing ?? change.plan.map({ TenantRecord(plan: $0) }) else {
                 return answer(200, "{\"received\":true,\"ignored\":\"unknown tenant and no known price\"}")
             }
             if let plan = change.plan { record.plan = plan }
