@@ -15,6 +15,8 @@ struct AdminAPI {
     let config: GatewayConfig
     let eventLoop: EventLoop
     let usage: UsageReader
+    /// Picks the billing period a usage report covers.
+    let clock: WallClock
 
     /// Handles `/admin/tenants/...`; nil when the path is not one of these endpoints.
     func handle(method: String, path: String, body: [UInt8], requestID: String) -> EventLoopFuture<Response>? {
@@ -86,7 +88,7 @@ struct AdminAPI {
             let quota = record.quotaOverride ?? config.plans[record.plan]?.quota ?? .unlimited
             let per: PlanConfig.QuotaPeriod
             if case .limited(_, let p) = quota { per = p } else { per = .month }
-            let at = ProxyHandler.wallClock()
+            let at = clock.now()
             let period = BillingPeriod.containing(at, per: per, anchor: record.billingAnchor)
             return usage.read(tenant: id, period: period, now: at, on: eventLoop).map { used, days in
                 Response(

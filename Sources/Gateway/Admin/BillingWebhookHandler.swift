@@ -9,6 +9,8 @@ struct BillingWebhookHandler {
     let store: any TenantStore
     let config: GatewayConfig
     let eventLoop: EventLoop
+    /// Checks the signature's timestamp tolerance and dates a move to `past_due`.
+    let clock: WallClock
 
     func handle(signature: String?, body: [UInt8], requestID: String) -> EventLoopFuture<AdminAPI.Response> {
         let eventLoop = self.eventLoop
@@ -21,7 +23,7 @@ struct BillingWebhookHandler {
         }
         guard let env = config.billing?.webhookSecretEnv, let secret = ProcessInfo.processInfo.environment[env], !secret.isEmpty
         else { return refuse(.serviceUnavailable("The billing webhook is not configured (billing.webhook_secret_env).")) }
-        let now = ProxyHandler.wallClock()
+        let now = clock.now()
         guard let signature, BillingWebhook.verify(header: signature, body: body, secret: Array(secret.utf8), now: now) else {
             return refuse(.badRequest("Missing or invalid Stripe-Signature (or a timestamp outside the 5-minute tolerance)."))
         }

@@ -599,11 +599,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     /// Seconds since the epoch, for token expiry.
-    static func wallClock() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    static func wallClock() -> Double { WallClock.system.now() }
 
     func record(_ ex: Exchange, status: Int) {
         let elapsed = (NIODeadline.now() - ex.start).nanoseconds

@@ -18,6 +18,8 @@ final class LoopState {
     let tokenCache = TokenCache()
     /// The audit log (shared by every loop), when configured.
     let audit: AuditLog?
+    /// Wall-clock time (the server's), for the limiter and its sweeps.
+    let clock: WallClock
     /// Buckets and quotas (leases are per loop).
     private(set) var limiter: RateLimiter!
     private var lastLimiterSweep = NIODeadline.now()
@@ -28,10 +30,11 @@ final class LoopState {
 
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
-        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?
+        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?, clock: WallClock
     ) {
         self.eventLoop = eventLoop
         self.audit = audit
+        self.clock = clock
         self.loopCount = loopCount
         self.logger = logger
         self.snapshot = snapshot
@@ -39,7 +42,7 @@ final class LoopState {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
         var rng = SystemRandomNumberGenerator()
         self.idPrefix = String(decoding: (0..<12).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
-        self.limiter = RateLimiter(backend: limiterBackend, settings: limits, metrics: metrics, logger: logger)
+        self.limiter = RateLimiter(backend: limiterBackend, settings: limits, metrics: metrics, logger: logger, clock: clock)
     }
 
     /// A request id unique to this process run (random per-loop prefix, then a counter).
@@ -86,7 +89,7 @@ final class LoopState {
         for group in groups.values { group.sweep(now: now) }
         if now - lastLimiterSweep >= .seconds(1) {
             lastLimiterSweep = now
-            limiter.sweep(now: ProxyHandler.wallClock())
+            limiter.sweep(now: clock.now())
         }
     }
 

@@ -47,10 +47,12 @@ final class SeenEvents: Sendable {
 struct MemoryTenantStore: TenantStore {
     let directory: TenantDirectory
     let eventLoop: EventLoop
+    /// Times the webhook event ids it remembers.
+    let clock: WallClock
     let events = SeenEvents()
 
     func remember(eventID: String) -> EventLoopFuture<Bool> {
-        eventLoop.makeSucceededFuture(events.firstTime(eventID, now: ProxyHandler.wallClock()))
+        eventLoop.makeSucceededFuture(events.firstTime(eventID, now: clock.now()))
     }
 
     func forget(eventID: String) { events.forget(eventID) }
