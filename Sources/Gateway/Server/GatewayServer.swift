@@ -222,13 +222,7 @@ public final class GatewayServer: Sendable {
     /// Constant-time check of an `Authorization: Bearer <token>` value against the admin token.
     func isAdminAuthorized(_ header: String?) -> Bool {
         guard let adminToken, let header, header.hasPrefix("Bearer ") else { return false }
-        let given = Array(header.utf8.dropFirst(7))
-        let expected = Array(adminToken.utf8)
-        var diff = UInt8(given.count == expected.count ? 0 : 1)
-        for i in 0..<expected.count {
-            diff |= expected[i] ^ (i < given.count ? given[i] : 0)
-        }
-        return diff == 0
+        return Digest.constantTimeEqual(Array(header.utf8.dropFirst(7)), Array(adminToken.utf8))
     }
 
     private func makeRefresher(for snapshot: RuntimeSnapshot) throws -> JWKSRefresher {
