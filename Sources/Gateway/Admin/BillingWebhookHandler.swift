@@ -47,7 +47,7 @@ struct BillingWebhookHandler {
             }
             if let end = change.trialEnds {
                 record.trialEndsAt = end
-                record.trialEnds = JSONLogHandler.timestamp(Date(timeIntervalSince1970: end))
+                record.trialEnds = CivilDate.rfc3339(milliseconds: Int64((end * 1000).rounded(.down)))
             }
             return store.put(change.tenant, record).map { _ in
                 AdminAPI.Response(status: 200, body: "{\"received\":true}")
