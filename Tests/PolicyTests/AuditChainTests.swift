@@ -20,7 +20,7 @@ import Testing
         let (body, hash) = AuditChain.split(line[...])!
         #expect(Digest.hex(Digest.sha256(body.utf8)) == hash)
         #expect(AuditChain.links(body)! == (1, AuditChain.genesis))
-        #expect(AuditRecord.timestamp(1_795_000_000_123).hasSuffix(".123Z"))
+        #expect(CivilDate.rfc3339(milliseconds: 1_795_000_000_123).hasSuffix(".123Z"))
     }
 
     @Test func byteEscapingMatchesTheStringEscaper() {

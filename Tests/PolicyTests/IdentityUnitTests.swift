@@ -53,6 +53,16 @@ import Testing
         #expect(Base64URL.encode([0xfb, 0xff]) == "-_8")
     }
 
+    @Test func constantTimeEqualNeedsTheSameLengthAndBytes() {
+        let secret = Array("s3cret-token".utf8)
+        #expect(Digest.constantTimeEqual(secret, Array("s3cret-token".utf8)))
+        #expect(!Digest.constantTimeEqual(secret, Array("s3cret-tokeN".utf8)))
+        #expect(!Digest.constantTimeEqual(secret, Array("s3cret".utf8)))  // a prefix
+        #expect(!Digest.constantTimeEqual(secret, secret + [0]))  // the secret and a NUL
+        #expect(!Digest.constantTimeEqual(secret, []))
+        #expect(Digest.constantTimeEqual([], []))
+    }
+
     @Test func tokenCacheHonoursExpiryOnTheInjectedClock() throws {
         let v = try Self.verifier(leeway: "0s")
         let cache = TokenCache(capacity: 2)
@@ -76,7 +86,7 @@ import Testing
     @Test func resolverRules() throws {
         var identity = IdentityConfig()
         identity.headerTenancy = .always
-        let tenants = ["acme": TenantSeed(plan: "pro"), "globex": TenantSeed(plan: "free")]
+        let tenants = ["acme": TenantRecord(plan: "pro"), "globex": TenantRecord(plan: "free")]
         let resolver = IdentityResolver(config: identity, tenants: StaticTenantRecords(tenants))
         var route = RouteConfig(name: "r", pathPrefix: "/", upstream: "u")
         route.auth = .optional

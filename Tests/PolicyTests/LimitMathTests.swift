@@ -122,6 +122,8 @@ import Testing
             #expect(CivilDate.days(year: y, month: m, day: d) == day)
         }
         #expect(CivilDate.rfc3339(0) == "1970-01-01T00:00:00Z")
+        #expect(CivilDate.rfc3339(milliseconds: 86_400_250) == "1970-01-02T00:00:00.250Z")
+        #expect(CivilDate.rfc3339(milliseconds: -1) == "1969-12-31T23:59:59.999Z")
     }
 
     @Test func periodDays() {

@@ -15,6 +15,8 @@ struct AdminAPI {
     let config: GatewayConfig
     let eventLoop: EventLoop
     let usage: UsageReader
+    /// Picks the billing period a usage report covers.
+    let clock: WallClock
 
     /// Handles `/admin/tenants/...`; nil when the path is not one of these endpoints.
     func handle(method: String, path: String, body: [UInt8], requestID: String) -> EventLoopFuture<Response>? {
@@ -86,7 +88,7 @@ struct AdminAPI {
             let quota = record.quotaOverride ?? config.plans[record.plan]?.quota ?? .unlimited
             let per: PlanConfig.QuotaPeriod
             if case .limited(_, let p) = quota { per = p } else { per = .month }
-            let at = ProxyHandler.wallClock()
+            let at = clock.now()
             let period = BillingPeriod.containing(at, per: per, anchor: record.billingAnchor)
             return usage.read(tenant: id, period: period, now: at, on: eventLoop).map { used, days in
                 Response(
@@ -105,7 +107,7 @@ struct AdminAPI {
     }
 
     /// Validates a PUT body: `{plan, status, trial_ends?, overrides?: {max_body_bytes?, rate?, quota?}}`.
-    func parseRecord(_ body: [UInt8]) -> Result<TenantSeed, Denial> {
+    func parseRecord(_ body: [UInt8]) -> Result<TenantRecord, Denial> {
         guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
             return .failure(.badRequest("The body must be a JSON object."))
         }
@@ -115,7 +117,7 @@ struct AdminAPI {
         }
         guard let plan = object["plan"] as? String else { return .failure(.badRequest("Field 'plan' is required (a string).")) }
         guard config.plans[plan] != nil else { return .failure(.badRequest("Field 'plan': unknown plan '\(plan)'.")) }
-        var record = TenantSeed(plan: plan)
+        var record = TenantRecord(plan: plan)
         if let raw = object["status"] {
             guard let status = raw as? String, ConfigLoader.tenantStatuses.contains(status) else {
                 return .failure(.badRequest("Field 'status' must be one of \(ConfigLoader.tenantStatuses.joined(separator: ", ")).")) 
@@ -150,7 +152,7 @@ struct AdminAPI {
         return .success(record)
     }
 
-    static func document(_ id: String, _ r: TenantSeed, _ source: TenantDirectory.Source) -> String {
+    static func document(_ id: String, _ r: TenantRecord, _ source: TenantDirectory.Source) -> String {
         var json = "{\"id\":\(JSONText.quote(id)),\"plan\":\(JSONText.quote(r.plan)),\"status\":\(JSONText.quote(r.status))"
         json += ",\"trial_ends\":" + (r.trialEnds.map(JSONText.quote) ?? "null")
         json += ",\"billing_anchor\":\(r.billingAnchor)"

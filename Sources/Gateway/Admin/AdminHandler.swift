@@ -55,7 +55,8 @@ final class AdminHandler: ChannelInboundHandler {
             }
         case (.POST, "/webhooks/billing"):
             let webhook = BillingWebhookHandler(
-                tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop)
+                tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop,
+                clock: server.clock)
             webhook.handle(signature: head.headers.first(name: "stripe-signature"), body: body, requestID: requestID)
                 .hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
                     self.respond(
@@ -74,7 +75,7 @@ final class AdminHandler: ChannelInboundHandler {
                 }
                 let api = AdminAPI(
                     tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop,
-                    usage: server.usageReader)
+                    usage: server.usageReader, clock: server.clock)
                 if let future = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
                     future.hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
                         self.respond(

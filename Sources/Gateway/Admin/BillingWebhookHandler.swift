@@ -9,6 +9,8 @@ struct BillingWebhookHandler {
     let store: any TenantStore
     let config: GatewayConfig
     let eventLoop: EventLoop
+    /// Checks the signature's timestamp tolerance and dates a move to `past_due`.
+    let clock: WallClock
 
     func handle(signature: String?, body: [UInt8], requestID: String) -> EventLoopFuture<AdminAPI.Response> {
         let eventLoop = self.eventLoop
@@ -21,7 +23,7 @@ struct BillingWebhookHandler {
         }
         guard let env = config.billing?.webhookSecretEnv, let secret = ProcessInfo.processInfo.environment[env], !secret.isEmpty
         else { return refuse(.serviceUnavailable("The billing webhook is not configured (billing.webhook_secret_env).")) }
-        let now = ProxyHandler.wallClock()
+        let now = clock.now()
         guard let signature, BillingWebhook.verify(header: signature, body: body, secret: Array(secret.utf8), now: now) else {
             return refuse(.badRequest("Missing or invalid Stripe-Signature (or a timestamp outside the 5-minute tolerance)."))
         }
@@ -34,7 +36,7 @@ struct BillingWebhookHandler {
         return store.remember(eventID: change.eventID).flatMap { first in
             guard first else { return answer(200, "{\"received\":true,\"duplicate\":true}") }
             let existing = tenants.record(change.tenant)
-            guard var record = existing ?? change.plan.map({ TenantSeed(plan: $0) }) else {
+            guard var record = existing ?? change.plan.map({ TenantRecord(plan: $0) }) else {
                 return answer(200, "{\"received\":true,\"ignored\":\"unknown tenant and no known price\"}")
             }
             if let plan = change.plan { record.plan = plan }
@@ -45,7 +47,7 @@ struct BillingWebhookHandler {
             }
             if let end = change.trialEnds {
                 record.trialEndsAt = end
-                record.trialEnds = JSONLogHandler.timestamp(Date(timeIntervalSince1970: end))
+                record.trialEnds = CivilDate.rfc3339(milliseconds: Int64((end * 1000).rounded(.down)))
             }
             return store.put(change.tenant, record).map { _ in
                 AdminAPI.Response(status: 200, body: "{\"received\":true}")

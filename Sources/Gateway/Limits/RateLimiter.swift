@@ -42,12 +42,15 @@ final class RateLimiter {
     let script: LimitScript
     let metrics: LoopMetrics
     let logger: Logger
+    /// Reads the time a lease arrives at (the request's `now` is the time it was asked for).
+    let clock: WallClock
     private var leases: [Charge.Key: Lease] = [:]
     /// Leased units older than this are dropped.
     static let leaseMaxAge = 10.0
 
-    init(backend: Backend, settings: LimitSettings, metrics: LoopMetrics, logger: Logger) {
+    init(backend: Backend, settings: LimitSettings, metrics: LoopMetrics, logger: Logger, clock: WallClock) {
         self.backend = backend
+        self.clock = clock
         self.settings = settings
         self.script = LimitScript(keys: settings.keys)
         self.metrics = metrics
@@ -121,7 +124,7 @@ final class RateLimiter {
             lease.inFlight = false
             var waiters = lease.waiters
             lease.waiters = []
-            let at = ProxyHandler.wallClock()
+            let at = self.clock.now()
             switch result {
             case .failure:
                 self.leases[key] = lease

@@ -27,7 +27,7 @@ struct UsageReader: Sendable {
     }
 
     /// The usage document: plan, quota, period, used, remaining and the per-day counts.
-    static func document(tenant: String, record: TenantSeed, quota: PlanConfig.Quota, period: BillingPeriod, used: Int, days: [Int: Int]) -> String {
+    static func document(tenant: String, record: TenantRecord, quota: PlanConfig.Quota, period: BillingPeriod, used: Int, days: [Int: Int]) -> String {
         var json = "{\"tenant\":\(JSONText.quote(tenant)),\"plan\":\(JSONText.quote(record.plan))"
         switch quota {
         case .unlimited:

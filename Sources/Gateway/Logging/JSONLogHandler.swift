@@ -9,10 +9,12 @@ public struct JSONLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
     private let label: String
+    private let clock: WallClock
 
-    public init(label: String, level: Logger.Level = .info) {
+    public init(label: String, level: Logger.Level = .info, clock: WallClock = .system) {
         self.label = label
         self.logLevel = level
+        self.clock = clock
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -21,7 +23,8 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = "{\"ts\":\(JSONText.quote(Self.timestamp()))"
+        let ts = CivilDate.rfc3339(milliseconds: Int64((clock.now() * 1000).rounded(.down)))
+        var line = "{\"ts\":\(JSONText.quote(ts))"
         line += ",\"level\":\(JSONText.quote(event.level.rawValue))"
         line += ",\"msg\":\(JSONText.quote("\(event.message)"))"
         line += ",\"logger\":\(JSONText.quote(label))"
@@ -32,19 +35,5 @@ public struct JSONLogHandler: LogHandler {
         }
         line += "}\n"
         FileHandle.standardError.write(Data(line.utf8))
-    }
-
-    /// Now as RFC 3339 UTC with milliseconds.
-    public static func timestamp(_ date: Date = Date()) -> String {
-        var t = time_t(date.timeIntervalSince1970)
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        let ms = Int(date.timeIntervalSince1970 * 1000) % 1000
-        func pad(_ v: Int32, _ n: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, n - s.count)) + s
-        }
-        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T"
-            + "\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ms), 3))Z"
     }
 }

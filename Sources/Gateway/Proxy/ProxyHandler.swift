@@ -470,8 +470,3 @@ final class ProxyHandler: ChannelDuplexHandler {
 
 @available(*, unavailable)
 extension ProxyHandler: Sendable {}
-
-extension ProxyHandler {
-    /// Seconds since the epoch (the system clock; components outside the proxy are moving to an injected one).
-    static func wallClock() -> Double { WallClock.system.now() }
-}

@@ -38,12 +38,15 @@ public final class GatewayServer: Sendable {
     /// The audit log (configured sinks; `audit` changes apply at restart).
     let audit: AuditLog?
     private let instanceID = UUID().uuidString
+    /// Wall-clock time for the admin API, the billing webhook, the rate limiters and the heartbeat.
+    public let clock: WallClock
     private let heartbeat = Mutex<RepeatedTask?>(nil)
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
-    public init(configPath: String, config: GatewayConfig, logger: Logger) throws {
+    public init(configPath: String, config: GatewayConfig, logger: Logger, clock: WallClock = .system) throws {
         self.configPath = configPath
         self.logger = logger
+        self.clock = clock
         let tenants = TenantDirectory(seeds: config.tenants)
         self.tenants = tenants
         let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
@@ -61,7 +64,7 @@ public final class GatewayServer: Sendable {
             self.store = redis
         } else {
             redisStore = nil
-            self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next())
+            self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next(), clock: clock)
         }
         self.redisStore = redisStore
         if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
@@ -89,7 +92,7 @@ public final class GatewayServer: Sendable {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
-                        limits: limits, audit: audit), eventLoop: loop)
+                        limits: limits, audit: audit, clock: clock), eventLoop: loop)
             }.wait()
             loops[ObjectIdentifier(loop)] = state
         }
@@ -219,13 +222,7 @@ public final class GatewayServer: Sendable {
     /// Constant-time check of an `Authorization: Bearer <token>` value against the admin token.
     func isAdminAuthorized(_ header: String?) -> Bool {
         guard let adminToken, let header, header.hasPrefix("Bearer ") else { return false }
-        let given = Array(header.utf8.dropFirst(7))
-        let expected = Array(adminToken.utf8)
-        var diff = UInt8(given.count == expected.count ? 0 : 1)
-        for i in 0..<expected.count {
-            diff |= expected[i] ^ (i < given.count ? given[i] : 0)
-        }
-        return diff == 0
+        return Digest.constantTimeEqual(Array(header.utf8.dropFirst(7)), Array(adminToken.utf8))
     }
 
     private func makeRefresher(for snapshot: RuntimeSnapshot) throws -> JWKSRefresher {
@@ -342,8 +339,9 @@ public final class GatewayServer: Sendable {
         let key = limits.keys.instances
         let id = instanceID
         let settings = limits
+        let clock = self.clock
         let task = client.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(2)) { _ in
-            let now = ProxyHandler.wallClock()
+            let now = clock.now()
             _ = client.send(["ZADD", key, String(now), id])
             _ = client.send(["ZREMRANGEBYSCORE", key, "-inf", String(now - 6)])
             client.send(["ZCARD", key]).whenSuccess { reply in

@@ -32,7 +32,7 @@ final class LoopState {
 
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
-        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?, clock: WallClock = .system
+        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?, clock: WallClock
     ) {
         self.eventLoop = eventLoop
         self.clock = clock
@@ -45,7 +45,7 @@ final class LoopState {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
         var rng = SystemRandomNumberGenerator()
         self.idPrefix = String(decoding: (0..<12).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
-        self.limiter = RateLimiter(backend: limiterBackend, settings: limits, metrics: metrics, logger: logger)
+        self.limiter = RateLimiter(backend: limiterBackend, settings: limits, metrics: metrics, logger: logger, clock: clock)
     }
 
     /// A request id unique to this process run (random per-loop prefix, then a counter).

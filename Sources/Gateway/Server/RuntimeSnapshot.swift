@@ -25,7 +25,7 @@ public final class RuntimeSnapshot: Sendable {
         var reserved = Self.identityHeaders
         reserved.insert(config.identity.tenantHeader.lowercased())
         self.rewriter = HeaderRewriter(reserved: reserved)
-        self.upstreams = try UpstreamRegistry(config: config)
+        self.upstreams = try UpstreamRegistry(upstreams: config.upstreams)
         self.identity = IdentityResolver(config: config.identity, tenants: tenants)
         self.tenants = tenants
         self.verifier = try JWTVerifier(config: config.identity)

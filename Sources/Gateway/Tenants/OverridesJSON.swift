@@ -5,7 +5,7 @@ import Policy
 /// `{"rate": {"requests": 100, "per": "1s", "burst": 200}, "quota": {"requests": 5000, "per": "month"} | "unlimited",
 /// "max_body_bytes": 1048576}`.
 enum OverridesJSON {
-    static func encode(_ r: TenantSeed) -> [String: Any] {
+    static func encode(_ r: TenantRecord) -> [String: Any] {
         var o: [String: Any] = [:]
         if let m = r.maxBodyBytes { o["max_body_bytes"] = m }
         if let rate = r.rateOverride {
@@ -20,7 +20,7 @@ enum OverridesJSON {
     }
 
     /// Applies a decoded `overrides` object to `record`; the error names the bad field.
-    static func decode(_ raw: Any, into record: inout TenantSeed) -> String? {
+    static func decode(_ raw: Any, into record: inout TenantRecord) -> String? {
         guard let o = raw as? [String: Any] else { return "Field 'overrides' must be an object." }
         if let unknown = o.keys.sorted().first(where: { !["rate", "quota", "max_body_bytes"].contains($0) }) {
             return "Unknown field 'overrides.\(unknown)'."

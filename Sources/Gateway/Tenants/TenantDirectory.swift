@@ -9,8 +9,8 @@ public final class TenantDirectory: TenantRecords {
     public enum Source: String, Sendable { case seed, store }
 
     private struct State {
-        var seeds: [String: TenantSeed]
-        var stored: [String: TenantSeed] = [:]
+        var seeds: [String: TenantRecord]
+        var stored: [String: TenantRecord] = [:]
         var owners: [String: (tenant: String, id: String)] = [:]
 
         mutating func reindex() {
@@ -23,13 +23,13 @@ public final class TenantDirectory: TenantRecords {
 
     private let state: Mutex<State>
 
-    public init(seeds: [String: TenantSeed]) {
+    public init(seeds: [String: TenantRecord]) {
         var s = State(seeds: seeds)
         s.reindex()
         state = Mutex(s)
     }
 
-    public func record(_ tenant: String) -> TenantSeed? {
+    public func record(_ tenant: String) -> TenantRecord? {
         state.withLock { $0.stored[tenant] ?? $0.seeds[tenant] }
     }
 
@@ -38,7 +38,7 @@ public final class TenantDirectory: TenantRecords {
     }
 
     /// The effective record and where it comes from.
-    public func effective(_ tenant: String) -> (record: TenantSeed, source: Source)? {
+    public func effective(_ tenant: String) -> (record: TenantRecord, source: Source)? {
         state.withLock { s in
             if let r = s.stored[tenant] { return (r, .store) }
             if let r = s.seeds[tenant] { return (r, .seed) }
@@ -48,7 +48,7 @@ public final class TenantDirectory: TenantRecords {
 
     /// Creates or replaces the store's record; the tenant's API keys are kept. True when the tenant was unknown.
     @discardableResult
-    public func put(_ tenant: String, _ record: TenantSeed) -> Bool {
+    public func put(_ tenant: String, _ record: TenantRecord) -> Bool {
         state.withLock { s in
             var r = record
             r.apiKeys = (s.stored[tenant] ?? s.seeds[tenant])?.apiKeys ?? []
@@ -93,7 +93,7 @@ public final class TenantDirectory: TenantRecords {
     }
 
     /// Replaces every stored record (a full load from the shared store).
-    public func replaceStored(_ records: [String: TenantSeed]) {
+    public func replaceStored(_ records: [String: TenantRecord]) {
         state.withLock { s in
             s.stored = records
             s.reindex()
@@ -101,7 +101,7 @@ public final class TenantDirectory: TenantRecords {
     }
 
     /// Sets or clears one stored record (an invalidation from another instance).
-    public func setStored(_ tenant: String, _ record: TenantSeed?) {
+    public func setStored(_ tenant: String, _ record: TenantRecord?) {
         state.withLock { s in
             s.stored[tenant] = record
             s.reindex()
@@ -109,7 +109,7 @@ public final class TenantDirectory: TenantRecords {
     }
 
     /// A reload brings new seeds; records written through the admin API stay.
-    public func reseed(_ seeds: [String: TenantSeed]) {
+    public func reseed(_ seeds: [String: TenantRecord]) {
         state.withLock { s in
             s.seeds = seeds
             s.reindex()

@@ -3,7 +3,7 @@ import Policy
 
 /// Tenant records as the JSON kept in the store (one field per tenant in the `<prefix>:tenants` hash).
 enum TenantRecordCodec {
-    static func encode(_ r: TenantSeed) -> String {
+    static func encode(_ r: TenantRecord) -> String {
         var object: [String: Any] = ["plan": r.plan, "status": r.status, "billing_anchor": r.billingAnchor]
         if let t = r.trialEnds { object["trial_ends"] = t }
         if let p = r.pastDueSinceAt { object["past_due_since_epoch"] = p }
@@ -14,10 +14,10 @@ enum TenantRecordCodec {
         return String(decoding: data, as: UTF8.self)
     }
 
-    static func decode(_ bytes: [UInt8]) -> TenantSeed? {
+    static func decode(_ bytes: [UInt8]) -> TenantRecord? {
         guard let o = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any], let plan = o["plan"] as? String
         else { return nil }
-        var r = TenantSeed(plan: plan)
+        var r = TenantRecord(plan: plan)
         r.status = o["status"] as? String ?? "active"
         if let t = o["trial_ends"] as? String {
             r.trialEnds = t
@@ -28,7 +28,7 @@ enum TenantRecordCodec {
         if let overrides = o["overrides"] { _ = OverridesJSON.decode(overrides, into: &r) }
         r.apiKeys = (o["api_keys"] as? [[String: Any]] ?? []).compactMap { k in
             guard let id = k["id"] as? String, let sha = k["sha256"] as? String else { return nil }
-            return TenantSeed.APIKey(id: id, sha256: sha)
+            return TenantRecord.APIKey(id: id, sha256: sha)
         }
         return r
     }

@@ -7,7 +7,7 @@ import Synchronization
 /// Reads on the request path always come from the in-process ``TenantDirectory``.
 protocol TenantStore: Sendable {
     /// Creates or replaces a tenant's record (API keys kept); true when the tenant was unknown.
-    func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool>
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool>
     /// Removes the store's record; false when there was none.
     func delete(_ tenant: String) -> EventLoopFuture<Bool>
     /// Adds an API key by hash; false for an unknown tenant.
@@ -47,15 +47,17 @@ final class SeenEvents: Sendable {
 struct MemoryTenantStore: TenantStore {
     let directory: TenantDirectory
     let eventLoop: EventLoop
+    /// Times the webhook event ids it remembers.
+    let clock: WallClock
     let events = SeenEvents()
 
     func remember(eventID: String) -> EventLoopFuture<Bool> {
-        eventLoop.makeSucceededFuture(events.firstTime(eventID, now: ProxyHandler.wallClock()))
+        eventLoop.makeSucceededFuture(events.firstTime(eventID, now: clock.now()))
     }
 
     func forget(eventID: String) { events.forget(eventID) }
 
-    func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool> {
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool> {
         eventLoop.makeSucceededFuture(directory.put(tenant, record))
     }
     func delete(_ tenant: String) -> EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(directory.delete(tenant)) }
@@ -147,7 +149,7 @@ final class RedisTenantStore: TenantStore {
         // A bulk read off the request path: it may take longer than one per-request call.
         client.send(["HGETALL", hashKey], timeout: .seconds(10)).map { reply in
             guard case .array(let items) = reply else { return false }
-            var records: [String: TenantSeed] = [:]
+            var records: [String: TenantRecord] = [:]
             var i = 0
             while i + 1 < items.count {
                 if let id = items[i].string, case .string(let json) = items[i + 1], let r = TenantRecordCodec.decode(json) {
@@ -226,7 +228,7 @@ final class RedisTenantStore: TenantStore {
         return {status, out}
         """
 
-    private func edit(_ op: String, _ tenant: String, record: TenantSeed? = nil, keyID: String = "", sha256: String = "")
+    private func edit(_ op: String, _ tenant: String, record: TenantRecord? = nil, keyID: String = "", sha256: String = "")
         -> EventLoopFuture<Int64>
     {
         // The local seed is the base when the store has no record of this tenant yet.
@@ -246,7 +248,7 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
-    func put(_ tenant: String, _ record: TenantSeed) -> EventLoopFuture<Bool> {
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool> {
         let known = directory.record(tenant) != nil
         return edit("put", tenant, record: record).map { _ in !known }
     }

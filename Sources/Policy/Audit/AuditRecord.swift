@@ -64,7 +64,7 @@ public struct AuditRecord: Sendable, Equatable {
         }
         func int<I: BinaryInteger>(_ n: I) { Self.appendDecimal(Int64(n), to: &out) }
         raw("{\"ts\":\"")
-        Self.appendTimestamp(timeMillis, to: &out)
+        CivilDate.appendRFC3339(milliseconds: timeMillis, to: &out)
         raw("\",\"seq\":")
         int(seq)
         raw(",\"request_id\":")
@@ -112,18 +112,6 @@ public struct AuditRecord: Sendable, Equatable {
             v /= 10
         } while v > 0
         out[start...].reverse()
-    }
-
-    /// RFC 3339 UTC with milliseconds.
-    static func timestamp(_ ms: Int64) -> String {
-        var out: [UInt8] = []
-        appendTimestamp(ms, to: &out)
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    static func appendTimestamp(_ ms: Int64, to out: inout [UInt8]) {
-        let seconds = Int(ms >= 0 ? ms / 1000 : (ms - 999) / 1000)
-        CivilDate.appendRFC3339(seconds, millis: Int(ms - Int64(seconds) * 1000), to: &out)
     }
 }
 

@@ -222,7 +222,7 @@ extension ConfigLoader {
         return .limited(requests: requests, per: per)
     }
 
-    func parseTenant(_ at: Located, plans: [String: PlanConfig], _ r: YAMLReader) -> TenantSeed? {
+    func parseTenant(_ at: Located, plans: [String: PlanConfig], _ r: YAMLReader) -> TenantRecord? {
         guard
             let f = r.fields(
                 at, "tenant",
@@ -233,7 +233,7 @@ extension ConfigLoader {
             return nil
         }
         if plans[plan] == nil { r.problem(planAt, "unknown plan '\(plan)'") }
-        var t = TenantSeed(plan: plan)
+        var t = TenantRecord(plan: plan)
         if let v = f["status"], let s = r.string(v, "status") {
             if Self.tenantStatuses.contains(s) {
                 t.status = s

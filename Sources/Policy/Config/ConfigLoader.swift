@@ -171,7 +171,7 @@ public struct ConfigLoader {
             if Set(order).count != order.count { reader.problem(orderAt, "plan_order lists a plan twice") }
             planOrder = order
         }
-        var tenants: [String: TenantSeed] = [:]
+        var tenants: [String: TenantRecord] = [:]
         for entry in mapEntries("tenants", "tenant") {
             if !TenantID.isValid(entry.key) {
                 reader.problem(entry.keyAt, "invalid tenant id '\(entry.key)' (1-64 of A-Z a-z 0-9 . _ -)")

@@ -7,7 +7,8 @@ public struct GatewayConfig: Sendable {
     public var identity: IdentityConfig
     public var plans: [String: PlanConfig]
     public var planOrder: [String]
-    public var tenants: [String: TenantSeed]
+    /// The `tenants:` seeds (records written through the admin API or the billing webhook win over them).
+    public var tenants: [String: TenantRecord]
     public var billing: BillingConfig?
     public var upstreams: [String: UpstreamConfig]
     public var routes: [RouteConfig]
@@ -155,35 +156,6 @@ public struct PlanConfig: Sendable {
     public var quota: Quota = .unlimited
     public var features: [String] = []
     public var maxBodyBytes: Int? = nil
-}
-
-/// A tenant record seeded from YAML; the store's copy wins once written.
-public struct TenantSeed: Sendable {
-    public struct APIKey: Sendable {
-        public var id: String
-        public var sha256: String
-        public init(id: String, sha256: String) {
-            self.id = id
-            self.sha256 = sha256
-        }
-    }
-    public var plan: String
-    public var status: String = "active"
-    /// `trial_ends` as written, and as seconds since the epoch.
-    public var trialEnds: String? = nil
-    public var trialEndsAt: Double? = nil
-    /// When the tenant went `past_due`, seconds since the epoch (the grace period counts from here).
-    public var pastDueSinceAt: Double? = nil
-    public var billingAnchor: Int = 1
-    public var apiKeys: [APIKey] = []
-    /// Overrides of the plan's limits.
-    public var maxBodyBytes: Int? = nil
-    public var rateOverride: PlanConfig.Rate? = nil
-    public var quotaOverride: PlanConfig.Quota? = nil
-
-    public init(plan: String) {
-        self.plan = plan
-    }
 }
 
 /// RFC 3339 timestamps (`2026-12-31T00:00:00Z`, offsets and fractions allowed) as seconds since the epoch.

@@ -7,7 +7,7 @@ public struct Caller: Sendable, Equatable {
     public var roles: [String] = []
     public var plan: String?
     /// The tenant's effective record, as resolved (so later phases need not look it up again).
-    public var record: TenantSeed?
+    public var record: TenantRecord?
 
     public init() {}
 
@@ -19,17 +19,17 @@ public struct Caller: Sendable, Equatable {
 /// Where tenant records and API key owners are looked up (YAML seeds, the admin API's store, or both).
 public protocol TenantRecords: Sendable {
     /// The effective record of `tenant`, or nil when it is unknown.
-    func record(_ tenant: String) -> TenantSeed?
+    func record(_ tenant: String) -> TenantRecord?
     /// The owner of an API key, by the lowercase hex SHA-256 of the key.
     func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)?
 }
 
 /// Tenant records fixed at construction (the YAML seeds).
 public struct StaticTenantRecords: TenantRecords {
-    public let tenants: [String: TenantSeed]
+    public let tenants: [String: TenantRecord]
     private let owners: [String: (tenant: String, id: String)]
 
-    public init(_ tenants: [String: TenantSeed]) {
+    public init(_ tenants: [String: TenantRecord]) {
         self.tenants = tenants
         var owners: [String: (tenant: String, id: String)] = [:]
         for (tenant, seed) in tenants {
@@ -38,7 +38,7 @@ public struct StaticTenantRecords: TenantRecords {
         self.owners = owners
     }
 
-    public func record(_ tenant: String) -> TenantSeed? { tenants[tenant] }
+    public func record(_ tenant: String) -> TenantRecord? { tenants[tenant] }
     public func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)? { owners[sha256Hex] }
 }
 
@@ -157,11 +157,11 @@ public struct IdentityResolver: Sendable {
     }
 
     private func known(_ tenant: String, _ caller: Caller) -> Result<Caller, Denial> {
-        guard let seed = tenants.record(tenant) else { return .failure(.unknownTenant("Tenant '\(tenant)' is not known.")) }
+        guard let record = tenants.record(tenant) else { return .failure(.unknownTenant("Tenant '\(tenant)' is not known.")) }
         var c = caller
         c.tenant = tenant
-        c.plan = seed.plan
-        c.record = seed
+        c.plan = record.plan
+        c.record = record
         return .success(c)
     }
 

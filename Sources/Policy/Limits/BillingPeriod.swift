@@ -91,6 +91,20 @@ public enum CivilDate {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// RFC 3339 UTC timestamp with milliseconds of a time in milliseconds since the epoch.
+    public static func rfc3339(milliseconds ms: Int64) -> String {
+        var out: [UInt8] = []
+        appendRFC3339(milliseconds: ms, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time in milliseconds since the epoch (rounding down also before
+    /// 1970).
+    public static func appendRFC3339(milliseconds ms: Int64, to out: inout [UInt8]) {
+        let seconds = Int(ms >= 0 ? ms / 1000 : (ms - 999) / 1000)
+        appendRFC3339(seconds, millis: Int(ms - Int64(seconds) * 1000), to: &out)
+    }
+
     /// Appends `YYYY-MM-DDTHH:MM:SS[.mmm]Z` as bytes (no intermediate strings: the audit writer's hot path).
     public static func appendRFC3339(_ seconds: Int, millis: Int? = nil, to out: inout [UInt8]) {
         let day = day(of: seconds)

@@ -30,7 +30,7 @@ public enum RatePolicy {
     /// Nil for a request without a tenant. Every tenant request is counted toward usage, even on an
     /// unlimited plan; buckets apply when the plan (or the tenant's override) has a rate.
     public static func charge(
-        route: RouteConfig, caller: Caller, record: TenantSeed, config: GatewayConfig, now: Double
+        route: RouteConfig, caller: Caller, record: TenantRecord, config: GatewayConfig, now: Double
     ) -> Charge? {
         guard let tenant = caller.tenant else { return nil }
         let plan = config.plans[record.plan]

@@ -18,7 +18,7 @@ public enum Gate {
     }
 
     public static func check(
-        route: RouteConfig, tenant: String, record: TenantSeed, config: GatewayConfig, now: Double
+        route: RouteConfig, tenant: String, record: TenantRecord, config: GatewayConfig, now: Double
     ) -> Result<Outcome, Denial> {
         var outcome = Outcome()
         switch record.status {

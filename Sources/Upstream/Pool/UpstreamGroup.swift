@@ -70,9 +70,9 @@ public final class UpstreamRegistry: Sendable {
     public let upstreams: [String: (config: UpstreamConfig, targets: [Target])]
 
     /// Resolves every target address. Blocking (DNS): call at start-up or reload, never on an event loop.
-    public init(config: GatewayConfig) throws {
+    public init(upstreams: [String: UpstreamConfig]) throws {
         var result: [String: (config: UpstreamConfig, targets: [Target])] = [:]
-        for (name, upstream) in config.upstreams {
+        for (name, upstream) in upstreams {
             var targets: [Target] = []
             for hp in upstream.targets {
                 let address = try SocketAddress.makeAddressResolvingHost(hp.host, port: hp.port)

@@ -1,0 +1,32 @@
+/// A tenant's record: its plan, billing state, API keys (by hash) and limit overrides.
+///
+/// The one shape of every tenant record: the `tenants:` seeds read from YAML, the records written through the
+/// admin API or the billing webhook (kept in the store), and the effective record that requests are gated
+/// and charged by (a stored record wins over the seed of the same tenant).
+public struct TenantRecord: Sendable {
+    public struct APIKey: Sendable {
+        public var id: String
+        public var sha256: String
+        public init(id: String, sha256: String) {
+            self.id = id
+            self.sha256 = sha256
+        }
+    }
+    public var plan: String
+    public var status: String = "active"
+    /// `trial_ends` as written, and as seconds since the epoch.
+    public var trialEnds: String? = nil
+    public var trialEndsAt: Double? = nil
+    /// When the tenant went `past_due`, seconds since the epoch (the grace period counts from here).
+    public var pastDueSinceAt: Double? = nil
+    public var billingAnchor: Int = 1
+    public var apiKeys: [APIKey] = []
+    /// Overrides of the plan's limits.
+    public var maxBodyBytes: Int? = nil
+    public var rateOverride: PlanConfig.Rate? = nil
+    public var quotaOverride: PlanConfig.Quota? = nil
+
+    public init(plan: String) {
+        self.plan = plan
+    }
+}
