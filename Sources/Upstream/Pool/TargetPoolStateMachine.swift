@@ -101,7 +101,9 @@ public struct TargetPoolStateMachine: Sendable {
     /// A busy connection's exchange ended (`reusable`), or the connection closed, idle or busy.
     public mutating func release(_ id: ConnectionID, reusable: Bool, now: NIODeadline) -> [Action] {
         if busy.remove(id) != nil {
-            if reusable && !isClosed {
+            if reusable {
+                // A pool closed by a reload keeps nothing: the still-open connection is closed.
+                if isClosed { return [.close(id)] }
                 return [place(id, now: now)].compactMap { $0 }
             }
         } else if let i = idle.firstIndex(where: { $0.id == id }) {
