@@ -225,7 +225,7 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// A phase that awaited finished; ignored when the exchange has ended meanwhile.
     private func resume(_ ctx: RequestContext, _ outcome: RequestPhases.Outcome) {
-        guard current === ctx, machine.exchange?.response == .pending else { return }
+        guard !ctx.ended, current === ctx, machine.exchange?.response == .pending else { return }
         switch outcome {
         case .next:
             guard let next = RequestContext.Phase(rawValue: ctx.phase.rawValue + 1) else {
@@ -408,14 +408,12 @@ final class ProxyHandler: ChannelDuplexHandler {
     func finish(_ end: ClientConnectionStateMachine.End) {
         guard let ctx = current else { return }
         current = nil
+        ctx.ended = true
         loop.metrics.exchangesInFlight -= 1
-        switch end.upstream {
-        case .abandon, .none:
-            // `.none` holds no connection; one still referenced here would be a bookkeeping bug: close it.
-            ctx.connection?.abandon()
-        case .cancelWait:
-            if let waiter = ctx.waiter { ctx.pool?.cancel(waiter) }
-        }
+        // `end.upstream` says what is held (`abandon`: a connection, `cancelWait`: a place in a pool's queue);
+        // both calls are no-ops when nothing is, so nothing can be left behind by a bookkeeping slip.
+        ctx.connection?.abandon()
+        if let waiter = ctx.waiter { ctx.pool?.cancel(waiter) }
         ctx.connection = nil
         ctx.waiter = nil
         ctx.held.removeAll()

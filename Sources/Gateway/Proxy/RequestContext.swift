@@ -49,6 +49,9 @@ final class RequestContext {
     var attempts = 0
     /// Body parts held until a connection is attached.
     var held: [ByteBuffer] = []
+    /// The exchange has ended: a phase that was waiting (Redis, the audit queue) drops its late result and takes
+    /// nothing more (an audit place reserved now would never be released).
+    var ended = false
 
     init(requestID: String, head: HTTPRequestHead, start: NIODeadline) {
         self.requestID = requestID

@@ -169,6 +169,7 @@ struct RequestPhases {
         _ ctx: RequestContext, _ audit: AuditLog, until deadline: NIODeadline, resume: @escaping Resume
     ) {
         loop.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) { [self] in
+            if ctx.ended { return }
             if audit.tryReserve() {
                 ctx.auditReserved = true
                 resume(.next)
