@@ -47,6 +47,11 @@ enum RequestValidation {
                 transferEncodings += 1
                 let v = value.trimmingSpaces()
                 if HopByHop.equalsLower(v.utf8, "chunked") { chunked = true } else { chunked = false; transferEncodings += 1 }
+            case 7 where HopByHop.equalsLower(name.utf8, "upgrade"):
+                // No route carries WebSocket yet; `h2c` is ignored (served over HTTP/1.1, not forwarded).
+                if !HopByHop.equalsLower(value.trimmingSpaces().utf8, "h2c") {
+                    return .failure(.badRequest("Upgrade to '\(value)' is not supported on this route."))
+                }
             case 6 where HopByHop.equalsLower(name.utf8, "expect"):
                 if HopByHop.equalsLower(value.trimmingSpaces().utf8, "100-continue") {
                     expectContinue = true
