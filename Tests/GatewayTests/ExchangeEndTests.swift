@@ -311,4 +311,281 @@ import Testing
         let r = try request(port: gw.port, "GET", "/after")
         #expect(r.status == 200, "\(r.status) \(r.text)")
     }
+
+    // MARK: 6. A malformed request behind a valid one
+
+    @Test func aMalformedRequestAfterAValidOneInTheSameWriteEndsOnlyItself() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let log = try AuditLogFile()
+        let gw = try Self.gateway(up, audit: Self.auditSection(log: log.path))
+        defer { gw.stop() }
+        var pairs: [(String, String)] = []
+        for i in 0..<5 {
+            let c = try RawConnection(port: gw.port, timeout: 5)
+            try c.send("DELETE /x/\(i) HTTP/1.1\r\nHost: gw\r\n\r\nX\r\n\r\n")
+            let first = try #require(try c.readResponse(), "try \(i): no response")
+            #expect(first.status == 200, "try \(i): the valid request got \(first.status) \(first.text)")
+            #expect(first.json["method"] as? String == "DELETE" && first.json["uri"] as? String == "/x/\(i)")
+            let forwarded = up.requests.filter { $0.uri == "/x/\(i)" }
+            #expect(forwarded.count == 1, "try \(i): forwarded \(forwarded.count) times")
+            let id1 = try #require(first.header("X-Request-ID"))
+            #expect(forwarded.first?.header("X-Request-ID") == id1, "try \(i): the response carries another request's id")
+            let second = try #require(try c.readResponse(), "try \(i): no 400 after the real response")
+            #expect(second.status == 400 && second.json["code"] as? String == "bad_request", "try \(i): \(second.status) \(second.text)")
+            let id2 = try #require(second.json["request_id"] as? String)
+            #expect(id2 != id1, "try \(i): the 400 carries the valid request's id")
+            #expect(c.waitForClose(), "try \(i): connection left open after the 400")
+            pairs.append((id1, id2))
+        }
+        #expect(up.heads == (0..<5).map { "/x/\($0)" }, "\(up.heads)")
+        try Self.waitForRecords(log, pairs.flatMap { [$0.0, $0.1] })
+        for (i, (id1, id2)) in pairs.enumerated() {
+            let allow = try #require(log.record(id: id1), "try \(i): no record of the DELETE")
+            #expect(allow["decision"] as? String == "allow" && allow["status"] as? Int == 200, "try \(i): \(allow)")
+            #expect(allow["method"] as? String == "DELETE" && allow["path"] as? String == "/x/\(i)", "try \(i): \(allow)")
+            let deny = try #require(log.record(id: id2), "try \(i): no record of the 400")
+            #expect(deny["decision"] as? String == "deny" && deny["code"] as? String == "bad_request", "try \(i): \(deny)")
+            #expect(log.records.filter { $0["request_id"] as? String == id1 }.count == 1, "try \(i): DELETE recorded twice")
+        }
+    }
+
+    @Test func aSmuggledRequestBehindASlowOneGetsItsOwn400AfterTheRealResponse() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(up)
+        defer { gw.stop() }
+        let c = try RawConnection(port: gw.port, timeout: 5)
+        try c.send(
+            "GET /slow/300 HTTP/1.1\r\nHost: gw\r\n\r\n"
+                + "POST /y HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        let first = try #require(try c.readResponse(), "no response")
+        #expect(first.status == 200 && first.json["uri"] as? String == "/slow/300", "\(first.status) \(first.text)")
+        let id1 = first.header("X-Request-ID")
+        let second = try #require(try c.readResponse(), "no 400 after the real response")
+        #expect(second.status == 400 && second.json["code"] as? String == "bad_request", "\(second.status) \(second.text)")
+        #expect(second.json["request_id"] as? String != id1)
+        #expect(c.waitForClose())
+        #expect(up.heads == ["/slow/300"], "\(up.heads)")
+    }
+
+    // MARK: 7. A chunk larger than the body limit
+
+    @Test func aChunkDeclaredLargerThanTheBodyLimitIs413AtOnce() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(up, server: "  max_body_bytes: 1KiB\n  request_timeout: 30s")
+        defer { gw.stop() }
+        // A 408 after request_timeout would make this read time out: the 413 must come without more bytes.
+        let c = try RawConnection(port: gw.port, timeout: 5)
+        try c.send("POST /u HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\nabcdef")
+        let r = try #require(try c.readResponse())
+        #expect(r.status == 413 && r.json["code"] as? String == "payload_too_large", "\(r.status) \(r.text)")
+        #expect(up.heads.isEmpty, "forwarded: \(up.heads)")
+        #expect(try request(port: gw.port, "GET", "/after").status == 200)
+    }
+
+    // MARK: 8. request_timeout caps the head
+
+    @Test func aDribbledHeadGets408WithinTheRequestTimeout() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        // header_timeout keeps its default (10s); request_timeout must cap it.
+        let gw = try Self.gateway(up, server: "  request_timeout: 1s")
+        defer { gw.stop() }
+        let c = try RawConnection(port: gw.port, timeout: 3)
+        let head = Array("GET /dribble HTTP/1.1\r\nHost: gw\r\nX-Pad: \(String(repeating: "a", count: 100))".utf8)
+        // One byte every 200 ms for at most 3 s (or until the gateway answers), then a read bounded by 3 s.
+        for byte in head.prefix(15) {
+            guard (try? c.send([byte])) != nil else { break }
+            if c.waitReadable(timeout: 0.2) { break }
+        }
+        let r = try #require(try c.readResponse(), "closed without a response")
+        #expect(r.status == 408 && r.json["code"] as? String == "request_timeout", "\(r.status) \(r.text)")
+        #expect(c.waitForClose(), "not closed after the 408")
+        #expect(up.heads.isEmpty)
+    }
+
+    // MARK: 9. Bytes read ahead are bounded
+
+    @Test func manyPipelinedUploadsBehindAHeldExchangeDoNotGrowTheGateway() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(up, responseTimeout: "30s")
+        defer { gw.stop() }
+        #expect(try request(port: gw.port, "GET", "/warm").status == 200)
+        let baseline = gw.rss
+        let c = try RawConnection(port: gw.port, timeout: 20)
+        try c.send("GET /hold/first HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil(seconds: 5) { up.heads.contains("/hold/first") }
+        let count = 200
+        let size = 256 * 1024
+        var payload: [UInt8] = []
+        payload.reserveCapacity(count * (size + 80))
+        for i in 0..<count {
+            payload += Array("POST /p/\(i) HTTP/1.1\r\nHost: gw\r\nContent-Length: \(size)\r\n\r\n".utf8)
+            payload += [UInt8](repeating: 0x70, count: size)
+        }
+        let sender = c.makeSender()
+        sender.startSending(payload)
+        let peak = try Self.waitForStall(sender, gw)
+        let grown = peak - baseline
+        print("pipelined uploads: \(sender.sent) of \(payload.count) bytes taken while held; RSS grew \(grown) bytes")
+        #expect(grown < 16 * Self.mib, "gateway RSS grew by \(grown) bytes while \(sender.sent) bytes were pipelined")
+        up.release("first")
+        let first = try #require(try c.readResponse())
+        #expect(first.status == 200 && first.json["uri"] as? String == "/hold/first")
+        for i in 0..<count {
+            let r = try #require(try c.readResponse(), "response \(i) missing")
+            guard r.status == 200, r.json["uri"] as? String == "/p/\(i)", r.json["body_bytes"] as? Int == size else {
+                Issue.record("response \(i) out of order or wrong: \(r.status) \(r.text.prefix(200))")
+                break
+            }
+        }
+    }
+
+    @Test func aLargePipelinedBodyBehindAHeldExchangeDoesNotGrowTheGateway() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(up, server: "  max_body_bytes: 128MiB", responseTimeout: "30s")
+        defer { gw.stop() }
+        #expect(try request(port: gw.port, "GET", "/warm").status == 200)
+        let baseline = gw.rss
+        let c = try RawConnection(port: gw.port, timeout: 20)
+        try c.send("GET /hold/first HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil(seconds: 5) { up.heads.contains("/hold/first") }
+        let size = 64 * Self.mib
+        let sender = c.makeSender()
+        sender.startSending(
+            Array("POST /big HTTP/1.1\r\nHost: gw\r\nContent-Length: \(size)\r\n\r\n".utf8) + [UInt8](repeating: 0x62, count: size))
+        let peak = try Self.waitForStall(sender, gw)
+        let grown = peak - baseline
+        print("pipelined body: \(sender.sent) bytes taken while held; RSS grew \(grown) bytes")
+        #expect(grown < 16 * Self.mib, "gateway RSS grew by \(grown) bytes while \(sender.sent) bytes were pipelined")
+        up.release("first")
+        let first = try #require(try c.readResponse())
+        #expect(first.status == 200 && first.json["uri"] as? String == "/hold/first")
+        let big = try #require(try c.readResponse())
+        #expect(big.status == 200 && big.json["body_bytes"] as? Int == size, "\(big.status) \(big.text.prefix(200))")
+    }
+
+    @Test func bytesAfterAnUpgradeRequestDoNotGrowTheGateway() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(up, responseTimeout: "30s")
+        defer { gw.stop() }
+        #expect(try request(port: gw.port, "GET", "/warm").status == 200)
+        let baseline = gw.rss
+        let c = try RawConnection(port: gw.port, timeout: 20)
+        let sender = c.makeSender()
+        sender.startSending(
+            Array("GET /up HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n".utf8)
+                + [UInt8](repeating: 0x75, count: 64 * Self.mib))
+        // The gateway may refuse (400 and close) or forward; either way it must not hold what follows.
+        let peak = try Self.waitForStall(sender, gw)
+        let grown = peak - baseline
+        print("upgrade: \(sender.sent) bytes taken, send failed: \(sender.failed); RSS grew \(grown) bytes")
+        #expect(grown < 16 * Self.mib, "gateway RSS grew by \(grown) bytes after an Upgrade request")
+        c.reset()
+        #expect(try request(port: gw.port, "GET", "/after").status == 200)
+    }
+
+    // MARK: 10. Soak
+
+    /// Soak clients run on threads of their own, so they throw instead of recording issues.
+    static func soakResponse(_ c: RawConnection) throws -> RawResponse {
+        guard let r = try c.readResponse() else { throw RawClientError(description: "closed without a response") }
+        return r
+    }
+
+    static func soakDownloadHead(_ c: RawConnection) throws {
+        guard let h = try c.readHead() else { throw RawClientError(description: "download: closed without a response") }
+        guard h.status == 200 else { throw RawClientError(description: "download answered \(h.status)") }
+    }
+
+    /// One soak client: with probability 1/3 it hangs up at a random moment, otherwise it completes a normal
+    /// request and checks the answer. Throws when a normal request goes wrong.
+    static func soakClient(port: Int, rng: inout SeededGenerator) throws {
+        let c = try RawConnection(port: port, timeout: 10)
+        if Int.random(in: 0..<3, using: &rng) == 0 {
+            let abrupt = Bool.random(using: &rng)
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0:  // before the whole request was sent
+                let text = Array("POST /soak/part HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n".utf8)
+                try c.send(Array(text.prefix(Int.random(in: 1..<text.count, using: &rng))))
+            case 1:  // mid-body of an upload
+                try c.send("POST /soak/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000000\r\n\r\n")
+                try c.send([UInt8](repeating: 0x73, count: Int.random(in: 0..<500_000, using: &rng)))
+            case 2:  // right after the head of a download
+                try c.send("GET /download/5000000 HTTP/1.1\r\nHost: gw\r\n\r\n")
+                try soakDownloadHead(c)
+            default:  // mid-download
+                try c.send("GET /download/5000000 HTTP/1.1\r\nHost: gw\r\n\r\n")
+                try soakDownloadHead(c)
+                _ = try c.drain(count: Int.random(in: 1..<2_000_000, using: &rng))
+            }
+            hangUp(c, abrupt: abrupt)
+            return
+        }
+        let r: RawResponse
+        let expectedBytes: Int
+        switch Int.random(in: 0..<3, using: &rng) {
+        case 0:
+            try c.send("GET /soak/get HTTP/1.1\r\nHost: gw\r\n\r\n")
+            r = try soakResponse(c)
+            expectedBytes = r.body.count
+        case 1:
+            let n = Int.random(in: 0..<256 * 1024, using: &rng)
+            try c.send(Array("POST /soak/post HTTP/1.1\r\nHost: gw\r\nContent-Length: \(n)\r\n\r\n".utf8) + [UInt8](repeating: 0x71, count: n))
+            r = try soakResponse(c)
+            expectedBytes = r.json["body_bytes"] as? Int == n ? r.body.count : -1
+        default:
+            let n = Int.random(in: 1..<1_000_000, using: &rng)
+            try c.send("GET /download/\(n) HTTP/1.1\r\nHost: gw\r\n\r\n")
+            r = try soakResponse(c)
+            expectedBytes = n
+        }
+        guard r.status == 200, r.body.count == expectedBytes else {
+            throw RawClientError(description: "normal request: \(r.status) \(r.json["code"] ?? ""), \(r.body.count) body bytes")
+        }
+    }
+
+    @Test func soakWithAThirdOfTheClientsHangingUpLeavesNothingBusy() throws {
+        let seed: UInt64 = 0x1_1C0F_FEE
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(
+            up, server: "  max_body_bytes: 64MiB", upstream: "    max_connections_per_target: 8\n", threads: 2)
+        defer { gw.stop() }
+        let workers = 6
+        let perWorker = 50
+        let maxFailures = 20
+        let failures = LineLog()
+        let finished = DispatchSemaphore(value: 0)
+        for w in 0..<workers {
+            Thread {
+                var rng = SeededGenerator(seed: seed &+ UInt64(w))
+                for n in 0..<perWorker where failures.all.count < maxFailures {
+                    do {
+                        try Self.soakClient(port: gw.port, rng: &rng)
+                    } catch {
+                        failures.append("worker \(w) client \(n): \(error)")
+                    }
+                }
+                finished.signal()
+            }.start()
+        }
+        for _ in 0..<workers {
+            #expect(finished.wait(timeout: .now() + 120) == .success, "a soak worker did not finish (seed \(seed))")
+        }
+        let failed = failures.all
+        let firstFailures = failed.prefix(5).joined(separator: "\n")
+        #expect(failed.count == 0, "seed \(seed): \(failed.count) clients failed (the workers stop after \(maxFailures)):\n\(firstFailures)")
+        try gw.waitUntilQuiet()
+        for i in 0..<20 {
+            let r = try request(port: gw.port, "GET", "/after/\(i)")
+            #expect(r.status == 200, "seed \(seed): request \(i) after the soak: \(r.status) \(r.text)")
+        }
+        try gw.waitUntilQuiet()
+    }
 }
