@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -57,9 +58,32 @@ final class RawConnection {
         guard rc == 0 else { throw RawClientError(description: "connect to \(port) failed: errno \(errno)") }
     }
 
-    deinit { Glibc.close(fd) }
+    /// Set once ``reset()`` closed the descriptor, so `deinit` does not close it (or a reused number) again.
+    private var released = false
+
+    deinit { if !released { Glibc.close(fd) } }
 
     func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Hangs up abruptly: closes the socket with a zero linger, so the peer gets a reset instead of a FIN.
+    func reset() {
+        guard !released else { return }
+        var l = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        Glibc.close(fd)
+        released = true
+    }
+
+    /// True when bytes (or an EOF or error) can be read now or arrive within `timeout`.
+    func waitReadable(timeout: TimeInterval) -> Bool {
+        if !buffer.isEmpty { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, Int32(timeout * 1000)) > 0
+    }
+
+    /// A sender for this connection's socket that another thread can own (for a send that blocks while the
+    /// gateway stops reading); it holds its own descriptor for the same socket.
+    func makeSender() -> RawSender { RawSender(fd: dup(fd)) }
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 
@@ -113,9 +137,9 @@ final class RawConnection {
         return out
     }
 
-    /// Reads one response; nil when the connection closed before a status line. Interim 1xx responses are
-    /// returned like any other.
-    func readResponse(forHEAD: Bool = false) throws -> RawResponse? {
+    /// Reads one response's status line and headers, leaving its body unread (for ``drain(count:)``); nil when
+    /// the connection closed before a status line.
+    func readHead() throws -> RawResponse? {
         guard let statusLine = try readLine() else { return nil }
         let parts = statusLine.split(separator: " ", maxSplits: 2)
         guard parts.count >= 2, let status = Int(parts[1]) else {
@@ -126,7 +150,14 @@ final class RawConnection {
             guard let colon = line.firstIndex(of: ":") else { throw RawClientError(description: "bad header: \(line)") }
             headers.append((String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
         }
-        var response = RawResponse(status: status, headers: headers, body: [])
+        return RawResponse(status: status, headers: headers, body: [])
+    }
+
+    /// Reads one response; nil when the connection closed before a status line. Interim 1xx responses are
+    /// returned like any other.
+    func readResponse(forHEAD: Bool = false) throws -> RawResponse? {
+        guard var response = try readHead() else { return nil }
+        let status = response.status
         if forHEAD || status < 200 || status == 204 || status == 304 { return response }
         if let te = response.header("transfer-encoding"), te.lowercased() == "chunked" {
             while let sizeLine = try readLine() {
@@ -177,6 +208,25 @@ final class RawConnection {
         return n
     }
 
+    /// Reads and discards everything until the peer closes (true, with the bytes read) or a read times out or
+    /// fails otherwise (false).
+    func readToEnd() -> (bytes: Int, closed: Bool) {
+        var total = buffer.count
+        buffer.removeAll()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 65536, 0) }
+            if n > 0 {
+                total += n
+            } else if n == 0 || errno == ECONNRESET {
+                peerClosed = true
+                return (total, true)
+            } else {
+                return (total, false)
+            }
+        }
+    }
+
     /// Waits for the peer to close the connection (reading and discarding anything else).
     func waitForClose() -> Bool {
         while true {
@@ -186,6 +236,54 @@ final class RawConnection {
                 return false
             }
         }
+    }
+}
+
+/// Writes to a socket shared with a ``RawConnection`` from another thread, counting what the kernel took.
+final class RawSender: Sendable {
+    private let fd: Int32
+    private let sentBytes = Atomic<Int>(0)
+
+    private let state = Atomic<Int>(0)
+
+    /// Takes a descriptor of its own; a send blocked for 30 s fails (so no thread outlives its test for long).
+    init(fd: Int32) {
+        self.fd = fd
+        var tv = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// The background send of ``startSending(_:)`` returned.
+    var finished: Bool { state.load(ordering: .relaxed) != 0 }
+    /// It returned because a send failed (the peer closed or reset the connection, or it stayed blocked).
+    var failed: Bool { state.load(ordering: .relaxed) == 2 }
+
+    /// Sends `bytes` from a thread of its own.
+    func startSending(_ bytes: [UInt8]) {
+        Thread { [self] in
+            let ok = self.send(bytes)
+            self.state.store(ok ? 1 : 2, ordering: .relaxed)
+        }.start()
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Bytes the kernel accepted so far.
+    var sent: Int { sentBytes.load(ordering: .relaxed) }
+
+    /// Sends everything, 64 KiB per call so ``sent`` shows progress; false once a send fails (the peer closed or
+    /// reset the connection).
+    @discardableResult
+    func send(_ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let end = min(bytes.count, offset + 65536)
+            let n = bytes[offset..<end].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { return false }
+            offset += n
+            sentBytes.add(n, ordering: .relaxed)
+        }
+        return true
     }
 }
 

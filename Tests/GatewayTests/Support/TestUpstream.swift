@@ -20,7 +20,11 @@ struct RecordedRequest: Sendable {
 ///
 /// Paths (after any prefix): `/health` (200, or 503 when unhealthy), `/download/N` (N bytes, streamed with
 /// back-pressure), `/slow/MS` (answers after MS ms), `/hang` (never answers), `/cut` (promises 100000 bytes,
-/// sends 10, closes), `/status/N`, `/chunked` (a chunked response), anything else: a JSON echo.
+/// sends 10, closes), `/status/N`, `/chunked` (a chunked response), `/early` (answers 201 as soon as the
+/// request head arrives, without waiting for the body), `/partial/N` (promises 1000000 bytes, sends N, then
+/// stalls), `/hold/NAME` (answers the echo only when the test calls ``release(_:)`` with NAME), anything
+/// else: a JSON echo. Every request head is recorded on arrival in ``heads``; a request is recorded in
+/// ``requests`` once its body ended (an `/early` one as soon as its head arrived).
 final class TestUpstream: Sendable {
     let group: MultiThreadedEventLoopGroup
     private let channel: Channel
@@ -35,8 +39,12 @@ final class TestUpstream: Sendable {
 
     struct State {
         var requests: [RecordedRequest] = []
+        var heads: [String] = []
         var connections = 0
+        var closedConnections = 0
         var open: [Channel] = []
+        var held: [String: @Sendable () -> Void] = [:]
+        var released: Set<String> = []
     }
 
     init() throws {
@@ -53,6 +61,7 @@ final class TestUpstream: Sendable {
                         s.open.append(channel)
                         return s.connections
                     }
+                    channel.closeFuture.whenComplete { _ in upstream.state.withLock { $0.closedConnections += 1 } }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler(upstream: upstream, connection: id))
                 }
@@ -67,6 +76,34 @@ final class TestUpstream: Sendable {
 
     var requests: [RecordedRequest] { state.withLock { $0.requests.filter { $0.uri != "/health" } } }
     var connections: Int { state.withLock { $0.connections } }
+    /// Connections accepted and not yet closed.
+    var openConnections: Int { state.withLock { $0.connections - $0.closedConnections } }
+    /// The URI of every request head received (health checks excluded), in arrival order, whether or not its
+    /// body ever ended.
+    var heads: [String] { state.withLock { $0.heads.filter { $0 != "/health" } } }
+
+    func recordHead(_ uri: String) {
+        state.withLock { $0.heads.append(uri) }
+    }
+
+    /// Parks the response of `/hold/NAME` until ``release(_:)``; answers at once if it was released before.
+    func hold(_ name: String, answer: @escaping @Sendable () -> Void) {
+        let now = state.withLock { s -> Bool in
+            if s.released.contains(name) { return true }
+            s.held[name] = answer
+            return false
+        }
+        if now { answer() }
+    }
+
+    /// Lets the held request NAME answer (now, or as soon as it arrives).
+    func release(_ name: String) {
+        let answer = state.withLock { s -> (@Sendable () -> Void)? in
+            s.released.insert(name)
+            return s.held.removeValue(forKey: name)
+        }
+        answer?()
+    }
 
     func record(_ r: RecordedRequest) {
         if r.uri == "/health" {
@@ -99,6 +136,8 @@ private final class UpstreamHandler: ChannelInboundHandler {
     var head: HTTPRequestHead?
     var bodyBytes = 0
     var pendingDownload = 0
+    /// The current request was answered when its head arrived (`/early`): its end only resets this.
+    var answeredEarly = false
 
     init(upstream: TestUpstream, connection: Int) {
         self.upstream = upstream
@@ -110,9 +149,22 @@ private final class UpstreamHandler: ChannelInboundHandler {
         case .head(let h):
             head = h
             bodyBytes = 0
+            upstream.recordHead(h.uri)
+            if h.uri.split(separator: "?").first?.split(separator: "/").last == "early" {
+                answeredEarly = true
+                upstream.record(
+                    RecordedRequest(
+                        method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) },
+                        bodyBytes: 0, connection: connection))
+                send(context, status: .created, body: "early")
+            }
         case .body(let b):
             bodyBytes += b.readableBytes
         case .end:
+            if answeredEarly {
+                answeredEarly = false
+                return
+            }
             guard let head else { return }
             let recorded = RecordedRequest(
                 method: head.method.rawValue, uri: head.uri, headers: head.headers.map { ($0.name, $0.value) },
@@ -157,6 +209,25 @@ private final class UpstreamHandler: ChannelInboundHandler {
                     let (me, ctx, rec) = bound.value
                     me.echo(ctx, rec)
                 }
+            } else if parts.count >= 2, parts[parts.count - 2] == "hold" {
+                let name = String(parts.last!)
+                let bound = NIOLoopBound((self, context, r), eventLoop: context.eventLoop)
+                let loop = context.eventLoop
+                upstream.hold(name) {
+                    loop.execute {
+                        let (me, ctx, rec) = bound.value
+                        guard ctx.channel.isActive else { return }
+                        me.echo(ctx, rec)
+                    }
+                }
+            } else if parts.count >= 2, parts[parts.count - 2] == "partial", let n = Int(parts.last!) {
+                var h = HTTPHeaders()
+                h.add(name: "Content-Length", value: "1000000")
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: h))), promise: nil)
+                if n > 0 {
+                    context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(repeating: 0x70, count: min(n, 999_999))))), promise: nil)
+                }
+                context.flush()
             } else if parts.count >= 2, parts[parts.count - 2] == "download", let n = Int(parts.last!) {
                 var h = HTTPHeaders()
                 h.add(name: "Content-Length", value: String(n))
