@@ -152,6 +152,8 @@ final class ProxyHandler: ChannelDuplexHandler {
             machine.dequeued(item.input)
             handle(item)
         }
+        current?.connection?.flush()
+        context.flush()
         updateReading()
     }
 
@@ -259,7 +261,12 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .forward:
             guard let conn = ctx.connection else { return }
             conn.sendBody(buffer)
-            if !conn.isWritable { machine.setPaused(.upstreamBackpressure, true) }
+            if !conn.isWritable {
+                // Pause first: the flush below (needed when a queued body is handled outside a read cycle, where
+                // nothing else would flush) may drain the socket at once and report writability before it returns.
+                machine.setPaused(.upstreamBackpressure, true)
+                conn.flush()
+            }
         case .hold(let connect):
             ctx.held.append(buffer)
             if connect { self.connect(ctx, excluding: nil) }
