@@ -385,6 +385,23 @@ import Testing
         #expect(try request(port: gw.port, "GET", "/after").status == 200)
     }
 
+    @Test func aChunkDeclaredTooLargeIs413AtOnceAlsoAfterEarlierRequestsOnTheConnection() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try Self.gateway(up, server: "  max_body_bytes: 1KiB\n  request_timeout: 30s")
+        defer { gw.stop() }
+        let c = try RawConnection(port: gw.port, timeout: 5)
+        // A sized body, then a small chunked one, keep-alive: the third request's chunk is over the limit.
+        try c.send("POST /sized HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello")
+        #expect(try c.readResponse()?.status == 200)
+        try c.send("POST /chunked HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        #expect(try c.readResponse()?.status == 200)
+        try c.send("POST /big HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\nabcdef")
+        let r = try #require(try c.readResponse())
+        #expect(r.status == 413 && r.json["code"] as? String == "payload_too_large", "\(r.status) \(r.text)")
+        #expect(up.heads == ["/sized", "/chunked"], "forwarded: \(up.heads)")
+    }
+
     // MARK: 8. request_timeout caps the head
 
     @Test func aDribbledHeadGets408WithinTheRequestTimeout() throws {

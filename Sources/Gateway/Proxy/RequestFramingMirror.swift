@@ -9,7 +9,7 @@
 /// Pure: bytes in, reports out.
 struct RequestFramingMirror {
     private enum State {
-        /// Reading head lines; `sawRequestLine` once the first non-empty line passed.
+        /// Reading head lines (`sawRequestLine` once the request line passed).
         case head
         case sizedBody(remaining: Int)
         case chunkSize(value: Int, digits: Int, inExtension: Bool)
@@ -68,7 +68,11 @@ struct RequestFramingMirror {
             case .sizedBody(let remaining):
                 let take = min(remaining, n - i)
                 i += take
-                state = remaining - take == 0 ? .head : .sizedBody(remaining: remaining - take)
+                if remaining == take {
+                    startNextRequest()
+                } else {
+                    state = .sizedBody(remaining: remaining - take)
+                }
             case .chunkSize(var value, var digits, var inExtension):
                 let b = bytes[i]
                 i += 1
