@@ -55,7 +55,7 @@ final class LoopMetrics {
     }
 
     /// A copy of the current values (taken on the loop, merged elsewhere).
-    func snapshot(leaseUnits: Int, connections: [UpstreamConnectionKey: (idle: Int, busy: Int)]) -> MetricsSnapshot {
+    func snapshot(leaseUnits: Int, connections: [String: (idle: Int, busy: Int)]) -> MetricsSnapshot {
         var s = MetricsSnapshot(
             requests: requests, durations: durations, upstreamDurations: upstreamDurations,
             ratelimitDenied: ratelimitDenied, storeErrors: storeErrors, storeDurations: storeDurations,
@@ -69,11 +69,6 @@ final class LoopMetrics {
     }
 }
 
-/// One upstream target, as the connection gauges label it.
-struct UpstreamConnectionKey: Hashable, Sendable {
-    var upstream: String
-    var target: String
-}
 
 /// Plain values of one or more loops' metrics.
 struct MetricsSnapshot: Sendable {
@@ -90,8 +85,9 @@ struct MetricsSnapshot: Sendable {
     var auditQueueDepth = 0
     var auditWritten = 0
     var exchangesInFlight = 0
-    var idleConnections: [UpstreamConnectionKey: Int] = [:]
-    var busyConnections: [UpstreamConnectionKey: Int] = [:]
+    /// Upstream connections by upstream name.
+    var idleConnections: [String: Int] = [:]
+    var busyConnections: [String: Int] = [:]
 
     mutating func merge(_ other: MetricsSnapshot) {
         requests.merge(other.requests, uniquingKeysWith: +)

@@ -83,17 +83,14 @@ final class LoopState {
             chunkedHoldBytes: 64 * 1024, linger: .seconds(2))
     }
 
-    /// Upstream connections by upstream and target: (idle, busy).
-    func connectionCounts() -> [UpstreamConnectionKey: (idle: Int, busy: Int)] {
-        var counts: [UpstreamConnectionKey: (idle: Int, busy: Int)] = [:]
-        for (name, group) in groups {
-            for pool in group.pools {
-                let key = UpstreamConnectionKey(upstream: name, target: pool.target.description)
-                let c = counts[key] ?? (0, 0)
-                counts[key] = (c.idle + pool.idleCount, c.busy + pool.busyCount)
+    /// Upstream connections by upstream: (idle, busy).
+    func connectionCounts() -> [String: (idle: Int, busy: Int)] {
+        groups.mapValues { group in
+            group.pools.reduce(into: (idle: 0, busy: 0)) { sum, pool in
+                sum.idle += pool.idleCount
+                sum.busy += pool.busyCount
             }
         }
-        return counts
     }
 
     /// Starts the periodic check of every connection's deadlines (idle, header, request, upstream response).

@@ -27,11 +27,9 @@ enum MetricsText {
         out += single("gatehouse_exchanges_in_flight", "gauge", "Client exchanges started and not yet ended.", m.exchangesInFlight)
         out += "# HELP gatehouse_upstream_connections Open upstream connections, idle in the pool or busy with an exchange.\n"
         out += "# TYPE gatehouse_upstream_connections gauge\n"
-        let keys = Set(m.idleConnections.keys).union(m.busyConnections.keys).sorted { ($0.upstream, $0.target) < ($1.upstream, $1.target) }
-        for k in keys {
-            for (state, n) in [("idle", m.idleConnections[k] ?? 0), ("busy", m.busyConnections[k] ?? 0)] {
-                out += "gatehouse_upstream_connections{upstream=\(label(k.upstream)),target=\(label(k.target)),state=\"\(state)\"} \(n)\n"
-            }
+        for name in Set(m.idleConnections.keys).union(m.busyConnections.keys).sorted() {
+            out += "gatehouse_upstream_connections{upstream=\(label(name)),state=\"idle\"} \(m.idleConnections[name] ?? 0)\n"
+            out += "gatehouse_upstream_connections{upstream=\(label(name)),state=\"busy\"} \(m.busyConnections[name] ?? 0)\n"
         }
         out += "# HELP gatehouse_upstream_healthy 1 when the target passes its health checks.\n"
         out += "# TYPE gatehouse_upstream_healthy gauge\n"
