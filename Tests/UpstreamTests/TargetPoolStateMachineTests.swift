@@ -240,6 +240,52 @@ import Testing
         #expect(m.openCount == 0)
     }
 
+    // MARK: With the connection's machine, glued as TargetPool and UpstreamConnection glue them
+
+    /// The production leak of issue 11: with two connections per target, a few clients hanging up mid-download
+    /// left every slot busy. Each abandoned lease now releases its slot once (the channelInactive after our close
+    /// releases nothing), so the pool keeps serving and nothing stays busy.
+    @Test func abortedDownloadsDoNotExhaustThePool() {
+        var pool = Machine(maxConnections: 2, keepalive: .seconds(30))
+        var connections: [Int: UpstreamConnectionStateMachine] = [:]
+        var nextID = 0
+
+        /// What UpstreamConnection.run does with a lease-ending action: release it to the pool.
+        func report(_ id: Int, _ action: UpstreamConnectionStateMachine.Action) -> [Machine.Action] {
+            switch action {
+            case .forwardEnd(let release): return pool.release(id, reusable: release == .reusable, now: Self.at(1))
+            case .failExchange, .abandon, .closeIdle: return pool.release(id, reusable: false, now: Self.at(1))
+            default: return []
+            }
+        }
+
+        for download in 1...10 {
+            let id: Int
+            switch pool.request(download, deadline: Self.at(5)) {
+            case .use(let idle):
+                id = idle
+            case .wait(connect: true):
+                nextID += 1
+                connections[nextID] = UpstreamConnectionStateMachine()
+                #expect(pool.connected(nextID, now: Self.at(0)) == [.handOut(nextID, to: download)])
+                id = nextID
+            case let other:
+                Issue.record("download \(download) got \(other)")
+                return
+            }
+            #expect(connections[id]!.begin(deadline: Self.at(10)) == .writeHead)
+            connections[id]!.requestEndSent()
+            #expect(connections[id]!.responseHead(keepAlive: true) == .forwardHead)
+            #expect(connections[id]!.responseBody() == .forwardBody)
+            // The client hangs up: the exchange abandons the connection, which we close.
+            #expect(report(id, connections[id]!.abandon()) == [])
+            #expect(report(id, connections[id]!.channelInactive()) == [])
+            #expect(pool.busyCount == 0 && pool.openCount == 0)
+        }
+        // A normal request still gets a connection.
+        #expect(pool.request(99, deadline: Self.at(5)) == .wait(connect: true))
+    }
+
     // MARK: The invariant over random sequences
 
     /// What the executor knows, kept by the test to check each action against.
