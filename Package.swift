@@ -84,6 +84,7 @@ let package = Package(
             dependencies: [
                 "Gateway", "Policy", "Upstream",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
