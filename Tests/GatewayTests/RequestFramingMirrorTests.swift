@@ -80,4 +80,47 @@ import Testing
         let text = "GET /a HTTP/1.1\r\nX-Long: " + String(repeating: "a", count: RequestFramingMirror.maxLineBytes) + "\r\n\r\n"
         #expect(Self.reports(text).lost)
     }
+
+    /// Random valid pipelines (bodyless, sized, chunked with extensions and trailers; bodies full of CRLFs and
+    /// request-like text), cut into random reads: the reports are exactly what the model expects.
+    @Test func randomPipelinesMatchTheModel() {
+        for seed in UInt64(1)...200 {
+            var rng = SeededGenerator(seed: seed)
+            var text = ""
+            var expected: [[Int]] = []
+            let filler = ["a", "\r\n", "\r\n\r\n", "0\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"]
+            func body(_ n: Int) -> String {
+                var b = ""
+                while b.utf8.count < n { b += filler.randomElement(using: &rng)! }
+                return String(b.utf8.prefix(n))!
+            }
+            for request in 0..<Int.random(in: 1...6, using: &rng) {
+                if Bool.random(using: &rng) { text += "\r\n" }
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0:
+                    text += "GET /r\(request) HTTP/1.1\r\nHost: gw\r\nX-Pad: \(String(repeating: "p", count: Int.random(in: 0..<40, using: &rng)))\r\n\r\n"
+                case 1:
+                    let n = Int.random(in: 0..<300, using: &rng)
+                    text += "POST /r\(request) HTTP/1.1\r\nHost: gw\r\ncontent-LENGTH: \(n)\r\n\r\n" + body(n)
+                default:
+                    text += "POST /r\(request) HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: gw\r\n\r\n"
+                    var total = 0
+                    for _ in 0..<Int.random(in: 0...4, using: &rng) {
+                        let n = Int.random(in: 1..<200, using: &rng)
+                        total += n
+                        let ext = Bool.random(using: &rng) ? ";name=value" : ""
+                        text += String(n, radix: 16, uppercase: Bool.random(using: &rng)) + ext + "\r\n" + body(n) + "\r\n"
+                        expected.append([request, total])
+                    }
+                    text += "0\r\n" + (Bool.random(using: &rng) ? "X-Trailer: 1\r\n" : "") + "\r\n"
+                    expected.append([request, total])
+                }
+            }
+            let splits = (0..<5).map { _ in Int.random(in: 1...97, using: &rng) }
+            let (reports, lost) = Self.reports(text, splits: splits)
+            #expect(!lost, "seed \(seed)")
+            #expect(reports == expected, "seed \(seed)")
+            if reports != expected { return }
+        }
+    }
 }

@@ -229,10 +229,9 @@ import Testing
     }
 
     /// `close()` says busy connections "close when released". A busy connection whose response ends cleanly
-    /// afterwards is released reusable (its own machine is idle again); the pool takes it off the books but
-    /// returns no `.close`, so the executor (TargetPool.run) never closes it: the socket stays open.
-    @Test(.disabled("bug: TargetPoolStateMachine.release(reusable: true) after close() returns [] instead of [.close(id)]"))
-    func busyConnectionReleasedReusableAfterCloseIsClosed() {
+    /// afterwards is released reusable (its own machine is idle again): the pool must close it, or the socket
+    /// would stay open off the books (every reload used to leak one per busy connection).
+    @Test func busyConnectionReleasedReusableAfterCloseIsClosed() {
         var m = Self.withIdle()
         #expect(m.request(1, deadline: Self.at(10)) == .use(1))
         #expect(m.close() == [])
@@ -273,8 +272,8 @@ import Testing
                 Issue.record("download \(download) got \(other)")
                 return
             }
-            #expect(connections[id]!.begin(deadline: Self.at(10)) == .writeHead)
-            connections[id]!.requestEndSent()
+            #expect(connections[id]!.begin(responseTimeout: .seconds(10)) == .writeHead)
+            connections[id]!.requestEndSent(now: Self.at(0))
             #expect(connections[id]!.responseHead(keepAlive: true) == .forwardHead)
             #expect(connections[id]!.responseBody() == .forwardBody)
             // The client hangs up: the exchange abandons the connection, which we close.

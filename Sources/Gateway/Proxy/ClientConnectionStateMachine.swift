@@ -473,6 +473,7 @@ struct ClientConnectionStateMachine {
 
     /// Checks every deadline at `now`.
     mutating func sweep(now: NIODeadline) -> SweepAction {
+        if case .closed = state { return .none }
         if let since = unwritableSince, now - since >= configuration.sendTimeout {
             // The client accepts nothing: close it and whatever it holds.
             if case .exchange(var ex) = state {

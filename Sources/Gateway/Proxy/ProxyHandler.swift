@@ -110,6 +110,9 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // The decoder's last call when the client closes mid-message: the client left, which channelInactive
+        // records (499 client_closed); nothing was malformed.
+        if !context.channel.isActive || (error as? HTTPParserError) == .invalidEOFState { return }
         if let parserError = error as? HTTPParserError {
             let denial: Denial =
                 parserError == .headerOverflow
@@ -337,7 +340,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .success(let conn):
             guard current === ctx else {
                 // Cannot happen (a finished exchange cancels its wait); never strand the connection.
-                conn.abandon()
+                pool.giveBack(conn)
                 return
             }
             attach(ctx, conn)

@@ -73,6 +73,11 @@ public final class TargetPool {
         machine.cancel(waiter)
     }
 
+    /// A connection handed out but never used (its exchange was gone): back to idle, or to the next waiter.
+    public func giveBack(_ conn: UpstreamConnection) {
+        release(conn, reusable: conn.isOpen)
+    }
+
     /// A lease ended (called by the connection): back to idle (or to a waiter), or off the books.
     func release(_ conn: UpstreamConnection, reusable: Bool) {
         if !reusable { connections.removeValue(forKey: conn.id) }

@@ -47,7 +47,7 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     /// Starts an exchange by writing the request head; false when the connection cannot take it (the delegate
     /// is not called back then).
     public func begin(head: HTTPRequestHead, delegate: UpstreamResponseDelegate, responseTimeout: TimeAmount) -> Bool {
-        guard let context, machine.begin(deadline: .now() + responseTimeout) == .writeHead else { return false }
+        guard let context, machine.begin(responseTimeout: responseTimeout) == .writeHead else { return false }
         self.delegate = delegate
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         return true
@@ -60,7 +60,7 @@ public final class UpstreamConnection: ChannelDuplexHandler {
 
     public func sendEnd() {
         guard let context, delegate != nil else { return }
-        machine.requestEndSent()
+        machine.requestEndSent(now: .now())
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 

@@ -30,7 +30,10 @@ public struct UpstreamConnectionStateMachine: Sendable {
         var headSeen = false
         /// The response allows another exchange on this connection.
         var keepAlive = true
-        /// When the response head must have arrived; nil once it has.
+        /// How long the upstream may take to answer once the request is sent.
+        var responseTimeout: TimeAmount
+        /// When the response head must have arrived: set when the request's end is sent (an upload's own time
+        /// does not count), nil once the head arrived.
         var deadline: NIODeadline?
     }
 
@@ -62,17 +65,18 @@ public struct UpstreamConnectionStateMachine: Sendable {
     public var isIdle: Bool { state == .idle }
     public var isClosed: Bool { state == .closed }
 
-    /// Starts a lease; the response head is due by `deadline`.
-    public mutating func begin(deadline: NIODeadline) -> Action {
+    /// Starts a lease; the response head is due `responseTimeout` after the request's end is sent.
+    public mutating func begin(responseTimeout: TimeAmount) -> Action {
         guard case .idle = state else { return .refuseBegin }
-        state = .active(Lease(deadline: deadline))
+        state = .active(Lease(responseTimeout: responseTimeout))
         return .writeHead
     }
 
-    /// The request's end was written upstream.
-    public mutating func requestEndSent() {
+    /// The request's end was written upstream at `now`: the response timeout starts.
+    public mutating func requestEndSent(now: NIODeadline) {
         guard case .active(var lease) = state else { return }
         lease.requestSent = true
+        if !lease.headSeen { lease.deadline = now + lease.responseTimeout }
         state = .active(lease)
     }
 
