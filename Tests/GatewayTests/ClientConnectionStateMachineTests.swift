@@ -883,6 +883,71 @@ import Testing
         #expect(m.clientClosed() != nil)
         #expect(!m.paused.contains(.upstreamBackpressure))
     }
+
+    // MARK: Review findings
+
+    /// After a malformed request is queued nothing more is served: later input (the decoder reports every read as
+    /// another error) is dropped and reading stays paused, so the queue cannot grow.
+    @Test func aQueuedMalformedRequestStopsReadingAndDropsWhatFollows() {
+        var m = Self.machine()
+        Self.attachedGET(&m)
+        #expect(m.inbound(.malformed) == .enqueue)
+        #expect(m.paused.contains(.pipeline))
+        for _ in 0..<100 { #expect(m.inbound(.malformed) == .discard) }
+        #expect(m.inbound(.head) == .discard)
+        #expect(m.queuedItems == 1)
+        #expect(m.responseHead(status: 200, keepAliveAllowed: true) == true)
+        #expect(m.responseEnd(now: Self.at(1))?.next == .nextRequest)
+        #expect(m.takesQueuedInput)
+        m.dequeued(.malformed)
+        #expect(m.paused.contains(.pipeline))  // the queued 400 closes the connection; nothing more is read
+        #expect(m.malformed() == .denyNew)
+    }
+
+    /// An upstream that answers early and closes leaves no back-pressure behind: the rest of the body is read
+    /// and dropped instead of stalling until the request timeout.
+    @Test func anEarlyAnswerClearsUpstreamBackPressure() {
+        var m = Self.machine()
+        Self.attachedPOST(&m)
+        m.setPaused(.upstreamBackpressure, true)
+        #expect(!m.readingAllowed)
+        #expect(m.responseHead(status: 201, keepAliveAllowed: true) == true)
+        #expect(m.responseEnd(now: Self.at(1)) == nil)  // the body is still coming
+        #expect(m.readingAllowed)
+        #expect(m.requestBody(10) == .discard)
+        #expect(m.requestEnd(now: Self.at(2)) == .ended(End(status: 201, code: "", denied: false, upstream: .none, next: .nextRequest)))
+    }
+
+    /// A failed upstream writes nothing more either.
+    @Test func anUpstreamFailureClearsUpstreamBackPressure() {
+        var m = Self.machine()
+        Self.attachedPOST(&m)
+        m.setPaused(.upstreamBackpressure, true)
+        #expect(m.upstreamFailed(retry: false) == .deny)
+        #expect(m.readingAllowed)
+    }
+
+    /// The framing is learnt after the head (from validation): a bodyless request keeps its connection on a
+    /// denial, an h2c upgrade closes it and pauses reading at its end.
+    @Test func framingKnownAfterTheHead() {
+        var m = Self.machine()
+        Self.head(&m, hasBody: true)
+        m.framingKnown(hasBody: false, chunked: false, upgrade: false)
+        let denied = m.denied(status: 404, code: "route_not_found", closeConnection: false, now: Self.at(0))
+        #expect(denied?.keepAlive == true && denied?.end == nil)
+        #expect(m.requestEnd(now: Self.at(0)) == .ended(End(status: 404, code: "route_not_found", denied: true, upstream: .none, next: .nextRequest)))
+
+        var u = Self.machine()
+        Self.head(&u, hasBody: true)
+        u.framingKnown(hasBody: false, chunked: false, upgrade: true)
+        #expect(u.exchange?.keepAlive == false)
+        #expect(u.admitted() == .connect)
+        u.acquiring()
+        _ = u.attached()
+        _ = u.requestEnd(now: Self.at(0))
+        #expect(u.paused.contains(.upgrade))
+    }
+
 }
 
 extension ClientConnectionStateMachine.SweepAction {

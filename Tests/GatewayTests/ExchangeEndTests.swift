@@ -175,6 +175,35 @@ import Testing
         try gw.waitUntilQuiet()
     }
 
+    /// A reload replaces the pools while one exchange holds a connection and another waits for one: the holder
+    /// finishes on its old connection (still counted busy, still swept), the waiter is served on the new pools
+    /// (not 502), and everything returns to 0.
+    @Test func aReloadWhileExchangesHoldAndWaitForConnectionsLosesNeither() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let yaml = testConfig(upstreams: ["app": [up.port]], routes: catchAllRoute, upstreamExtra: "    max_connections_per_target: 1\n    retries: 0\n")
+            .replacingOccurrences(of: "connect_timeout: 500ms", with: "connect_timeout: 5s")
+            .replacingOccurrences(of: "response_timeout: 2s", with: "response_timeout: 10s")
+        let gw = try GatewayProcess(yaml: yaml, environment: ["GH_TEST_ADMIN_TOKEN": "s3cret"])
+        defer { gw.stop() }
+        let admin = try #require(gw.adminPort)
+        let holder = try RawConnection(port: gw.port, timeout: 10)
+        try holder.send("GET /hold/old HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil(seconds: 5) { up.heads.contains("/hold/old") }
+        let waiter = try RawConnection(port: gw.port, timeout: 10)
+        try waiter.send("GET /waiter HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try gw.waitForExchangesInFlight { $0 >= 2 }
+        let reloaded = try request(port: admin, "POST", "/admin/reload", headers: [("Authorization", "Bearer s3cret")])
+        #expect(reloaded.status == 200)
+        let served = try #require(try waiter.readResponse())
+        #expect(served.status == 200, "the waiter got \(served.status) \(served.text)")
+        #expect(try gw.metrics().busyConnections("app") == 1, "the old pool's busy connection is no longer counted")
+        up.release("old")
+        #expect(try holder.readResponse()?.status == 200)
+        try gw.waitUntilQuiet()
+        #expect(try request(port: gw.port, "GET", "/after").status == 200)
+    }
+
     // MARK: 3. Hang-up at each point of an exchange
 
     enum HangUpPoint: String, CaseIterable, CustomStringConvertible {

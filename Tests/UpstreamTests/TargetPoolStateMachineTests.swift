@@ -208,10 +208,10 @@ import Testing
         _ = m.request(2, deadline: Self.at(10))  // takes 1
         _ = m.request(3, deadline: Self.at(10))  // waits, connects
         _ = m.request(4, deadline: Self.at(10))  // waits, connects
-        let shutdown = UpstreamError.connectFailed("gateway shutting down")
+        let shutdown = UpstreamError.poolClosed("the pool was replaced by a reload or the gateway is stopping")
         #expect(m.close() == [.fail(3, shutdown), .fail(4, shutdown)])
         #expect(m.isClosed)
-        #expect(m.request(5, deadline: Self.at(10)) == .fail(.connectFailed("pool closed")))
+        #expect(m.request(5, deadline: Self.at(10)) == .fail(.poolClosed("the target's pool takes no new work")))
         // Connects that finish after the close are closed at once.
         #expect(m.connected(20, now: Self.at(3)) == [.close(20)])
         #expect(m.connectFailed(.connectFailed("refused")) == [])

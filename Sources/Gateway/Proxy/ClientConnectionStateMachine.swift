@@ -116,8 +116,8 @@ struct ClientConnectionStateMachine {
         var response: Response = .pending
         var keepAlive: Bool
         let firstByte: NIODeadline
-        let hasBody: Bool
-        let chunked: Bool
+        var hasBody: Bool
+        var chunked: Bool
         var bodyLimit = Int.max
         var bodyBytes = 0
         var heldBytes = 0
@@ -143,6 +143,8 @@ struct ClientConnectionStateMachine {
     private(set) var queuedItems = 0
     /// No further requests are taken (drain).
     private(set) var noMoreRequests = false
+    /// A malformed request waits in the queue.
+    private var malformedQueued = false
     private var unwritableSince: NIODeadline?
 
     init(configuration: Configuration, now: NIODeadline) {
@@ -187,7 +189,13 @@ struct ClientConnectionStateMachine {
     }
 
     private mutating func enqueue(_ input: Input) -> InboundAction {
-        if noMoreRequests { return .discard }
+        // Nothing after a malformed request is ever served (and the decoder reports every later read as another
+        // error): keep the first, drop the rest, stop reading.
+        if noMoreRequests || malformedQueued { return .discard }
+        if input == .malformed {
+            malformedQueued = true
+            paused.insert(.pipeline)
+        }
         queuedItems += 1
         switch input {
         case .head: queuedHeads += 1
@@ -217,7 +225,9 @@ struct ClientConnectionStateMachine {
         case .body(let n): queuedBytes -= n
         case .end, .malformed: break
         }
-        if queuedHeads < configuration.maxPipelinedRequests && queuedBytes < configuration.maxReadAheadBytes {
+        if queuedHeads < configuration.maxPipelinedRequests && queuedBytes < configuration.maxReadAheadBytes
+            && !malformedQueued
+        {
             paused.remove(.pipeline)
         }
     }
@@ -240,6 +250,16 @@ struct ClientConnectionStateMachine {
 
     /// Set while an `Upgrade` request is being read: reading pauses at its end.
     private var upgradePending = false
+
+    /// The request's framing, once validated (until then a body is assumed, so an early denial closes).
+    mutating func framingKnown(hasBody: Bool, chunked: Bool, upgrade: Bool) {
+        modify {
+            $0.hasBody = hasBody
+            $0.chunked = chunked
+            if upgrade { $0.keepAlive = false }
+        }
+        if upgrade { upgradePending = true }
+    }
 
     mutating func setBodyLimit(_ limit: Int) {
         modify { $0.bodyLimit = limit }
@@ -360,6 +380,7 @@ struct ClientConnectionStateMachine {
     mutating func upstreamFailed(retry: Bool) -> UpstreamFailureAction {
         guard case .exchange(var ex) = state else { return .none }
         ex.upstream = .detached
+        paused.remove(.upstreamBackpressure)  // nothing is written upstream any more
         switch ex.response {
         case .pending:
             if retry {
@@ -394,6 +415,8 @@ struct ClientConnectionStateMachine {
         ex.response = .complete
         ex.upstream = .detached
         state = .exchange(ex)
+        // An early answer: the rest of the body is read and dropped, whatever the upstream socket's state.
+        paused.remove(.upstreamBackpressure)
         return endIfDone(ex, now: now)
     }
 
@@ -406,6 +429,7 @@ struct ClientConnectionStateMachine {
         ex.denied = true
         ex.status = status
         ex.code = code
+        paused.remove(.upstreamBackpressure)
         let bodyPending = ex.request == .receiving && ex.hasBody
         if bodyPending || closeConnection || noMoreRequests { ex.keepAlive = false }
         state = .exchange(ex)
@@ -572,6 +596,7 @@ struct ClientConnectionStateMachine {
     }
 
     private mutating func clearQueue() {
+        malformedQueued = false
         queuedItems = 0
         queuedHeads = 0
         queuedBytes = 0

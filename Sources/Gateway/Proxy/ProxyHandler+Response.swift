@@ -63,9 +63,14 @@ extension ProxyHandler: UpstreamResponseDelegate {
         if case .chunked = responseFraming {
             context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
         }
-        context.flush()
+        // The lease is over (the connection goes back to its pool as this returns): forget it, and end the
+        // exchange, before the flush (a failing flush re-enters this handler).
         ctx.connection = nil
-        if let end = machine.responseEnd(now: .now()) { finish(end) }
+        if let end = machine.responseEnd(now: .now()) {
+            finish(end, ctx)
+        } else {
+            context.flush()
+        }
     }
 
     func upstreamFailed(_ error: UpstreamError) {

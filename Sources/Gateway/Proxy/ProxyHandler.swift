@@ -44,6 +44,10 @@ final class ProxyHandler: ChannelDuplexHandler {
     private var readPending = false
     /// Request heads handled so far on this connection (they arrive, and are handled, in order).
     private var requestsStarted = 0
+    /// Chunk totals announced by requests still queued, by request number; and the one of the request being
+    /// started, checked once its body limit is known.
+    private var declaredAhead: [Int: Int] = [:]
+    private var pendingChunkTotal: Int?
 
     enum ResponseFraming {
         case none, contentLength, chunked, closeDelimited
@@ -66,7 +70,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let end = machine.clientClosed() { finish(end) }
+        if let end = machine.clientClosed(), let ctx = current { finish(end, ctx) }
         queue.removeAll()
         loop.unregister(self)
         context.fireChannelInactive()
@@ -174,7 +178,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .requestTimeout:
             if let ctx = current { deny(ctx, .requestTimeout("The request body was not received in time.")) }
         case .ended(let end):
-            finish(end)
+            if let ctx = current { finish(end, ctx) }
         }
     }
 
@@ -197,11 +201,8 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.ordinal = requestsStarted
         requestsStarted += 1
         current = ctx
-        let chunked = head.headers.contains(name: "transfer-encoding")
-        let length = head.headers.first(name: "content-length")
-        machine.startExchange(
-            now: now, keepAlive: head.isKeepAlive, hasBody: chunked || (length != nil && length != "0"), chunked: chunked,
-            upgrade: head.headers.contains(name: "upgrade"))
+        // Until `validate` has read the framing, assume a body: a denial before then closes the connection.
+        machine.startExchange(now: now, keepAlive: head.isKeepAlive, hasBody: true, chunked: false, upgrade: false)
         loop.metrics.exchangesInFlight += 1
         advance(ctx)
     }
@@ -210,10 +211,21 @@ final class ProxyHandler: ChannelDuplexHandler {
     private func advance(_ ctx: RequestContext) {
         let phases = self.phases
         while current === ctx {
-            let outcome = phases.run(ctx) { [self] later in self.resume(ctx, later) }
+            let outcome = phases.run(ctx, resumer: self)
             switch outcome {
             case .next:
+                if ctx.phase == .validate {
+                    machine.framingKnown(hasBody: ctx.framing != .none, chunked: ctx.framing == .chunked, upgrade: ctx.upgrade)
+                    if let total = declaredAhead.removeValue(forKey: ctx.ordinal) { pendingChunkTotal = total }
+                }
                 machine.setBodyLimit(ctx.bodyLimit)
+                if let total = pendingChunkTotal, ctx.phase == .gate {
+                    pendingChunkTotal = nil
+                    if machine.chunkExceedsLimit(declaredTotal: total) {
+                        deny(ctx, .payloadTooLarge(limit: ctx.bodyLimit, close: true))
+                        return
+                    }
+                }
                 guard let next = RequestContext.Phase(rawValue: ctx.phase.rawValue + 1) else {
                     admitted(ctx)
                     return
@@ -229,7 +241,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     /// A phase that awaited finished; ignored when the exchange has ended meanwhile.
-    private func resume(_ ctx: RequestContext, _ outcome: RequestPhases.Outcome) {
+    func resume(_ ctx: RequestContext, _ outcome: RequestPhases.Outcome) {
         guard !ctx.ended, current === ctx, machine.exchange?.response == .pending else { return }
         switch outcome {
         case .next:
@@ -255,7 +267,8 @@ final class ProxyHandler: ChannelDuplexHandler {
             buffer.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         }
-        if action == .connect { connect(ctx, excluding: nil) }
+        // The flush may have failed and closed the connection, ending the exchange.
+        if action == .connect && !ctx.ended { connect(ctx, excluding: nil) }
     }
 
     private func receiveBody(_ buffer: ByteBuffer) {
@@ -285,14 +298,19 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .none: break
         case .sendEnd: current?.connection?.sendEnd()
         case .connect: if let ctx = current { connect(ctx, excluding: nil) }
-        case .ended(let end): finish(end)
+        case .ended(let end): if let ctx = current { finish(end, ctx) }
         }
     }
 
     /// Request number `request` (0-based, in arrival order) has announced chunks of `total` bytes so far: refused
     /// at once when that cannot fit the body limit.
     func chunkDeclared(request: Int, total: Int) {
-        guard let ctx = current, ctx.ordinal == request, machine.chunkExceedsLimit(declaredTotal: total) else { return }
+        guard let ctx = current, ctx.ordinal == request else {
+            // A request still queued behind the current one: checked when it starts (bounded by the queue's bounds).
+            if request >= requestsStarted { declaredAhead[request] = total }
+            return
+        }
+        guard machine.chunkExceedsLimit(declaredTotal: total) else { return }
         deny(ctx, .payloadTooLarge(limit: ctx.bodyLimit, close: true))
         updateReading()
     }
@@ -300,7 +318,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     private func malformed(_ denial: Denial) {
         switch machine.malformed() {
         case .denyCurrent: if let ctx = current { deny(ctx, denial) }
-        case .ended(let end): finish(end)
+        case .ended(let end): if let ctx = current { finish(end, ctx) }
         case .denyNew: denyNew(denial)
         case .none: break
         }
@@ -320,6 +338,9 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Takes a connection from a healthy target's pool and sends the request (and any body held so far).
     private func connect(_ ctx: RequestContext, excluding: TargetPool?) {
+        guard !ctx.ended else { return }
+        // After a reload the upstream's pools are new ones: pick from those (the old ones take no new work).
+        if let fresh = loop.groups[ctx.upstreamName] { ctx.group = fresh }
         guard let group = ctx.group, let pool = group.pick(excluding: excluding) else {
             deny(ctx, .upstreamUnavailable("No healthy target for upstream '\(ctx.upstreamName)'."))
             return
@@ -338,8 +359,8 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.waiter = nil
         switch result {
         case .success(let conn):
-            guard current === ctx else {
-                // Cannot happen (a finished exchange cancels its wait); never strand the connection.
+            guard current === ctx, !ctx.ended else {
+                // A finished exchange cancels its wait, so this should not happen; never strand the connection.
                 pool.giveBack(conn)
                 return
             }
@@ -351,9 +372,13 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     private func attach(_ ctx: RequestContext, _ conn: UpstreamConnection) {
-        guard let head = ctx.upstreamHead else { return }
+        guard let head = ctx.upstreamHead, current === ctx, !ctx.ended else {
+            ctx.pool?.giveBack(conn)
+            return
+        }
         let timeout = TimeAmount.nanoseconds(ctx.group?.config.responseTimeout ?? 30_000_000_000)
         guard conn.begin(head: head, delegate: self, responseTimeout: timeout) else {
+            ctx.pool?.giveBack(conn)
             upstreamFailed(ctx, .connectionClosed("upstream connection is not idle"))
             return
         }
@@ -373,7 +398,12 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     func upstreamFailed(_ ctx: RequestContext, _ error: UpstreamError) {
         ctx.connection = nil
-        let retry = ctx.mayRetry(after: error, retries: ctx.group?.config.retries ?? 0)
+        var retry = ctx.mayRetry(after: error, retries: ctx.group?.config.retries ?? 0)
+        if error.isPoolClosed {
+            // A reload replaced the pools while this waited: once more on the new ones, not counted as an attempt.
+            retry = loop.groups[ctx.upstreamName].map { $0 !== ctx.group } ?? false
+            if retry { ctx.attempts -= 1 }
+        }
         let metadata: Logger.Metadata = [
             "gh-request-id": "\(ctx.requestID)", "gh-upstream": "\(ctx.upstreamName)", "gh-error": "\(error)",
         ]
@@ -395,7 +425,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .ended(let end):
             // Mid-response: the client's response cannot be completed; the cut is made visible by closing.
             loop.logger.warning("upstream failed mid-response", metadata: metadata)
-            finish(end)
+            finish(end, ctx)
         case .none:
             break
         }
@@ -405,41 +435,53 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Answers `ctx` with a problem document (when nothing was answered yet).
     func deny(_ ctx: RequestContext, _ denial: Denial) {
-        guard current === ctx,
+        guard current === ctx, !ctx.ended,
             let (keepAlive, end) = machine.denied(
                 status: denial.status, code: denial.code, closeConnection: denial.closeConnection, now: .now())
         else { return }
         writeProblem(denial, for: ctx, keepAlive: keepAlive)
-        context.flush()
-        if let end { finish(end) }
+        if let end {
+            finish(end, ctx)  // flushes
+        } else {
+            context.flush()
+        }
     }
 
-    /// The one place an exchange's end is acted on (the machine returns each ``End`` once).
-    func finish(_ end: ClientConnectionStateMachine.End) {
-        guard let ctx = current else { return }
-        current = nil
+    /// The one place an exchange's end is acted on (the machine returns each ``End`` once). Client I/O comes
+    /// last: a flush that fails closes the channel and re-enters this handler.
+    func finish(_ end: ClientConnectionStateMachine.End, _ ctx: RequestContext) {
+        guard !ctx.ended else { return }
         ctx.ended = true
+        if current === ctx { current = nil }
         loop.metrics.exchangesInFlight -= 1
-        // `end.upstream` says what is held (`abandon`: a connection, `cancelWait`: a place in a pool's queue);
-        // both calls are no-ops when nothing is, so nothing can be left behind by a bookkeeping slip.
-        ctx.connection?.abandon()
-        if let waiter = ctx.waiter { ctx.pool?.cancel(waiter) }
+        switch end.upstream {
+        case .abandon:
+            ctx.connection?.abandon(by: self)
+        case .cancelWait:
+            if let waiter = ctx.waiter { ctx.pool?.cancel(waiter) }
+        case .none:
+            assert(ctx.connection == nil && ctx.waiter == nil, "an exchange ended holding what its End did not name")
+        }
         ctx.connection = nil
         ctx.waiter = nil
         ctx.held.removeAll()
+        pendingChunkTotal = nil
         record(ctx, end)
         switch end.next {
         case .nextRequest:
+            context.flush()
             updateReading()
             if !queue.isEmpty {
                 context.eventLoop.assumeIsolated().execute { [self] in self.processQueue() }
             }
         case .close:
             queue.removeAll()
+            context.flush()
             context.close(promise: nil)
         case .linger:
             // Shut our side and read and drop input for a moment, so the client sees the response, not a reset.
             queue.removeAll()
+            context.flush()
             let channel = context.channel
             let promise = context.eventLoop.makePromise(of: Void.self)
             context.close(mode: .output, promise: promise)
@@ -475,6 +517,8 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 }
+
+extension ProxyHandler: PhaseResumer {}
 
 @available(*, unavailable)
 extension ProxyHandler: Sendable {}

@@ -24,6 +24,8 @@ final class RequestContext {
     var path: Substring = ""
     var query: Substring = ""
     var expectContinue = false
+    /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
+    var upgrade = false
     /// Set by `route`.
     var route: RouteConfig?
     var routeName = "-"
@@ -34,9 +36,12 @@ final class RequestContext {
     /// limit (the server's, or the plan's when lower).
     var responseHeaders: [(String, String)] = []
     var bodyLimit = Int.max
-    /// Set by `charge`: the tenant's plan (for metrics) and whether the local fallback bucket admitted it.
+    /// Set by `charge`: the tenant's plan (for metrics) and whether the local fallback bucket admitted it; while
+    /// the limiter is called, whether its answer came at once, and that answer.
     var plan = "-"
     var failOpen = false
+    var charging = false
+    var answeredInline: RequestPhases.Outcome?
     /// Set by `reserveAudit`: a place in the audit queue is held for this request's record.
     var auditReserved = false
     /// Set by `forward`: the upstream, the request for it, the pool and connection in use.

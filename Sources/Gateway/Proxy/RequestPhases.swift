@@ -8,6 +8,11 @@ import Upstream
 /// audit record's place → forward. Each returns `next`, `deny` or `await` (it calls `resume` later, on the
 /// loop). The remaining steps, respond and record, are the ``ProxyHandler``'s: they follow the upstream's
 /// response and the exchange's end.
+/// Where a phase that awaited hands its outcome (the ``ProxyHandler``, which ignores it once the exchange ended).
+protocol PhaseResumer: AnyObject {
+    func resume(_ ctx: RequestContext, _ outcome: RequestPhases.Outcome)
+}
+
 struct RequestPhases {
     enum Outcome {
         case next
@@ -16,22 +21,20 @@ struct RequestPhases {
         case await
     }
 
-    typealias Resume = (Outcome) -> Void
-
     let loop: LoopState
     let clientAddress: String
 
     var server: ServerConfig { loop.snapshot.config.server }
 
-    /// Runs `ctx.phase`.
-    func run(_ ctx: RequestContext, resume: @escaping Resume) -> Outcome {
+    /// Runs `ctx.phase`; a phase that awaits finishes through `resumer` (on the loop).
+    func run(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         switch ctx.phase {
         case .validate: return validate(ctx)
         case .route: return route(ctx)
         case .authenticate: return authenticate(ctx)
         case .gate: return gate(ctx)
-        case .charge: return charge(ctx, resume: resume)
-        case .reserveAudit: return reserveAudit(ctx, resume: resume)
+        case .charge: return charge(ctx, resumer: resumer)
+        case .reserveAudit: return reserveAudit(ctx, resumer: resumer)
         case .forward: return forward(ctx)
         }
     }
@@ -47,6 +50,7 @@ struct RequestPhases {
             ctx.path = checked.path
             ctx.query = checked.query
             ctx.expectContinue = checked.expectContinue && ctx.head.version.minor == 1
+            ctx.upgrade = checked.upgrade
             ctx.bodyLimit = server.maxBodyBytes
             return .next
         }
@@ -107,20 +111,25 @@ struct RequestPhases {
     }
 
     /// Buckets and quota (may wait for Redis; body parts are held meanwhile).
-    func charge(_ ctx: RequestContext, resume: @escaping Resume) -> Outcome {
+    func charge(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         guard let route = ctx.route, let record = ctx.caller.record else { return .next }
         let now = loop.clock.now()
         guard let charge = RatePolicy.charge(route: route, caller: ctx.caller, record: record, config: loop.snapshot.config, now: now)
         else { return .next }
         ctx.plan = charge.plan
-        var outcome: Outcome? = nil
-        var waiting = false
+        // The limiter answers at once (memory, a lease) or later (Redis); a synchronous answer is handed back
+        // through the context rather than through captured variables.
+        ctx.answeredInline = nil
+        ctx.charging = true
         loop.limiter.charge(charge, now: now, requestID: ctx.requestID) { [loop] limit in
             let result = Self.admission(ctx, limit, metrics: loop.metrics)
-            if waiting { resume(result) } else { outcome = result }
+            if ctx.charging { ctx.answeredInline = result } else { resumer.resume(ctx, result) }
         }
-        if let outcome { return outcome }
-        waiting = true
+        ctx.charging = false
+        if let outcome = ctx.answeredInline {
+            ctx.answeredInline = nil
+            return outcome
+        }
         return .await
     }
 
@@ -155,28 +164,28 @@ struct RequestPhases {
 
     /// An audited request holds its record's place before anything goes upstream, waiting (every 5 ms, up to
     /// `audit.queue_timeout`) while the queue is full: back-pressure, never a lost record.
-    func reserveAudit(_ ctx: RequestContext, resume: @escaping Resume) -> Outcome {
+    func reserveAudit(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         guard let audit = loop.audit, audit.audits(method: ctx.head.method.rawValue) else { return .next }
         if audit.tryReserve() {
             ctx.auditReserved = true
             return .next
         }
-        retryReservation(ctx, audit, until: .now() + audit.waitLimit, resume: resume)
+        retryReservation(ctx, audit, until: .now() + audit.waitLimit, resumer: resumer)
         return .await
     }
 
     private func retryReservation(
-        _ ctx: RequestContext, _ audit: AuditLog, until deadline: NIODeadline, resume: @escaping Resume
+        _ ctx: RequestContext, _ audit: AuditLog, until deadline: NIODeadline, resumer: some PhaseResumer
     ) {
         loop.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) { [self] in
             if ctx.ended { return }
             if audit.tryReserve() {
                 ctx.auditReserved = true
-                resume(.next)
+                resumer.resume(ctx, .next)
             } else if NIODeadline.now() >= deadline {
-                resume(.deny(.auditUnavailable()))
+                resumer.resume(ctx, .deny(.auditUnavailable()))
             } else {
-                self.retryReservation(ctx, audit, until: deadline, resume: resume)
+                self.retryReservation(ctx, audit, until: deadline, resumer: resumer)
             }
         }
     }

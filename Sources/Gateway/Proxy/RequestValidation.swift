@@ -15,6 +15,8 @@ enum RequestValidation {
         var path: Substring
         var query: Substring
         var expectContinue: Bool
+        /// `Upgrade: h2c` was sent (every other upgrade is refused here).
+        var upgrade: Bool
     }
 
     static func check(_ head: HTTPRequestHead, maxHeaderBytes: Int) -> Result<Checked, Denial> {
@@ -30,6 +32,7 @@ enum RequestValidation {
         var transferEncodings = 0
         var chunked = false
         var expectContinue = false
+        var upgrade = false
         var headerBytes = head.uri.utf8.count + 16
         for (name, value) in head.headers {
             headerBytes += name.utf8.count + value.utf8.count + 4
@@ -52,6 +55,7 @@ enum RequestValidation {
                 if !HopByHop.equalsLower(value.trimmingSpaces().utf8, "h2c") {
                     return .failure(.badRequest("Upgrade to '\(value)' is not supported on this route."))
                 }
+                upgrade = true
             case 6 where HopByHop.equalsLower(name.utf8, "expect"):
                 if HopByHop.equalsLower(value.trimmingSpaces().utf8, "100-continue") {
                     expectContinue = true
@@ -91,7 +95,8 @@ enum RequestValidation {
         guard let (path, query) = RequestTarget.split(head.uri) else {
             return .failure(.badRequest("The request target must be an origin-form path without dot segments."))
         }
-        return .success(Checked(framing: framing, host: host, path: path, query: query, expectContinue: expectContinue))
+        return .success(Checked(
+                framing: framing, host: host, path: path, query: query, expectContinue: expectContinue, upgrade: upgrade))
     }
 
     /// Host header bytes: the reg-name, IPv4, `[IPv6]` and `:port` alphabet.

@@ -16,6 +16,9 @@ final class LoopState {
     /// Client connection limits and timeouts, from the snapshot's `server` section.
     private(set) var connectionConfiguration: ClientConnectionStateMachine.Configuration
     private(set) var groups: [String: UpstreamGroup]
+    /// Groups replaced by a reload: closed to new work, still swept (response timeouts, idle closes) and counted
+    /// until their last connection is gone.
+    private var retired: [UpstreamGroup] = []
     private var connections: [ObjectIdentifier: ProxyHandler] = [:]
     let metrics = LoopMetrics()
     /// Verified tokens, so repeated tokens skip signature checks (per loop: no lock).
@@ -65,14 +68,18 @@ final class LoopState {
 
     var openConnections: Int { connections.count }
 
-    /// Installs a new snapshot: new requests use it; exchanges in flight finish on the old pools.
+    /// Installs a new snapshot: new requests use it; exchanges in flight finish on the old pools, which are
+    /// retired (swept and counted until empty).
     func install(_ newSnapshot: RuntimeSnapshot) {
         let old = groups
         snapshot = newSnapshot
         connectionConfiguration = Self.connectionConfiguration(newSnapshot.config.server)
         tokenCache.clear()
         groups = newSnapshot.upstreams.makeGroups(on: eventLoop, loopCount: loopCount)
-        for g in old.values { g.close() }
+        for g in old.values {
+            g.close()
+            retired.append(g)
+        }
     }
 
     static func connectionConfiguration(_ s: ServerConfig) -> ClientConnectionStateMachine.Configuration {
@@ -85,12 +92,14 @@ final class LoopState {
 
     /// Upstream connections by upstream: (idle, busy).
     func connectionCounts() -> [String: (idle: Int, busy: Int)] {
-        groups.mapValues { group in
-            group.pools.reduce(into: (idle: 0, busy: 0)) { sum, pool in
-                sum.idle += pool.idleCount
-                sum.busy += pool.busyCount
+        var counts: [String: (idle: Int, busy: Int)] = [:]
+        for group in Array(groups.values) + retired {
+            for pool in group.pools {
+                let c = counts[group.name] ?? (0, 0)
+                counts[group.name] = (c.idle + pool.idleCount, c.busy + pool.busyCount)
             }
         }
+        return counts
     }
 
     /// Starts the periodic check of every connection's deadlines (idle, header, request, upstream response).
@@ -109,6 +118,8 @@ final class LoopState {
     func sweep(now: NIODeadline) {
         for handler in Array(connections.values) { handler.checkTimeouts(now: now) }
         for group in groups.values { group.sweep(now: now) }
+        for group in retired { group.sweep(now: now) }
+        retired.removeAll { $0.isDrained }
         if now - lastLimiterSweep >= .seconds(1) {
             lastLimiterSweep = now
             limiter.sweep(now: clock.now())
@@ -126,6 +137,7 @@ final class LoopState {
         for handler in Array(connections.values) { handler.forceClose() }
         for g in groups.values { g.close() }
         sweepTask?.cancel()
+        retired.removeAll()
     }
 }
 

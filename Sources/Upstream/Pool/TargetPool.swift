@@ -56,11 +56,16 @@ public final class TargetPool {
         let waiter = nextID
         switch machine.request(waiter, deadline: .now() + connectTimeout) {
         case .use(let id):
-            guard let conn = connections[id] else { return .failed(.connectFailed("pool lost a connection")) }
+            guard let conn = connections[id] else {
+                run(machine.release(id, reusable: false, now: .now()))
+                return .failed(.connectFailed("pool lost a connection"))
+            }
             return .ready(conn)
         case .wait(let connect):
             waiters[waiter] = callback
-            if connect { self.connect() }
+            // Started on the next tick: a connect that fails at once (no descriptors) must not call back before
+            // this returns the waiter's id.
+            if connect { eventLoop.assumeIsolated().execute { [self] in self.connect() } }
             return .waiting(waiter)
         case .fail(let error):
             return .failed(error)
@@ -143,9 +148,11 @@ public final class TargetPool {
                 let callback = waiters.removeValue(forKey: waiter)
                 switch (connections[id], callback) {
                 case (let conn?, let callback?): callback(.success(conn))
-                case (nil, let callback?): callback(.failure(.connectFailed("pool lost a connection")))
+                case (nil, let callback?):
+                    run(machine.release(id, reusable: false, now: .now()))
+                    callback(.failure(.connectFailed("pool lost a connection")))
                 case (_?, nil): run(machine.release(id, reusable: true, now: .now()))  // nobody left to use it
-                case (nil, nil): break
+                case (nil, nil): run(machine.release(id, reusable: false, now: .now()))
                 }
             case .connect:
                 connect()

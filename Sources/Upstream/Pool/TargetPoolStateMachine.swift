@@ -64,7 +64,7 @@ public struct TargetPoolStateMachine: Sendable {
 
     /// A request for a connection; `deadline` bounds its wait.
     public mutating func request(_ waiter: WaiterID, deadline: NIODeadline) -> RequestAction {
-        if isClosed { return .fail(.connectFailed("pool closed")) }
+        if isClosed { return .fail(.poolClosed("the target's pool takes no new work")) }
         if let conn = idle.popLast() {
             busy.insert(conn.id)
             return .use(conn.id)
@@ -134,7 +134,9 @@ public struct TargetPoolStateMachine: Sendable {
         isClosed = true
         var actions = idle.map { Action.close($0.id) }
         idle.removeAll()
-        while let w = waiters.popFirst() { actions.append(.fail(w.id, .connectFailed("gateway shutting down"))) }
+        while let w = waiters.popFirst() {
+            actions.append(.fail(w.id, .poolClosed("the pool was replaced by a reload or the gateway is stopping")))
+        }
         return actions
     }
 

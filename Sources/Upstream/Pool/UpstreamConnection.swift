@@ -5,7 +5,8 @@ import NIOHTTP1
 public protocol UpstreamResponseDelegate: AnyObject {
     func upstreamResponseHead(_ head: HTTPResponseHead)
     func upstreamResponseBody(_ buffer: ByteBuffer)
-    /// The response is complete. The connection has already been returned to its pool or closed.
+    /// The response is complete. The delegate's lease has ended (the connection goes back to its pool, or is
+    /// closed, right after this returns): the delegate must not touch the connection any more.
     func upstreamResponseEnd()
     /// The exchange failed; the connection is closed and gone from the pool.
     func upstreamFailed(_ error: UpstreamError)
@@ -75,9 +76,11 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         }
     }
 
-    /// Abandons the current exchange (the client went away, or it was denied mid-way): the connection is
-    /// closed, never reused, and its lease is released as closed.
-    public func abandon() {
+    /// Abandons `delegate`'s exchange (the client went away, or it was denied mid-way): the connection is
+    /// closed, never reused, and its lease is released as closed. A delegate whose lease already ended cannot
+    /// end the next holder's.
+    public func abandon(by delegate: UpstreamResponseDelegate) {
+        guard self.delegate === delegate else { return }
         run(machine.abandon())
     }
 
@@ -141,15 +144,16 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         case .none, .writeHead, .forwardHead, .forwardBody, .refuseBegin:
             break
         case .forwardEnd(let release):
+            // The delegate hears of the end before the pool may hand the connection to the next exchange.
             let d = delegate
             delegate = nil
+            d?.upstreamResponseEnd()
             if release == .closed {
                 context?.close(promise: nil)
             } else {
                 setReadPaused(false)
             }
             pool?.release(self, reusable: release == .reusable)
-            d?.upstreamResponseEnd()
         case .failExchange(let error):
             let d = delegate
             delegate = nil

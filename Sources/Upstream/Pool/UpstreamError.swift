@@ -8,6 +8,7 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible, Equatable
         case malformedResponse = "malformed_response"
         case responseTimeout = "response_timeout"
         case noHealthyTarget = "no_healthy_target"
+        case poolClosed = "pool_closed"
         case cancelled
     }
 
@@ -30,10 +31,15 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible, Equatable
     public static func malformedResponse(_ d: String) -> Self { .init(.malformedResponse, d) }
     public static func responseTimeout(_ d: String) -> Self { .init(.responseTimeout, d) }
     public static func noHealthyTarget(_ d: String) -> Self { .init(.noHealthyTarget, d) }
+    /// The pool takes no new work: replaced by a reload, or the gateway is stopping.
+    public static func poolClosed(_ d: String) -> Self { .init(.poolClosed, d) }
     public static let cancelled = Self(.cancelled, "exchange cancelled")
 
     /// Nothing reached the upstream: safe to retry for any method.
-    public var nothingSent: Bool { code == .connectFailed || code == .connectTimeout || code == .poolExhausted }
+    public var nothingSent: Bool {
+        code == .connectFailed || code == .connectTimeout || code == .poolExhausted || code == .poolClosed
+    }
+    public var isPoolClosed: Bool { code == .poolClosed }
     public var isTimeout: Bool { code == .responseTimeout }
-    public var isUnavailable: Bool { code == .poolExhausted || code == .noHealthyTarget }
+    public var isUnavailable: Bool { code == .poolExhausted || code == .noHealthyTarget || code == .poolClosed }
 }

@@ -3,13 +3,15 @@ import Policy
 
 /// One upstream's targets as seen from one event loop: their pools and the balancer's state.
 public final class UpstreamGroup {
+    public let name: String
     public let config: UpstreamConfig
     public let pools: [TargetPool]
     /// `Host` sent upstream when the client sent none (HTTP/1.0): the first target.
     public let defaultHost: String
     private var next = 0
 
-    init(config: UpstreamConfig, pools: [TargetPool]) {
+    init(name: String, config: UpstreamConfig, pools: [TargetPool]) {
+        self.name = name
         self.config = config
         self.pools = pools
         self.defaultHost = pools.first?.target.description ?? "localhost"
@@ -54,6 +56,9 @@ public final class UpstreamGroup {
     public func close() {
         for pool in pools { pool.close() }
     }
+
+    /// Closed and holding no connection any more.
+    public var isDrained: Bool { pools.allSatisfy { $0.openCount == 0 } }
 }
 
 @available(*, unavailable)
@@ -94,7 +99,7 @@ public final class UpstreamRegistry: Sendable {
                     maxConnections: perLoop, connectTimeout: .nanoseconds(entry.config.connectTimeout),
                     keepaliveTimeout: .nanoseconds(entry.config.keepaliveTimeout))
             }
-            groups[name] = UpstreamGroup(config: entry.config, pools: pools)
+            groups[name] = UpstreamGroup(name: name, config: entry.config, pools: pools)
         }
         return groups
     }
