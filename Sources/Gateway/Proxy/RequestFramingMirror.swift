@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Follows the framing of a client's byte stream alongside the HTTP decoder, to learn what the decoder does not
 /// tell: the size a chunk declares before its bytes arrive. A chunk whose declared size already exceeds the body
 /// limit is refused with 413 at once, instead of waiting for bytes that would only be dropped.
@@ -29,6 +33,8 @@ struct RequestFramingMirror {
     /// The current line's first bytes (lower-cased), its full length, and the head's framing so far.
     private var line: [UInt8] = []
     private var lineLength = 0
+    private var keepLine = false
+    private var lineFirst: UInt8 = 0
     private var contentLength: Int?
     private var chunked = false
     private var upgrade = false
@@ -53,17 +59,16 @@ struct RequestFramingMirror {
             case .lost:
                 return
             case .head, .trailers:
-                let b = bytes[i]
-                i += 1
-                if b == UInt8(ascii: "\n") {
+                // A line at a time: find its end with memchr, keep only what can matter (the first bytes of a
+                // line that may be Content-Length, Transfer-Encoding or Upgrade).
+                let base = bytes.baseAddress! + i
+                let newline = memchr(base, 0x0A, n - i)
+                let end = newline.map { UnsafeRawPointer($0) - UnsafeRawPointer(bytes.baseAddress!) } ?? n
+                appendToLine(UnsafeRawBufferPointer(start: base, count: end - i))
+                i = end
+                if newline != nil {
+                    i += 1
                     endOfLine()
-                } else {
-                    lineLength += 1
-                    if lineLength > Self.maxLineBytes {
-                        state = .lost
-                    } else if b != UInt8(ascii: "\r") && line.count < Self.keptLineBytes {
-                        line.append(b >= 65 && b <= 90 ? b | 0x20 : b)
-                    }
                 }
             case .sizedBody(let remaining):
                 let take = min(remaining, n - i)
@@ -116,12 +121,31 @@ struct RequestFramingMirror {
         }
     }
 
+    /// Adds bytes of the current line (without its LF).
+    private mutating func appendToLine(_ part: UnsafeRawBufferPointer) {
+        guard !part.isEmpty else { return }
+        if lineLength == 0 {
+            lineFirst = part[0]
+            let first = part[0] | 0x20
+            keepLine = first == UInt8(ascii: "c") || first == UInt8(ascii: "t") || first == UInt8(ascii: "u")
+        }
+        lineLength += part.count
+        if lineLength > Self.maxLineBytes {
+            state = .lost
+            return
+        }
+        guard keepLine, line.count < Self.keptLineBytes else { return }
+        for b in part.prefix(Self.keptLineBytes - line.count) where b != UInt8(ascii: "\r") {
+            line.append(b >= 65 && b <= 90 ? b | 0x20 : b)
+        }
+    }
+
     private mutating func endOfLine() {
         defer {
             line.removeAll(keepingCapacity: true)
             lineLength = 0
         }
-        let empty = lineLength == 0 || (lineLength == 1 && line.isEmpty)
+        let empty = lineLength == 0 || (lineLength == 1 && lineFirst == UInt8(ascii: "\r"))
         if case .trailers = state {
             if empty { startNextRequest() }
             return
