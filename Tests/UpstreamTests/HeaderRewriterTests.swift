@@ -45,8 +45,18 @@ import Testing
             ("X-Request-ID", "client-id"),
         ])
         let out = HeaderRewriter().upstreamRequestHeaders(client, forwarding: forwarding, framing: .chunked, defaultHost: "t:1")
-        #expect(out["x-forwarded-for"] == ["1.1.1.1, 10.1.2.3"])
+        // An untrusted peer's forwarding claims are replaced by what the gateway saw.
+        #expect(out["x-forwarded-for"] == ["10.1.2.3"])
         #expect(out["x-forwarded-proto"] == ["http"])
+        #expect(out["x-real-ip"] == ["10.1.2.3"])
+        // A trusted proxy's chain is extended and its protocol kept; X-Real-IP is the resolved client.
+        var trusted = forwarding
+        trusted.peerTrusted = true
+        trusted.clientAddress = "1.1.1.1"
+        let viaProxy = HeaderRewriter().upstreamRequestHeaders(client, forwarding: trusted, framing: .none, defaultHost: "t:1")
+        #expect(viaProxy["x-forwarded-for"] == ["1.1.1.1, 10.1.2.3"])
+        #expect(viaProxy["x-forwarded-proto"] == ["https"])
+        #expect(viaProxy["x-real-ip"] == ["1.1.1.1"])
         #expect(out["x-forwarded-host"] == ["api.example.com"])
         #expect(out["x-request-id"] == ["rid-1"])
         #expect(out["transfer-encoding"] == ["chunked"])

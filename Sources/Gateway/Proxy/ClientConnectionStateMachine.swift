@@ -123,7 +123,25 @@ struct ClientConnectionStateMachine {
         var heldBytes = 0
         var denied = false
         var status = 0
-        var code = ""
+        /// Why it ended, when not simply complete (a plain value, so the state copies without reference counting;
+        /// a denial's code is kept beside the state).
+        var reason: EndReason = .none
+    }
+
+    /// The `code` an ``End`` records, short of a denial's own.
+    enum EndReason: Equatable {
+        case none, denied, clientClosed, sendTimeout, requestTimeout, upstreamReset, badRequest
+
+        var code: String {
+            switch self {
+            case .none, .denied: ""
+            case .clientClosed: "client_closed"
+            case .sendTimeout: "send_timeout"
+            case .requestTimeout: "request_timeout"
+            case .upstreamReset: "upstream_reset"
+            case .badRequest: "bad_request"
+            }
+        }
     }
 
     enum State: Equatable {
@@ -145,6 +163,8 @@ struct ClientConnectionStateMachine {
     private(set) var noMoreRequests = false
     /// A malformed request waits in the queue.
     private var malformedQueued = false
+    /// The current exchange's denial code (beside the state, which stays a plain value).
+    private var deniedCode = ""
     private var unwritableSince: NIODeadline?
 
     init(configuration: Configuration, now: NIODeadline) {
@@ -391,7 +411,7 @@ struct ClientConnectionStateMachine {
             state = .exchange(ex)
             return .deny
         case .streaming:
-            ex.code = "upstream_reset"
+            ex.reason = .upstreamReset
             return .ended(end(ex, now: nil, next: .close))
         case .complete:
             state = .exchange(ex)
@@ -428,7 +448,8 @@ struct ClientConnectionStateMachine {
         ex.response = .complete
         ex.denied = true
         ex.status = status
-        ex.code = code
+        ex.reason = .denied
+        deniedCode = code
         paused.remove(.upstreamBackpressure)
         let bodyPending = ex.request == .receiving && ex.hasBody
         if bodyPending || closeConnection || noMoreRequests { ex.keepAlive = false }
@@ -454,7 +475,7 @@ struct ClientConnectionStateMachine {
         }
         if ex.response != .complete {
             ex.status = 499
-            ex.code = "client_closed"
+            ex.reason = .clientClosed
         }
         return end(ex, now: nil, next: .close)
     }
@@ -474,7 +495,7 @@ struct ClientConnectionStateMachine {
         switch state {
         case .exchange(var ex):
             if ex.response == .pending { return .denyCurrent }
-            ex.code = ex.code.isEmpty ? "bad_request" : ex.code
+            if ex.reason == .none { ex.reason = .badRequest }
             return .ended(end(ex, now: nil, next: .close))
         case .idle, .readingHead:
             return .denyNew
@@ -502,7 +523,7 @@ struct ClientConnectionStateMachine {
             // The client accepts nothing: close it and whatever it holds.
             if case .exchange(var ex) = state {
                 if ex.response == .pending { ex.status = 499 }
-                ex.code = "send_timeout"
+                ex.reason = .sendTimeout
                 return .ended(end(ex, now: now, next: .close))
             }
             state = .closed
@@ -520,7 +541,7 @@ struct ClientConnectionStateMachine {
             guard ex.request == .receiving, now - ex.firstByte >= configuration.requestTimeout else { return .none }
             if ex.response == .pending { return .requestTimeout }
             // Answered (early) but the body never finished.
-            if ex.code.isEmpty { ex.code = "request_timeout" }
+            if ex.reason == .none { ex.reason = .requestTimeout }
             return .ended(end(ex, now: now, next: .close))
         case .closing(let until):
             if let until, now >= until {
@@ -592,7 +613,8 @@ struct ClientConnectionStateMachine {
             state = .closed
             clearQueue()
         }
-        return End(status: ex.status, code: ex.code, denied: ex.denied, upstream: disposal, next: next)
+        let code = ex.reason == .denied ? deniedCode : ex.reason.code
+        return End(status: ex.status, code: code, denied: ex.denied, upstream: disposal, next: next)
     }
 
     private mutating func clearQueue() {

@@ -58,8 +58,8 @@ final class ProxyHandler: ChannelDuplexHandler {
         self.machine = ClientConnectionStateMachine(configuration: loop.connectionConfiguration, now: .now())
     }
 
-    var server: ServerConfig { loop.snapshot.config.server }
-    var phases: RequestPhases { RequestPhases(loop: loop, clientAddress: clientAddress) }
+    /// The request phases, bound to this connection's loop and peer.
+    private(set) lazy var phases = RequestPhases(loop: loop, clientAddress: clientAddress)
 
     // MARK: Channel events
 
@@ -120,7 +120,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         if let parserError = error as? HTTPParserError {
             let denial: Denial =
                 parserError == .headerOverflow
-                ? .headersTooLarge(limit: server.maxHeaderBytes)
+                ? .headersTooLarge(limit: loop.snapshot.config.server.maxHeaderBytes)
                 : .badRequest("Malformed HTTP request (\(parserError)).")
             route(.malformed(denial))
             return
@@ -500,12 +500,14 @@ final class ProxyHandler: ChannelDuplexHandler {
             if ctx.auditReserved || audit.audits(method: method) || (audit.denials && end.denied) {
                 let uri = ctx.head.uri
                 let path = uri.firstIndex(of: "?").map { String(uri[..<$0]) } ?? uri
-                let startMillis = Int64(loop.clock.now() * 1000) - elapsed / 1_000_000
+                // The request's start: the wall-clock reading its phases took, else now less its duration.
+                let startMillis =
+                    ctx.wallClockReading.map { Int64($0 * 1000) } ?? (Int64(loop.clock.now() * 1000) - elapsed / 1_000_000)
                 var r = AuditRecord(
                     timeMillis: startMillis, requestID: ctx.requestID, tenant: ctx.caller.tenant, user: ctx.caller.user,
                     method: method, path: path, route: ctx.routeName == "-" ? nil : ctx.routeName, status: status,
                     decision: decision, code: end.code.isEmpty ? nil : end.code, latencyMicros: elapsed / 1000,
-                    clientIP: clientAddress, upstream: !end.denied && ctx.upstreamStart != nil ? ctx.upstreamName : nil)
+                    clientIP: ctx.clientAddress ?? clientAddress, upstream: !end.denied && ctx.upstreamStart != nil ? ctx.upstreamName : nil)
                 r.failOpen = ctx.failOpen
                 audit.append(r, reserved: ctx.auditReserved)
                 ctx.auditReserved = false

@@ -24,6 +24,10 @@ final class RequestContext {
     var path: Substring = ""
     var query: Substring = ""
     var expectContinue = false
+    /// The client's address (through trusted proxies; nil until validated: the peer's then) and whether the
+    /// peer is a trusted proxy.
+    var clientAddress: String?
+    var peerTrusted = false
     /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
     var upgrade = false
     /// Set by `route`.
@@ -57,6 +61,16 @@ final class RequestContext {
     /// The exchange has ended: a phase that was waiting (Redis, the audit queue) drops its late result and takes
     /// nothing more (an audit place reserved now would never be released).
     var ended = false
+
+    /// Wall-clock time of the request's policy decisions, read once (token expiry, gates, periods).
+    private(set) var wallClockReading: Double?
+
+    func wallNow(_ clock: WallClock) -> Double {
+        if let t = wallClockReading { return t }
+        let t = clock.now()
+        wallClockReading = t
+        return t
+    }
 
     init(requestID: String, head: HTTPRequestHead, start: NIODeadline) {
         self.requestID = requestID

@@ -24,8 +24,6 @@ struct RequestPhases {
     let loop: LoopState
     let clientAddress: String
 
-    var server: ServerConfig { loop.snapshot.config.server }
-
     /// Runs `ctx.phase`; a phase that awaits finishes through `resumer` (on the loop).
     func run(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         switch ctx.phase {
@@ -41,7 +39,8 @@ struct RequestPhases {
 
     /// Framing and request line (smuggling defences), then the body limit's first check.
     func validate(_ ctx: RequestContext) -> Outcome {
-        switch RequestValidation.check(ctx.head, maxHeaderBytes: server.maxHeaderBytes) {
+        let snapshot = loop.snapshot
+        switch RequestValidation.check(ctx.head, maxHeaderBytes: snapshot.config.server.maxHeaderBytes) {
         case .failure(let denial):
             return .deny(denial)
         case .success(let checked):
@@ -51,7 +50,15 @@ struct RequestPhases {
             ctx.query = checked.query
             ctx.expectContinue = checked.expectContinue && ctx.head.version.minor == 1
             ctx.upgrade = checked.upgrade
-            ctx.bodyLimit = server.maxBodyBytes
+            ctx.bodyLimit = snapshot.config.server.maxBodyBytes
+            // Who the client is: the peer, or through trusted proxies the rightmost untrusted forwarded address.
+            if !snapshot.config.server.trustedProxies.isEmpty {
+                let resolved = ClientAddress.resolve(
+                    peer: clientAddress, forwardedFor: ctx.head.headers["x-forwarded-for"],
+                    trusted: snapshot.config.server.trustedProxies)
+                ctx.clientAddress = resolved.client
+                ctx.peerTrusted = resolved.peerTrusted
+            }
             return .next
         }
     }
@@ -78,7 +85,7 @@ struct RequestPhases {
             authorization: headers["authorization"], apiKey: headers[identity.config.apiKeyHeader],
             tenantHeader: headers[identity.config.tenantHeader])
         let cache = loop.tokenCache
-        let now = loop.clock.now()
+        let now = ctx.wallNow(loop.clock)
         let result = identity.resolve(input, route: route) { token in
             cache.verify(token, now: now, leeway: { snapshot.leeways[$0] ?? 0 }) { snapshot.verifier.verify($0, now: now) }
         }
@@ -94,7 +101,7 @@ struct RequestPhases {
     func gate(_ ctx: RequestContext) -> Outcome {
         guard let route = ctx.route else { return .deny(.routeNotFound()) }
         if let tenant = ctx.caller.tenant, let record = ctx.caller.record {
-            switch Gate.check(route: route, tenant: tenant, record: record, config: loop.snapshot.config, now: loop.clock.now()) {
+            switch Gate.check(route: route, tenant: tenant, record: record, config: loop.snapshot.config, now: ctx.wallNow(loop.clock)) {
             case .failure(let denial):
                 return .deny(denial)
             case .success(let outcome):
@@ -113,7 +120,7 @@ struct RequestPhases {
     /// Buckets and quota (may wait for Redis; body parts are held meanwhile).
     func charge(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         guard let route = ctx.route, let record = ctx.caller.record else { return .next }
-        let now = loop.clock.now()
+        let now = ctx.wallNow(loop.clock)
         guard let charge = RatePolicy.charge(route: route, caller: ctx.caller, record: record, config: loop.snapshot.config, now: now)
         else { return .next }
         ctx.plan = charge.plan
@@ -201,9 +208,14 @@ struct RequestPhases {
         var path = String(ctx.path)
         if let strip = route.stripPrefix { path = Router.strip(prefix: strip, from: ctx.path) }
         var head = HTTPRequestHead(version: .http1_1, method: ctx.head.method, uri: path + ctx.query)
-        let forwarding = HeaderRewriter.Forwarding(clientAddress: clientAddress, host: ctx.host, requestID: ctx.requestID)
+        let forwarding = HeaderRewriter.Forwarding(
+            clientAddress: ctx.clientAddress ?? clientAddress, peerAddress: clientAddress, peerTrusted: ctx.peerTrusted,
+            host: ctx.host, requestID: ctx.requestID)
+        let policy = HeaderRewriter.Policy(
+            dropUnderscores: loop.snapshot.config.server.dropUnderscoreHeaders,
+            allowMethodOverride: route.allowMethodOverride)
         head.headers = loop.snapshot.rewriter.upstreamRequestHeaders(
-            ctx.head.headers, forwarding: forwarding, framing: ctx.framing, defaultHost: group.defaultHost)
+            ctx.head.headers, forwarding: forwarding, framing: ctx.framing, defaultHost: group.defaultHost, policy: policy)
         let caller = ctx.caller
         if let tenant = caller.tenant { head.headers.add(name: "X-Tenant-ID", value: tenant) }
         if let user = caller.user { head.headers.add(name: "X-User-ID", value: user) }

@@ -5,6 +5,8 @@ extension ConfigLoader {
     static let rateLimitKinds = ["tenant", "tenant_route", "user", "api_key"]
     public static let tenantStatuses = ["active", "trialing", "past_due", "suspended", "cancelled"]
 
+    enum UnderscoreHeaders: String { case drop, allow }
+
     func parseServer(_ at: Located, _ r: YAMLReader) -> ServerConfig? {
         guard
             let f = r.fields(
@@ -12,7 +14,8 @@ extension ConfigLoader {
                 allowed: [
                     "listen", "threads", "admin_listen", "admin_token_env", "max_header_bytes", "max_body_bytes",
                     "idle_timeout", "header_timeout", "request_timeout", "send_timeout", "drain_timeout",
-                    "max_connections", "max_pipelined_requests", "max_read_ahead_bytes",
+                    "max_connections", "max_pipelined_requests", "max_read_ahead_bytes", "underscores_in_headers",
+                    "trusted_proxies",
                 ])
         else { return nil }
         var s = ServerConfig()
@@ -44,6 +47,18 @@ extension ConfigLoader {
                 r.problem(v, "server.max_read_ahead_bytes must be at least 1KiB")
             } else {
                 s.maxReadAheadBytes = n
+            }
+        }
+        if let v = f["underscores_in_headers"], let mode = r.oneOf(v, "server.underscores_in_headers", UnderscoreHeaders.self, [.drop, .allow]) {
+            s.dropUnderscoreHeaders = mode == .drop
+        }
+        if let v = f["trusted_proxies"], let list = r.locatedStringList(v, "server.trusted_proxies") {
+            for entry in list {
+                if let cidr = CIDR(entry.value) {
+                    s.trustedProxies.append(cidr)
+                } else {
+                    r.problem(entry.at, "server.trusted_proxies: '\(entry.value)' is not an address or CIDR")
+                }
             }
         }
         if let admin = s.adminListen, admin == s.listen, admin.port != 0 {
@@ -370,6 +385,7 @@ extension ConfigLoader {
                 at, "route",
                 allowed: [
                     "name", "match", "upstream", "strip_prefix", "auth", "min_plan", "feature", "roles", "rate_limits",
+                    "allow_method_override",
                 ])
         else { return nil }
         guard let nameAt = f["name"], let name = r.nonEmptyString(nameAt, "route name") else {
@@ -422,7 +438,17 @@ extension ConfigLoader {
             route.minPlan = p
         }
         if let v = f["feature"] { route.feature = r.nonEmptyString(v, "feature") }
-        if let v = f["roles"] { route.roles = r.stringList(v, "roles") }
+        if let v = f["roles"] {
+            route.roles = r.stringList(v, "roles")
+            // Anonymous callers have no roles to check: roles need authentication.
+            if route.auth != .required {
+                r.problem(v, "route '\(name)': roles need auth: required (auth is \(route.auth.rawValue))")
+                ok = false
+            }
+        }
+        if let v = f["allow_method_override"], let allow = r.bool(v, "allow_method_override") {
+            route.allowMethodOverride = allow
+        }
         if let v = f["rate_limits"], let kinds = r.locatedStringList(v, "rate_limits") {
             for k in kinds where !Self.rateLimitKinds.contains(k.value) {
                 r.problem(k.at, "unknown rate limit '\(k.value)' (one of \(Self.rateLimitKinds.joined(separator: ", ")))")

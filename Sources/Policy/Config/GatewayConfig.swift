@@ -89,6 +89,11 @@ public struct ServerConfig: Sendable {
     public var maxPipelinedRequests = 16
     /// Bytes of pipelined input held behind the running exchange before reading pauses.
     public var maxReadAheadBytes = 256 * 1024
+    /// Client headers whose names contain `_` are dropped (nginx's default), so `X_Tenant_ID` cannot reach a
+    /// WSGI/Rack/CGI upstream that would merge it with `X-Tenant-ID`.
+    public var dropUnderscoreHeaders = true
+    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+    public var trustedProxies: [CIDR] = []
 
     public init() {}
 }
@@ -252,6 +257,8 @@ public struct RouteConfig: Sendable {
     public var feature: String? = nil
     public var roles: [String]? = nil
     public var rateLimits: [String] = ["tenant"]
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override` reach the upstream (default: removed).
+    public var allowMethodOverride = false
 }
 
 /// `audit:`: which requests are recorded and where.

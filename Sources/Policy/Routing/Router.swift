@@ -54,7 +54,8 @@ public struct Router: Sendable {
         return nil
     }
 
-    /// Lowercases a Host value and removes its port.
+    /// Lowercases a Host value and removes its port and a trailing dot (`API.example.com.:443` is
+    /// `api.example.com`).
     public static func normalizeHost(_ host: String) -> String {
         var h = Substring(host)
         if h.hasPrefix("[") {
@@ -62,6 +63,7 @@ public struct Router: Sendable {
         } else if let colon = h.lastIndex(of: ":") {
             h = h[..<colon]
         }
+        if h.last == "." { h = h.dropLast() }
         return h.lowercased()
     }
 
