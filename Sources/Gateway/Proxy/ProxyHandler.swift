@@ -214,17 +214,24 @@ final class ProxyHandler: ChannelDuplexHandler {
             let outcome = phases.run(ctx, resumer: self)
             switch outcome {
             case .next:
-                if ctx.phase == .validate {
+                switch ctx.phase {
+                case .validate:
                     machine.framingKnown(hasBody: ctx.framing != .none, chunked: ctx.framing == .chunked, upgrade: ctx.upgrade)
-                    if let total = declaredAhead.removeValue(forKey: ctx.ordinal) { pendingChunkTotal = total }
-                }
-                machine.setBodyLimit(ctx.bodyLimit)
-                if let total = pendingChunkTotal, ctx.phase == .gate {
-                    pendingChunkTotal = nil
-                    if machine.chunkExceedsLimit(declaredTotal: total) {
-                        deny(ctx, .payloadTooLarge(limit: ctx.bodyLimit, close: true))
-                        return
+                    machine.setBodyLimit(ctx.bodyLimit)
+                    if !declaredAhead.isEmpty, let total = declaredAhead.removeValue(forKey: ctx.ordinal) {
+                        pendingChunkTotal = total
                     }
+                case .gate:
+                    machine.setBodyLimit(ctx.bodyLimit)
+                    if let total = pendingChunkTotal {
+                        pendingChunkTotal = nil
+                        if machine.chunkExceedsLimit(declaredTotal: total) {
+                            deny(ctx, .payloadTooLarge(limit: ctx.bodyLimit, close: true))
+                            return
+                        }
+                    }
+                default:
+                    break
                 }
                 guard let next = RequestContext.Phase(rawValue: ctx.phase.rawValue + 1) else {
                     admitted(ctx)
