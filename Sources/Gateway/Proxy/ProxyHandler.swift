@@ -454,8 +454,9 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The one place an exchange's end is acted on (the machine returns each ``End`` once). Client I/O comes
-    /// last: a flush that fails closes the channel and re-enters this handler.
+    /// The one place an exchange's end is acted on (the machine returns each ``End`` once). The exchange is
+    /// marked ended and its upstream released before any client I/O (a flush that fails closes the channel and
+    /// re-enters this handler); the record is written after the response is flushed.
     func finish(_ end: ClientConnectionStateMachine.End, _ ctx: RequestContext) {
         guard !ctx.ended else { return }
         ctx.ended = true
@@ -473,7 +474,9 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.waiter = nil
         ctx.held.removeAll()
         pendingChunkTotal = nil
-        record(ctx, end)
+        // The response goes out first; the record (audit, metrics) touches only this exchange, whatever the flush
+        // sets off.
+        defer { record(ctx, end) }
         switch end.next {
         case .nextRequest:
             context.flush()
