@@ -237,7 +237,13 @@ import Testing
         #expect(mismatch.json["code"] as? String == "tenant_mismatch")
         let both = try get(gw, token: Tok.hs256(Tok.claims(tenant: "globex")), headers: [("X-API-Key", Self.acmeKey)])
         #expect(both.json["code"] as? String == "tenant_mismatch")
-        #expect(up.requests.count == 2)
+        // A token with no tenant claim does not lend its roles to the key's tenant.
+        let tenantless = try get(
+            gw, token: Tok.hs256(Tok.claims(tenant: nil, roles: ["admin"])), headers: [("X-API-Key", Self.acmeKey)])
+        #expect(tenantless.status == 403 && tenantless.json["code"] as? String == "tenant_mismatch", "\(tenantless.status) \(tenantless.text)")
+        // The same tenant through both is fine.
+        #expect(try get(gw, token: Tok.hs256(Tok.claims(tenant: "acme")), headers: [("X-API-Key", Self.acmeKey)]).status == 200)
+        #expect(up.requests.count == 3)
     }
 
     @Test func optionalAndPublicRoutes() throws {

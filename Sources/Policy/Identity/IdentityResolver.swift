@@ -132,8 +132,9 @@ public struct IdentityResolver: Sendable {
             return .success(caller)
         }
 
-        // Tenant: every source that names one must agree.
-        if let t = tokenTenant, let k = keyTenant, t != k {
+        // Tenant: every source that names one must agree. A token and an API key together must name the same
+        // tenant: a token without a tenant claim would otherwise lend its roles to the key's tenant.
+        if caller.credential == .token, let k = keyTenant, tokenTenant != k {
             return .failure(.tenantMismatch("The token and the API key belong to different tenants."))
         }
         let credentialTenant = tokenTenant ?? keyTenant
