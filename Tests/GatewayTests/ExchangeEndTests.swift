@@ -90,6 +90,17 @@ import Testing
 
     static let mib = 1024 * 1024
 
+    /// `requests` plain GETs after whatever the test did must all be answered 200 (`what(i)` names request i in
+    /// the failure message).
+    static func expectServing(
+        _ gw: GatewayProcess, requests: Int, sourceLocation: SourceLocation = #_sourceLocation, _ what: (Int) -> String
+    ) throws {
+        for i in 0..<requests {
+            let r = try request(port: gw.port, "GET", "/after/\(i)")
+            #expect(r.status == 200, "\(what(i)): \(r.status) \(r.text)", sourceLocation: sourceLocation)
+        }
+    }
+
     // MARK: 1. Pool slots come back after hang-ups
 
     @Test func downloadsAbortedByTheClientGiveTheirPoolSlotsBack() throws {
@@ -108,10 +119,7 @@ import Testing
             #expect(try c.drain(count: 64 * 1024) == 64 * 1024)
             Self.hangUp(c, abrupt: i % 2 == 1)
         }
-        for i in 0..<3 {
-            let r = try request(port: gw.port, "GET", "/after/\(i)")
-            #expect(r.status == 200, "request \(i) after 5 aborted downloads: \(r.status) \(r.text)")
-        }
+        try Self.expectServing(gw, requests: 3) { i in "request \(i) after 5 aborted downloads" }
     }
 
     @Test func uploadsAbortedByTheClientGiveTheirPoolSlotsBack() throws {
@@ -134,10 +142,7 @@ import Testing
             }
             Self.hangUp(c, abrupt: i % 2 == 0)
         }
-        for i in 0..<3 {
-            let r = try request(port: gw.port, "GET", "/after/\(i)")
-            #expect(r.status == 200, "request \(i) after 5 aborted uploads: \(r.status) \(r.text)")
-        }
+        try Self.expectServing(gw, requests: 3) { i in "request \(i) after 5 aborted uploads" }
     }
 
     // MARK: 2. Hang-up while waiting for a pool slot
@@ -167,10 +172,7 @@ import Testing
         up.release("first")
         let first = try #require(try holder.readResponse())
         #expect(first.status == 200)
-        for i in 0..<3 {
-            let r = try request(port: gw.port, "GET", "/after/\(i)")
-            #expect(r.status == 200, "request \(i) after the waiters left: \(r.status) \(r.text)")
-        }
+        try Self.expectServing(gw, requests: 3) { i in "request \(i) after the waiters left" }
         #expect(!up.heads.contains { $0.hasPrefix("/waiter/") }, "a request whose client had left was forwarded: \(up.heads)")
         try gw.waitUntilQuiet()
     }
@@ -551,7 +553,7 @@ import Testing
 
     /// One soak client: with probability 1/3 it hangs up at a random moment, otherwise it completes a normal
     /// request and checks the answer. Throws when a normal request goes wrong.
-    static func soakClient(port: Int, rng: inout SeededGenerator) throws {
+    static func soakClient(port: Int, rng: inout SeededRandom) throws {
         let c = try RawConnection(port: port, timeout: 10)
         if Int.random(in: 0..<3, using: &rng) == 0 {
             let abrupt = Bool.random(using: &rng)
@@ -610,7 +612,7 @@ import Testing
         let finished = DispatchSemaphore(value: 0)
         for w in 0..<workers {
             Thread {
-                var rng = SeededGenerator(seed: seed &+ UInt64(w))
+                var rng = SeededRandom(seed: seed &+ UInt64(w))
                 for n in 0..<perWorker where failures.all.count < maxFailures {
                     do {
                         try Self.soakClient(port: gw.port, rng: &rng)
@@ -628,10 +630,7 @@ import Testing
         let firstFailures = failed.prefix(5).joined(separator: "\n")
         #expect(failed.count == 0, "seed \(seed): \(failed.count) clients failed (the workers stop after \(maxFailures)):\n\(firstFailures)")
         try gw.waitUntilQuiet()
-        for i in 0..<20 {
-            let r = try request(port: gw.port, "GET", "/after/\(i)")
-            #expect(r.status == 200, "seed \(seed): request \(i) after the soak: \(r.status) \(r.text)")
-        }
+        try Self.expectServing(gw, requests: 20) { i in "seed \(seed): request \(i) after the soak" }
         try gw.waitUntilQuiet()
     }
 }

@@ -85,7 +85,7 @@ import Testing
     /// request-like text), cut into random reads: the reports are exactly what the model expects.
     @Test func randomPipelinesMatchTheModel() {
         for seed in UInt64(1)...200 {
-            var rng = SeededGenerator(seed: seed)
+            var rng = SeededRandom(seed: seed)
             var text = ""
             var expected: [[Int]] = []
             let filler = ["a", "\r\n", "\r\n\r\n", "0\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"]

@@ -33,13 +33,36 @@ import Testing
             auth: none
         """
 
+    /// The gateway with `routes`: `app` behind every route but the catch-all, `other` behind the catch-all.
+    struct Fixture {
+        let up: TestUpstream
+        let other: TestUpstream
+        let gw: GatewayProcess
+
+        init() throws {
+            up = try TestUpstream()
+            other = try TestUpstream()
+            do {
+                gw = try GatewayProcess(
+                    yaml: testConfig(upstreams: ["app": [up.port], "other": [other.port]], routes: RequestHardeningTests.routes))
+            } catch {
+                up.stop()
+                other.stop()
+                throw error
+            }
+        }
+
+        func stop() {
+            gw.stop()
+            up.stop()
+            other.stop()
+        }
+    }
+
     @Test func ambiguousPathsAreNormalizedOrRefusedAndNeverForwarded() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let other = try TestUpstream()
-        defer { other.stop() }
-        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port], "other": [other.port]], routes: Self.routes))
-        defer { gw.stop() }
+        let f = try Fixture()
+        defer { f.stop() }
+        let (up, other, gw) = (f.up, f.other, f.gw)
         // An encoded letter no longer slips past the admin route's authentication.
         let escaped = try request(port: gw.port, "GET", "/api/%61dmin/x")
         #expect(escaped.status == 401 && escaped.json["code"] as? String == "unauthenticated", "\(escaped.status) \(escaped.text)")
@@ -57,12 +80,9 @@ import Testing
     }
 
     @Test func headerSpellingsAndOverridesAreRemoved() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let other = try TestUpstream()
-        defer { other.stop() }
-        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port], "other": [other.port]], routes: Self.routes))
-        defer { gw.stop() }
+        let f = try Fixture()
+        defer { f.stop() }
+        let (up, other, gw) = (f.up, f.other, f.gw)
         let sent: [(String, String)] = [
             ("X_Tenant_ID", "evil"), ("X_Roles", "admin"), ("x_user_id", "root"), ("X-HTTP-Method-Override", "DELETE"),
             ("X-HTTP-Method", "DELETE"), ("X-Method-Override", "DELETE"), ("X-Original-URL", "/api/admin"),
@@ -130,12 +150,9 @@ import Testing
     }
 
     @Test func hostRoutesMatchWithoutPortOrTrailingDot() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let other = try TestUpstream()
-        defer { other.stop() }
-        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port], "other": [other.port]], routes: Self.routes))
-        defer { gw.stop() }
+        let f = try Fixture()
+        defer { f.stop() }
+        let (up, other, gw) = (f.up, f.other, f.gw)
         for host in ["api.example.com", "API.example.com.", "api.example.com.:8443", "api.example.com:8443"] {
             let c = try RawConnection(port: gw.port)
             try c.send("GET /h HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n")

@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Policy
+import Upstream
 
 /// Follows the framing of a client's byte stream alongside the HTTP decoder, to learn what the decoder does not
 /// tell: the size a chunk declares before its bytes arrive. A chunk whose declared size already exceeds the body
@@ -30,7 +32,7 @@ struct RequestFramingMirror {
     private(set) var requests = 0
     private var state: State = .head
     private var sawRequestLine = false
-    /// The current line's first bytes (lower-cased), its full length, and the head's framing so far.
+    /// The current line's first bytes (as sent), its full length, and the head's framing so far.
     private var line: [UInt8] = []
     private var lineLength = 0
     private var keepLine = false
@@ -95,8 +97,8 @@ struct RequestFramingMirror {
                     // Extensions (`;name=value`) and the CR are skipped.
                 } else if b == UInt8(ascii: ";") || b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") {
                     inExtension = true
-                } else if let d = Self.hexValue(b), digits < 15 {
-                    value = value * 16 + d
+                } else if let d = Digest.hexDigit(b), digits < 15 {
+                    value = value * 16 + Int(d)
                     digits += 1
                 } else {
                     state = .lost
@@ -136,7 +138,7 @@ struct RequestFramingMirror {
         }
         guard keepLine, line.count < Self.keptLineBytes else { return }
         for b in part.prefix(Self.keptLineBytes - line.count) where b != UInt8(ascii: "\r") {
-            line.append(b >= 65 && b <= 90 ? b | 0x20 : b)
+            line.append(b)
         }
     }
 
@@ -176,15 +178,15 @@ struct RequestFramingMirror {
     }
 
     private mutating func header() {
-        if Self.hasPrefix(line, "content-length:") {
+        if Self.starts(line, "content-length:") {
             guard lineLength <= Self.keptLineBytes, let n = Self.decimal(line.dropFirst(15)), contentLength == nil else {
                 state = .lost  // several or odd lengths: the request is refused; stop following
                 return
             }
             contentLength = n
-        } else if Self.hasPrefix(line, "transfer-encoding:") {
+        } else if Self.starts(line, "transfer-encoding:") {
             chunked = true
-        } else if Self.hasPrefix(line, "upgrade:") {
+        } else if Self.starts(line, "upgrade:") {
             upgrade = true
         }
     }
@@ -197,13 +199,9 @@ struct RequestFramingMirror {
         upgrade = false
     }
 
-    private static func hasPrefix(_ line: [UInt8], _ prefix: StaticString) -> Bool {
-        let count = prefix.utf8CodeUnitCount
-        guard line.count >= count else { return false }
-        return prefix.withUTF8Buffer { p in
-            for k in 0..<count where line[k] != p[k] { return false }
-            return true
-        }
+    /// Whether the kept line starts with `prefix` (any case).
+    private static func starts(_ line: [UInt8], _ prefix: StaticString) -> Bool {
+        line.count >= prefix.utf8CodeUnitCount && HopByHop.equalsLower(line.prefix(prefix.utf8CodeUnitCount), prefix)
     }
 
     private static func decimal(_ bytes: ArraySlice<UInt8>) -> Int? {
@@ -218,12 +216,4 @@ struct RequestFramingMirror {
         return digits > 0 ? value : nil
     }
 
-    private static func hexValue(_ b: UInt8) -> Int? {
-        switch b {
-        case 48...57: return Int(b - 48)
-        case 65...70: return Int(b - 55)
-        case 97...102: return Int(b - 87)
-        default: return nil
-        }
-    }
 }

@@ -42,6 +42,16 @@ public enum Digest {
         return out
     }
 
+    /// The value of one hex digit (`0-9`, `a-f`, `A-F`), or nil.
+    public static func hexDigit(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 48...57: c - 48
+        case 97...102: c - 87
+        case 65...70: c - 55
+        default: nil
+        }
+    }
+
     /// Lowercase hex of `bytes`.
     public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)

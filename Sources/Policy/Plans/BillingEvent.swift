@@ -29,21 +29,13 @@ public enum BillingWebhook {
         var out: [UInt8] = []
         var i = 0
         while i < u.count {
-            guard let hi = nibble(u[i]), let lo = nibble(u[i + 1]) else { return nil }
+            guard let hi = Digest.hexDigit(u[i]), let lo = Digest.hexDigit(u[i + 1]) else { return nil }
             out.append(hi << 4 | lo)
             i += 2
         }
         return out
     }
 
-    private static func nibble(_ c: UInt8) -> UInt8? {
-        switch c {
-        case 48...57: c - 48
-        case 97...102: c - 87
-        case 65...70: c - 55
-        default: nil
-        }
-    }
 
     /// What an event asks of a tenant record.
     public struct Change: Sendable, Equatable {

@@ -69,16 +69,13 @@ public enum ClientAddress {
     /// headers are believed.
     public static func resolve(peer: String, forwardedFor: [String], trusted: [CIDR]) -> (client: String, peerTrusted: Bool) {
         guard !trusted.isEmpty, trusted.contains(where: { $0.contains(peer) }) else { return (peer, false) }
-        var entries: [Substring] = []
-        for value in forwardedFor {
-            for item in value.split(separator: ",") {
-                let trimmed = item.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()
-                entries.append(Substring(String(trimmed)))
-            }
-        }
+        let entries = forwardedFor.flatMap { $0.split(separator: ",") }
         var client = peer
         for entry in entries.reversed() {
-            let address = String(entry)
+            var item = entry
+            while item.first == " " || item.first == "\t" { item = item.dropFirst() }
+            while item.last == " " || item.last == "\t" { item = item.dropLast() }
+            let address = String(item)
             guard CIDR.address(address) != nil else { break }
             client = address
             if !trusted.contains(where: { $0.contains(address) }) { break }

@@ -44,7 +44,7 @@ public enum RequestTarget {
         var bytes = path.utf8.makeIterator()
         while let b = bytes.next() {
             if b == UInt8(ascii: "%") {
-                guard let h = bytes.next(), let l = bytes.next(), let hi = hexValue(h), let lo = hexValue(l) else {
+                guard let h = bytes.next(), let l = bytes.next(), let hi = Digest.hexDigit(h), let lo = Digest.hexDigit(l) else {
                     return nil
                 }
                 let decoded = hi << 4 | lo
@@ -87,14 +87,6 @@ public enum RequestTarget {
             || b == UInt8(ascii: ".") || b == UInt8(ascii: "_") || b == UInt8(ascii: "~")
     }
 
-    static func hexValue(_ b: UInt8) -> UInt8? {
-        switch b {
-        case 48...57: return b - 48
-        case 65...70: return b - 55
-        case 97...102: return b - 87
-        default: return nil
-        }
-    }
 
     /// A client's `X-Request-ID` is kept only when it is 1-128 characters of `A-Z a-z 0-9 . _ -`.
     public static func isValidRequestID(_ id: String) -> Bool {

@@ -160,11 +160,8 @@ public final class UpstreamConnection: ChannelDuplexHandler {
             context?.close(promise: nil)
             pool?.release(self, reusable: false)
             d?.upstreamFailed(error)
-        case .abandon:
-            delegate = nil
-            context?.close(promise: nil)
-            pool?.release(self, reusable: false)
-        case .closeIdle:
+        case .abandon, .closeIdle:
+            // Nobody is told: the delegate left (abandon), or there was none (idle).
             delegate = nil
             context?.close(promise: nil)
             pool?.release(self, reusable: false)
