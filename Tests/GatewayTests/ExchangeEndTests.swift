@@ -90,6 +90,19 @@ import Testing
 
     static let mib = 1024 * 1024
 
+    /// A POST to `/early` (answered 201 on its head) with a tenth of its 1 MB body sent; its client has read the
+    /// answer and still owes the rest of the body.
+    static func earlyAnsweredPost(
+        _ gw: GatewayProcess, id: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> RawConnection {
+        let c = try RawConnection(port: gw.port, timeout: 5)
+        try c.send("POST /early HTTP/1.1\r\nHost: gw\r\nX-Request-ID: \(id)\r\nContent-Length: 1000000\r\n\r\n")
+        try c.send([UInt8](repeating: 0x65, count: 100_000))
+        let r = try #require(try c.readResponse(), "\(id): no response", sourceLocation: sourceLocation)
+        #expect(r.status == 201 && r.header("X-Request-ID") == id, "\(id): \(r.status) \(r.text)", sourceLocation: sourceLocation)
+        return c
+    }
+
     /// `requests` plain GETs after whatever the test did must all be answered 200 (`what(i)` names request i in
     /// the failure message).
     static func expectServing(
@@ -270,11 +283,7 @@ import Testing
         for i in 0..<6 {
             let id = "early-hangup-\(i)"
             ids.append(id)
-            let c = try RawConnection(port: gw.port, timeout: 5)
-            try c.send("POST /early HTTP/1.1\r\nHost: gw\r\nX-Request-ID: \(id)\r\nContent-Length: 1000000\r\n\r\n")
-            try c.send([UInt8](repeating: 0x65, count: 100_000))
-            let r = try #require(try c.readResponse(), "\(id): no response")
-            #expect(r.status == 201 && r.header("X-Request-ID") == id, "\(id): \(r.status) \(r.text)")
+            let c = try Self.earlyAnsweredPost(gw, id: id)
             Self.hangUp(c, abrupt: i % 2 == 1)
         }
         // More than queue_size such exchanges ended: the queue has room for the next write.
@@ -303,11 +312,7 @@ import Testing
         for i in 0..<4 {
             let id = "early-timeout-\(i)"
             ids.append(id)
-            let c = try RawConnection(port: gw.port, timeout: 5)
-            try c.send("POST /early HTTP/1.1\r\nHost: gw\r\nX-Request-ID: \(id)\r\nContent-Length: 1000000\r\n\r\n")
-            try c.send([UInt8](repeating: 0x65, count: 100_000))
-            let r = try #require(try c.readResponse(), "\(id): no response")
-            #expect(r.status == 201 && r.header("X-Request-ID") == id, "\(id): \(r.status) \(r.text)")
+            let c = try Self.earlyAnsweredPost(gw, id: id)
             clients.append(c)
         }
         // The request timeout ends each of them: the gateway closes the connection.
