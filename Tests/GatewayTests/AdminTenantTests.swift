@@ -1,4 +1,5 @@
 import Foundation
+import Policy
 import Testing
 
 /// Live: the admin API's tenant and API key endpoints, on the embedded store; changes apply to the next request.
@@ -42,13 +43,16 @@ import Testing
         #expect(try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "newco")]).status == 200)
         #expect(up.requests.last?.headers("x-plan") == ["free"])
 
-        // Suspending, then deleting the store's record (the seed applies again).
+        // Suspending, then deleting: the tenant is unknown, though YAML seeds it, until a PUT.
         #expect(try call("PUT", "/admin/tenants/acme", #"{"plan": "pro", "status": "suspended"}"#).status == 200)
         let suspended = try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "acme")])
         #expect(suspended.json["code"] as? String == "tenant_suspended")
         #expect(try call("DELETE", "/admin/tenants/acme").status == 204)
-        #expect(try call("GET", "/admin/tenants/acme").json["source"] as? String == "seed")
+        #expect(try call("GET", "/admin/tenants/acme").status == 404)
+        #expect(try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "acme")]).json["code"] as? String == "unknown_tenant")
         #expect(try call("DELETE", "/admin/tenants/acme").status == 404)
+        #expect(try call("PUT", "/admin/tenants/acme", #"{"plan": "pro"}"#).status == 201)
+        #expect(try call("GET", "/admin/tenants/acme").json["source"] as? String == "store")
 
         // API keys: the plaintext is returned once and works; revoked, it does not.
         let made = try call("POST", "/admin/tenants/acme/api-keys", #"{"id": "deploy"}"#)
@@ -75,5 +79,90 @@ import Testing
             #expect((r.json["detail"] as? String)?.contains(field) == true, "\(body): \(r.text)")
         }
         #expect(try call("PUT", "/admin/tenants/bad%20id", #"{"plan": "pro"}"#).status == 400)
+    }
+}
+
+/// Live: what a DELETE and a revocation leave behind, on the embedded store (the Redis store has the same test in
+/// ``SharedStoreTests``), and the admin API's billing-state rules.
+@Suite(.serialized) struct TenantLifecycleTests {
+    static let seedKey = "gh_seed_key_for_tests"
+
+    static func config(upstream: Int) -> String {
+        """
+        server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1}
+        identity: {header_tenancy: always}
+        billing: {grace_period: 0s}
+        plans: {free: {features: [core]}, pro: {features: [core]}}
+        tenants:
+          globex: {plan: free, api_keys: [{id: ci-bot, sha256: \(Digest.hex(Digest.sha256(seedKey.utf8)))}]}
+        upstreams:
+          app: {targets: [127.0.0.1:\(upstream)]}
+        routes:
+          - {name: api, match: {path_prefix: /api}, upstream: app, auth: required}
+          - {name: pub, match: {path_prefix: /pub}, upstream: app, auth: none}
+        """
+    }
+
+    @Test func aDeletedSeedStaysUnknownAndRevokedKeysNeverReturn() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
+        defer { gw.stop() }
+        let admin = try #require(gw.adminPort)
+        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse {
+            try request(port: admin, method, path, headers: [("Authorization", "Bearer adm")], body: body)
+        }
+        func withKey() throws -> RawResponse {
+            try request(port: gw.port, "GET", "/api/x", headers: [("X-API-Key", Self.seedKey)])
+        }
+        #expect(try withKey().status == 200)
+        #expect(try call("DELETE", "/admin/tenants/globex/api-keys/ci-bot").status == 204)
+        #expect(try withKey().status == 401)
+
+        // The seed is hidden by the DELETE, also across a reload that brings the seed again.
+        #expect(try call("DELETE", "/admin/tenants/globex").status == 204)
+        #expect(try call("GET", "/admin/tenants/globex").status == 404)
+        #expect(try call("POST", "/admin/tenants/globex/api-keys").status == 404)
+        #expect(try call("POST", "/admin/reload").status == 200)
+        let unknown = try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "globex")])
+        #expect(unknown.status == 403)
+        #expect(unknown.json["code"] as? String == "unknown_tenant")
+
+        // A PUT brings the tenant back; the revoked seed key stays revoked, a new key works.
+        let forwarded = up.requests.count
+        #expect(try call("PUT", "/admin/tenants/globex", #"{"plan": "pro"}"#).status == 201)
+        #expect(try withKey().status == 401)
+        #expect(up.requests.count == forwarded, "a refused request reached the upstream")
+        let made = try call("POST", "/admin/tenants/globex/api-keys")
+        let key = try #require(made.json["key"] as? String)
+        #expect(try request(port: gw.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status == 200)
+        #expect(up.requests.last?.headers("x-tenant-id") == ["globex"])
+    }
+
+    @Test func aMoveToPastDueStartsTheGracePeriod() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
+        defer { gw.stop() }
+        let admin = try #require(gw.adminPort)
+        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse {
+            try request(port: admin, method, path, headers: [("Authorization", "Bearer adm")], body: body)
+        }
+        #expect(try call("GET", "/admin/tenants/globex").json["past_due_since"] is NSNull)
+        let moved = try call("PUT", "/admin/tenants/globex", #"{"plan": "free", "status": "past_due"}"#)
+        let since = try #require(moved.json["past_due_since"] as? String)
+        #expect(Timestamp.parse(since) != nil)
+        // grace_period 0s: the stamped date is already past the grace period.
+        let denied = try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "globex")])
+        #expect(denied.status == 402)
+        #expect(denied.json["code"] as? String == "payment_required")
+        // Staying past_due keeps the date; leaving it clears it.
+        #expect(try call("PUT", "/admin/tenants/globex", #"{"plan": "pro", "status": "past_due"}"#).json["past_due_since"] as? String == since)
+        #expect(try call("PUT", "/admin/tenants/globex", #"{"plan": "pro", "status": "active"}"#).json["past_due_since"] is NSNull)
+        #expect(try request(port: gw.port, "GET", "/pub/x", headers: [("X-Tenant-ID", "globex")]).status == 200)
+        // A trial needs its end.
+        let trial = try call("PUT", "/admin/tenants/globex", #"{"plan": "pro", "status": "trialing"}"#)
+        #expect(trial.status == 400)
+        #expect(trial.json["code"] as? String == "bad_request")
     }
 }

@@ -88,9 +88,51 @@ import Testing
         let c = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port), environment: env)
         defer { c.stop() }
         #expect(try analytics(c) == 200)
-        // Deleting the store's record brings the seed (free) back everywhere.
+        // Deleting the tenant leaves it unknown everywhere, though each instance's YAML seeds it.
         #expect(try request(port: a.adminPort!, "DELETE", "/admin/tenants/acme", headers: auth).status == 204)
-        try waitUntil(seconds: 5) { (try? analytics(b)) == 403 && (try? analytics(c)) == 403 }
+        func code(_ gw: GatewayProcess) -> String? {
+            try? request(port: gw.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).json["code"] as? String
+        }
+        try waitUntil(seconds: 5) { code(b) == "unknown_tenant" && code(c) == "unknown_tenant" }
+    }
+
+    @Test func deletionsAndRevocationsHoldOnEveryInstanceAndAcrossRestarts() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let seedKey = "gh_shared_seed_key"
+        let yaml = Self.config(upstream: up.port, redis: redis.port).replacingOccurrences(
+            of: "globex: {plan: free}",
+            with: "globex: {plan: free, api_keys: [{id: ci-bot, sha256: \(Digest.hex(Digest.sha256(seedKey.utf8)))}]}")
+        let env = ["GH_TEST_ADMIN_TOKEN": "adm"]
+        let a = try GatewayProcess(yaml: yaml, environment: env)
+        defer { a.stop() }
+        let b = try GatewayProcess(yaml: yaml, environment: env)
+        defer { b.stop() }
+        let auth = [("Authorization", "Bearer adm")]
+        func withKey(_ gw: GatewayProcess) -> Int? {
+            try? request(port: gw.port, "GET", "/api/x", headers: [("X-API-Key", seedKey)]).status
+        }
+        func tenantCode(_ gw: GatewayProcess) -> String? {
+            try? request(port: gw.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "globex")]).json["code"] as? String
+        }
+        #expect(withKey(a) == 200 && withKey(b) == 200)
+        #expect(try request(port: a.adminPort!, "DELETE", "/admin/tenants/globex/api-keys/ci-bot", headers: auth).status == 204)
+        try waitUntil(seconds: 2) { withKey(b) == 401 }
+        #expect(try request(port: b.adminPort!, "DELETE", "/admin/tenants/globex", headers: auth).status == 204)
+        try waitUntil(seconds: 2) { tenantCode(a) == "unknown_tenant" }
+        #expect(try request(port: a.adminPort!, "GET", "/admin/tenants/globex", headers: auth).status == 404)
+        // A new instance loads the tombstone at start.
+        let c = try GatewayProcess(yaml: yaml, environment: env)
+        defer { c.stop() }
+        #expect(tenantCode(c) == "unknown_tenant")
+        // Brought back by a PUT, the tenant is known everywhere again, without the revoked key.
+        #expect(try request(port: c.adminPort!, "PUT", "/admin/tenants/globex", headers: auth, body: #"{"plan": "free"}"#).status == 201)
+        try waitUntil(seconds: 2) { tenantCode(a) == "plan_required" && tenantCode(b) == "plan_required" }
+        let forwarded = up.requests.count
+        #expect(withKey(a) == 401 && withKey(b) == 401 && withKey(c) == 401)
+        #expect(up.requests.count == forwarded)
     }
 
     @Test func concurrentKeyChangesOnTwoInstancesAreNotLost() throws {

@@ -46,17 +46,25 @@ struct AdminAPI {
         case ("PUT", 4):
             switch parseRecord(body) {
             case .failure(let denial): return now(problem(denial, requestID))
-            case .success(let record):
-                return store.put(id, record).map { created in
-                    let (effective, source) = self.tenants.effective(id) ?? (record, .store)
-                    return Response(status: created ? 201 : 200, body: Self.document(id, effective, source))
+            case .success(var record):
+                // A move to past_due starts the grace period now (a record that stays past_due keeps its date).
+                if record.status != "past_due" {
+                    record.pastDueSinceAt = nil
+                } else if record.pastDueSinceAt == nil {
+                    let current = tenants.record(id)
+                    record.pastDueSinceAt = current?.status == "past_due" ? current?.pastDueSinceAt ?? clock.now() : clock.now()
+                }
+                let written = record
+                return store.put(id, written).map { write in
+                    let (effective, source) = self.tenants.effective(id) ?? (written, .store)
+                    return Response(status: write == .created ? 201 : 200, body: Self.document(id, effective, source))
                 }
             }
         case ("DELETE", 4):
             return store.delete(id).map { deleted in
                 deleted
                     ? Response(status: 204, body: "")
-                    : self.problem(.unknownTenant("Tenant '\(id)' has no record in the store."), requestID, status: 404)
+                    : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
             }
         case ("POST", 5) where parts[4] == "api-keys":
             var keyID = "key-" + Self.randomToken(bytes: 6)
@@ -155,6 +163,7 @@ struct AdminAPI {
     static func document(_ id: String, _ r: TenantRecord, _ source: TenantDirectory.Source) -> String {
         var json = "{\"id\":\(JSONText.quote(id)),\"plan\":\(JSONText.quote(r.plan)),\"status\":\(JSONText.quote(r.status))"
         json += ",\"trial_ends\":" + (r.trialEnds.map(JSONText.quote) ?? "null")
+        json += ",\"past_due_since\":" + (r.pastDueSinceAt.map { JSONText.quote(CivilDate.rfc3339(milliseconds: Int64(($0 * 1000).rounded(.down)))) } ?? "null")
         json += ",\"billing_anchor\":\(r.billingAnchor)"
         let overrides = (try? JSONSerialization.data(withJSONObject: OverridesJSON.encode(r), options: [.sortedKeys])) ?? Data("{}".utf8)
         json += ",\"overrides\":" + String(decoding: overrides, as: UTF8.self)

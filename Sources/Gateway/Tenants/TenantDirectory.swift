@@ -8,15 +8,29 @@ import Synchronization
 public final class TenantDirectory: TenantRecords {
     public enum Source: String, Sendable { case seed, store }
 
+    /// What a write did.
+    public enum Write: Sendable, Equatable {
+        case created, replaced
+        /// A billing change older than the last one applied: nothing was written.
+        case stale
+    }
+
     private struct State {
         var seeds: [String: TenantRecord]
         var stored: [String: TenantRecord] = [:]
         var owners: [String: (tenant: String, id: String)] = [:]
 
+        /// The record requests see: the stored one (none behind a tombstone), else the seed.
+        func visible(_ tenant: String) -> TenantRecord? {
+            if let r = stored[tenant] { return r.deleted ? nil : r }
+            return seeds[tenant]
+        }
+
         mutating func reindex() {
             owners = [:]
             for tenant in Set(seeds.keys).union(stored.keys) {
-                for key in (stored[tenant] ?? seeds[tenant])?.apiKeys ?? [] { owners[key.sha256] = (tenant, key.id) }
+                guard let r = visible(tenant) else { continue }
+                for key in r.apiKeys where !r.revokedKeys.contains(key.sha256) { owners[key.sha256] = (tenant, key.id) }
             }
         }
     }
@@ -30,62 +44,85 @@ public final class TenantDirectory: TenantRecords {
     }
 
     public func record(_ tenant: String) -> TenantRecord? {
-        state.withLock { $0.stored[tenant] ?? $0.seeds[tenant] }
+        state.withLock { $0.visible(tenant) }
     }
 
     public func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)? {
         state.withLock { $0.owners[sha256Hex] }
     }
 
-    /// The effective record and where it comes from.
+    /// The effective record and where it comes from; nil for an unknown or deleted tenant.
     public func effective(_ tenant: String) -> (record: TenantRecord, source: Source)? {
         state.withLock { s in
-            if let r = s.stored[tenant] { return (r, .store) }
-            if let r = s.seeds[tenant] { return (r, .seed) }
-            return nil
+            if let r = s.stored[tenant] { return r.deleted ? nil : (r, .store) }
+            return s.seeds[tenant].map { ($0, .seed) }
         }
     }
 
-    /// Creates or replaces the store's record; the tenant's API keys are kept. True when the tenant was unknown.
+    /// The YAML seed of a tenant, whatever the store holds.
+    public func seed(_ tenant: String) -> TenantRecord? {
+        state.withLock { $0.seeds[tenant] }
+    }
+
+    /// Creates or replaces the store's record. The API keys are kept: the stored record's, or the seed's when the
+    /// store has none (or a tombstone), less every revoked one; so are the revocations and the newest billing
+    /// event's time. A record carrying a billing event older than the last one applied is not written.
     @discardableResult
-    public func put(_ tenant: String, _ record: TenantRecord) -> Bool {
+    public func put(_ tenant: String, _ record: TenantRecord) -> Write {
         state.withLock { s in
+            let old = s.stored[tenant]
+            let live = s.visible(tenant)
+            if let at = record.billingEventAt, let last = old?.billingEventAt, at < last { return .stale }
             var r = record
-            r.apiKeys = (s.stored[tenant] ?? s.seeds[tenant])?.apiKeys ?? []
-            let created = s.stored[tenant] == nil && s.seeds[tenant] == nil
+            r.deleted = false
+            r.revokedKeys = old?.revokedKeys ?? []
+            r.billingEventAt = record.billingEventAt ?? old?.billingEventAt
+            let base = old.flatMap { $0.deleted ? nil : $0 } ?? s.seeds[tenant]
+            r.apiKeys = (base?.apiKeys ?? []).filter { !r.revokedKeys.contains($0.sha256) }
             s.stored[tenant] = r
             s.reindex()
-            return created
+            return live == nil ? .created : .replaced
         }
     }
 
-    /// Removes the store's record (a seed, if any, applies again). False when there was none.
+    /// Leaves a tombstone, so the tenant is unknown (its seed included) until the next PUT; revocations and the
+    /// last billing event's time are kept. False when the tenant was not known.
     public func delete(_ tenant: String) -> Bool {
         state.withLock { s in
-            guard s.stored.removeValue(forKey: tenant) != nil else { return false }
+            guard let live = s.visible(tenant) else { return false }
+            s.stored[tenant] = Self.tombstone(of: live, stored: s.stored[tenant])
             s.reindex()
             return true
         }
+    }
+
+    static func tombstone(of live: TenantRecord, stored: TenantRecord?) -> TenantRecord {
+        var t = TenantRecord(plan: live.plan)
+        t.deleted = true
+        t.revokedKeys = stored?.revokedKeys ?? []
+        t.billingEventAt = stored?.billingEventAt
+        return t
     }
 
     /// Adds an API key (by hash) to the tenant, copying a seed into the store first. False for an unknown tenant.
     public func addKey(_ tenant: String, id: String, sha256: String) -> Bool {
         state.withLock { s in
-            guard var r = s.stored[tenant] ?? s.seeds[tenant] else { return false }
+            guard var r = s.visible(tenant) else { return false }
             r.apiKeys.append(.init(id: id, sha256: sha256))
+            r.revokedKeys.remove(sha256)
             s.stored[tenant] = r
             s.reindex()
             return true
         }
     }
 
-    /// Revokes an API key by id. False when the tenant or key is unknown.
+    /// Revokes an API key by id, for good: its hash is remembered, so a seed cannot bring it back. False when the
+    /// tenant or key is unknown.
     public func revokeKey(_ tenant: String, id: String) -> Bool {
         state.withLock { s in
-            guard var r = s.stored[tenant] ?? s.seeds[tenant], r.apiKeys.contains(where: { $0.id == id }) else {
-                return false
-            }
+            guard var r = s.visible(tenant), let key = r.apiKeys.first(where: { $0.id == id }) else { return false }
             r.apiKeys.removeAll { $0.id == id }
+            r.revokedKeys.insert(key.sha256)
             s.stored[tenant] = r
             s.reindex()
             return true

@@ -10,6 +10,9 @@ enum TenantRecordCodec {
         let overrides = OverridesJSON.encode(r)
         if !overrides.isEmpty { object["overrides"] = overrides }
         object["api_keys"] = r.apiKeys.map { ["id": $0.id, "sha256": $0.sha256] }
+        if !r.revokedKeys.isEmpty { object["revoked_keys"] = r.revokedKeys.sorted() }
+        if let at = r.billingEventAt { object["billing_event_at"] = at }
+        if r.deleted { object["deleted"] = true }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }
@@ -30,6 +33,10 @@ enum TenantRecordCodec {
             guard let id = k["id"] as? String, let sha = k["sha256"] as? String else { return nil }
             return TenantRecord.APIKey(id: id, sha256: sha)
         }
+        // Lua's cjson writes an empty list as `{}`: anything but a list of strings is no revocation.
+        r.revokedKeys = Set(o["revoked_keys"] as? [String] ?? [])
+        r.billingEventAt = (o["billing_event_at"] as? NSNumber)?.doubleValue
+        r.deleted = o["deleted"] as? Bool ?? false
         return r
     }
 }

@@ -6,9 +6,9 @@ import Synchronization
 /// Where admin writes go: the embedded in-memory store, or Redis shared by every gateway instance.
 /// Reads on the request path always come from the in-process ``TenantDirectory``.
 protocol TenantStore: Sendable {
-    /// Creates or replaces a tenant's record (API keys kept); true when the tenant was unknown.
-    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool>
-    /// Removes the store's record; false when there was none.
+    /// Creates or replaces a tenant's record (API keys and revocations kept); see ``TenantDirectory/put(_:_:)``.
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<TenantDirectory.Write>
+    /// Leaves the tenant unknown (a tombstone hides its seed) until the next put; false when it was not known.
     func delete(_ tenant: String) -> EventLoopFuture<Bool>
     /// Adds an API key by hash; false for an unknown tenant.
     func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool>
@@ -57,7 +57,7 @@ struct MemoryTenantStore: TenantStore {
 
     func forget(eventID: String) { events.forget(eventID) }
 
-    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool> {
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<TenantDirectory.Write> {
         eventLoop.makeSucceededFuture(directory.put(tenant, record))
     }
     func delete(_ tenant: String) -> EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(directory.delete(tenant)) }
@@ -188,39 +188,67 @@ final class RedisTenantStore: TenantStore {
     }
 
     /// Edits a tenant's stored record in one atomic step in Redis (so two instances editing one tenant at
-    /// once cannot lose each other's change) and publishes the invalidation.
-    /// - `put`: replaces the record, keeping the API keys already stored (or the seed's).
-    /// - `add` / `revoke`: adds or removes one API key of the stored record (or of the seed, the first time).
-    /// Replies `{status, record}`: status 1 done (0 for `put`: replaced), 0 key not found, -1 unknown tenant,
-    /// -2 key id taken.
+    /// once cannot lose each other's change) and publishes the invalidation; the same rules as
+    /// ``TenantDirectory`` (the embedded store):
+    /// - `put`: replaces the record, keeping the API keys already stored (or the seed's, when the store has no
+    ///   record or a tombstone), less revoked ones; revocations and the last billing event's time are kept, and a
+    ///   billing change older than that is refused.
+    /// - `delete`: writes a tombstone (the tenant is unknown, its seed included, until the next put).
+    /// - `add` / `revoke`: adds or removes one API key of the live record (stored, else the seed); a revoked
+    ///   key's hash is remembered.
+    /// ARGV: op, tenant, record JSON, seed JSON (or ''), key id, key hash. Replies `{status, record}`: put 1
+    /// created, 0 replaced, -3 stale; delete 1 done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown
+    /// tenant, -2 key id taken.
     static let editScript = """
         local cur = redis.call('HGET', KEYS[1], ARGV[2])
         local op = ARGV[1]
-        local base = cur
-        if not base and ARGV[4] ~= '' then base = ARGV[4] end
+        local old = cur and cjson.decode(cur) or nil
+        local seed = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
+        local live = seed
+        if old then live = (not old.deleted) and old or nil end
+        local revoked = (old and type(old.revoked_keys) == 'table') and old.revoked_keys or {}
+        local function is_revoked(h)
+          for _, r in ipairs(revoked) do if r == h then return true end end
+          return false
+        end
+        local function live_keys(r)
+          local out = {}
+          if r and type(r.api_keys) == 'table' then
+            for _, k in ipairs(r.api_keys) do if not is_revoked(k.sha256) then table.insert(out, k) end end
+          end
+          return out
+        end
         local rec
         local status = 1
         if op == 'put' then
           rec = cjson.decode(ARGV[3])
-          local old = base and cjson.decode(base) or nil
-          rec.api_keys = (old and type(old.api_keys) == 'table') and old.api_keys or {}
-          if cur then status = 0 end
+          local last = old and old.billing_event_at or nil
+          if rec.billing_event_at and last and rec.billing_event_at < last then return {-3, ''} end
+          if not rec.billing_event_at then rec.billing_event_at = last end
+          rec.api_keys = live_keys(live or seed)
+          rec.revoked_keys = revoked
+          rec.deleted = nil
+          if live then status = 0 end
+        elseif op == 'delete' then
+          if not live then return {0, ''} end
+          rec = {plan = live.plan, deleted = true, revoked_keys = revoked, billing_event_at = old and old.billing_event_at or nil}
         else
-          if not base then return {-1, ''} end
-          rec = cjson.decode(base)
-          local keys = type(rec.api_keys) == 'table' and rec.api_keys or {}
+          if not live then return {-1, ''} end
+          rec = live
+          local keys = live_keys(live)
           if op == 'add' then
             for _, k in ipairs(keys) do if k.id == ARGV[5] then return {-2, ''} end end
             table.insert(keys, {id = ARGV[5], sha256 = ARGV[6]})
           else
             local kept, found = {}, false
             for _, k in ipairs(keys) do
-              if k.id == ARGV[5] then found = true else table.insert(kept, k) end
+              if k.id == ARGV[5] then found = true; table.insert(revoked, k.sha256) else table.insert(kept, k) end
             end
             if not found then return {0, ''} end
             keys = kept
           end
           rec.api_keys = keys
+          rec.revoked_keys = revoked
         end
         local out = cjson.encode(rec)
         redis.call('HSET', KEYS[1], ARGV[2], out)
@@ -231,8 +259,8 @@ final class RedisTenantStore: TenantStore {
     private func edit(_ op: String, _ tenant: String, record: TenantRecord? = nil, keyID: String = "", sha256: String = "")
         -> EventLoopFuture<Int64>
     {
-        // The local seed is the base when the store has no record of this tenant yet.
-        let seed = directory.effective(tenant).flatMap { $0.source == .seed ? $0.record : nil }
+        // This instance's seed is the base while the store has no live record of the tenant.
+        let seed = directory.seed(tenant)
         let args = [
             "EVAL", Self.editScript, "2", hashKey, channel, op, tenant, record.map(TenantRecordCodec.encode) ?? "",
             seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256,
@@ -248,19 +276,18 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
-    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool> {
-        let known = directory.record(tenant) != nil
-        return edit("put", tenant, record: record).map { _ in !known }
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<TenantDirectory.Write> {
+        edit("put", tenant, record: record).map { status in
+            switch status {
+            case 1: .created
+            case -3: .stale
+            default: .replaced
+            }
+        }
     }
 
     func delete(_ tenant: String) -> EventLoopFuture<Bool> {
-        client.send(["HDEL", hashKey, tenant]).flatMap { reply in
-            guard reply.integer == 1 else { return self.client.eventLoop.makeSucceededFuture(false) }
-            return self.client.send(["PUBLISH", self.channel, tenant]).map { _ in
-                self.directory.setStored(tenant, nil)
-                return true
-            }
-        }
+        edit("delete", tenant).map { $0 == 1 }
     }
 
     func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {

@@ -25,6 +25,14 @@ public struct TenantRecord: Sendable {
     public var maxBodyBytes: Int? = nil
     public var rateOverride: PlanConfig.Rate? = nil
     public var quotaOverride: PlanConfig.Quota? = nil
+    /// `created` of the newest billing event applied (seconds since the epoch): an older event is ignored.
+    public var billingEventAt: Double? = nil
+    /// SHA-256 hashes of API keys revoked from this tenant: they never authenticate again, even when a YAML
+    /// seed still lists them (kept by the store's record, and by its tombstone).
+    public var revokedKeys: Set<String> = []
+    /// A stored tombstone: `DELETE /admin/tenants/{id}` leaves the tenant unknown, its seed included, until
+    /// the next PUT. Never true for a record that requests are gated by.
+    public var deleted = false
 
     public init(plan: String) {
         self.plan = plan
