@@ -102,6 +102,48 @@ import Testing
         #expect(m.responseEnd(now: Self.at(2)) == End(status: 201, code: "", denied: false, upstream: .none, next: .nextRequest))
     }
 
+    /// A local endpoint (the billing webhook on the proxy listener): the body is held past the hold size, bounded
+    /// by the body limit, and the request's end asks for the answer; the exchange ends with it, holding nothing.
+    @Test func localEndpointHoldsTheWholeBodyThenAnswers() {
+        var m = Self.machine()
+        Self.head(&m, hasBody: true)
+        m.setBodyLimit(500)
+        #expect(m.admittedLocally() == .waitForBody)
+        for _ in 0..<3 {
+            #expect(m.inbound(.body(100)) == .process)
+            #expect(m.requestBody(100) == .hold(connect: false))
+        }
+        #expect(m.readingAllowed, "a local endpoint's body is bounded by its limit, not paused at the hold size")
+        #expect(m.inbound(.end) == .process)
+        #expect(m.requestEnd(now: Self.at(1)) == .answerLocally)
+        #expect(m.responseHead(status: 200, keepAliveAllowed: true) == true)
+        let end = m.responseEnd(now: Self.at(1))
+        #expect(end == End(status: 200, code: "", denied: false, upstream: .none, next: .nextRequest))
+        Self.expectNothingAfter(m, now: 1)
+    }
+
+    @Test func localEndpointOverItsLimitAndHangUp() {
+        var m = Self.machine()
+        Self.head(&m, hasBody: true)
+        m.setBodyLimit(150)
+        #expect(m.admittedLocally() == .waitForBody)
+        #expect(m.requestBody(100) == .hold(connect: false))
+        #expect(m.requestBody(100) == .tooLarge)
+        var hungUp = Self.machine()
+        Self.head(&hungUp, hasBody: true)
+        #expect(hungUp.admittedLocally() == .waitForBody)
+        #expect(hungUp.clientClosed()?.upstream == Machine.UpstreamDisposal.none)
+    }
+
+    @Test func localEndpointWithTheRequestAlreadyWholeAnswersAtOnce() {
+        var m = Self.machine()
+        Self.head(&m)
+        #expect(m.inbound(.end) == .process)
+        #expect(m.requestEnd(now: Self.at(0)) == .none)
+        #expect(m.admittedLocally() == .connect)
+        #expect(m.admittedLocally() == .none, "admitted once")
+    }
+
     @Test func responseThatCannotKeepTheConnectionCloses() {
         var m = Self.machine()
         Self.attachedGET(&m)
@@ -782,6 +824,7 @@ import Testing
                     case .ended(let end): check(end)
                     case .connect: connect()
                     case .sendEnd: #expect(holdsConnection, "sent an end without a connection: \(log)")
+                    case .answerLocally: Issue.record("answered locally, never admitted locally: \(log)")
                     case .none: break
                     }
                 case .admit:

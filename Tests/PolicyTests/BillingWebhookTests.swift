@@ -42,7 +42,23 @@ import Testing
         #expect(parse("customer.subscription.deleted", "{\(meta)}") == .change(.init(eventID: "e", tenant: "acme", status: "cancelled")))
         #expect(parse("invoice.payment_failed", "{\(meta)}") == .change(.init(eventID: "e", tenant: "acme", status: "past_due")))
         #expect(parse("invoice.paid", "{\(meta)}") == .change(.init(eventID: "e", tenant: "acme", status: "active")))
+        // No paid plan before the first payment: an incomplete subscription changes nothing, its price included.
+        if case .ignored = parse("customer.subscription.created", #"{\#(meta),"status":"incomplete","items":{"data":[{"price":{"id":"price_pro"}}]}}"#) {
+        } else { Issue.record("an incomplete subscription must change nothing") }
+        #expect(parse("customer.subscription.updated", #"{\#(meta),"status":"incomplete_expired"}"#)
+            == .change(.init(eventID: "e", tenant: "acme", status: "cancelled")))
+        #expect(parse("customer.subscription.updated", #"{\#(meta),"status":"paused"}"#)
+            == .change(.init(eventID: "e", tenant: "acme", status: "suspended")))
+        // A trial without an end would never expire: not applied.
+        if case .ignored = parse("customer.subscription.created", #"{\#(meta),"status":"trialing"}"#) {
+        } else { Issue.record("a trial without trial_end must not be applied") }
         if case .ignored = parse("charge.refunded", "{\(meta)}") {} else { Issue.record("unknown types are ignored") }
         if case .invalid = parse("invoice.paid", #"{"metadata":{"tenant_id":"a b"}}"#) {} else { Issue.record("bad tenant id") }
+    }
+
+    @Test func eventTimeIsCarriedForOrdering() {
+        let body = #"{"id":"e","created":1800000123,"type":"invoice.paid","data":{"object":{"metadata":{"tenant_id":"acme"}}}}"#
+        #expect(BillingWebhook.parse(Array(body.utf8), prices: [:])
+            == .change(.init(eventID: "e", tenant: "acme", status: "active", created: 1_800_000_123)))
     }
 }

@@ -54,14 +54,17 @@ final class AdminHandler: ChannelInboundHandler {
                     body: ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not_ready\"}")
             }
         case (.POST, "/webhooks/billing"):
-            let webhook = BillingWebhookHandler(
-                tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop,
-                clock: server.clock)
-            webhook.handle(signature: head.headers.first(name: "stripe-signature"), body: body, requestID: requestID)
-                .hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
-                    self.respond(
-                        context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType, body: r.body)
+            server.billingWebhook.handle(
+                signature: head.headers.first(name: "stripe-signature"), body: body, config: server.snapshot.config,
+                on: context.eventLoop
+            ).hop(to: context.eventLoop).assumeIsolated().whenSuccess { answer in
+                switch answer {
+                case .acknowledged(let json):
+                    self.respond(context, head, status: .ok, contentType: "application/json", body: json)
+                case .refused(let denial):
+                    self.respondProblem(context, denial, head)
                 }
+            }
         case (.GET, "/metrics"):
             let loop = context.eventLoop
             server.metricsText().hop(to: loop).assumeIsolated().whenSuccess { text in

@@ -106,6 +106,9 @@ struct ClientConnectionStateMachine {
             case acquiring
             /// A connection carries the request.
             case attached
+            /// The gateway answers the request itself (an endpoint such as the billing webhook): the body is kept,
+            /// within the body limit, until the request has ended.
+            case local
             /// The connection was released (response end, failure) or never used.
             case detached
         }
@@ -310,6 +313,9 @@ struct ClientConnectionStateMachine {
             let full = ex.heldBytes >= configuration.chunkedHoldBytes
             if full { paused.insert(.holding) }
             return .hold(connect: full && ex.upstream == .admitted)
+        case .local:
+            ex.heldBytes += bytes
+            return .hold(connect: false)
         case .detached:
             return .discard
         }
@@ -330,6 +336,8 @@ struct ClientConnectionStateMachine {
         case sendEnd
         /// Allowed and the whole body is held: choose a connection now.
         case connect
+        /// The whole request of a local endpoint is here: answer it.
+        case answerLocally
         /// The exchange is over.
         case ended(End)
     }
@@ -349,6 +357,7 @@ struct ClientConnectionStateMachine {
             switch ex.upstream {
             case .attached: return .sendEnd
             case .admitted: return .connect
+            case .local: return .answerLocally
             default: return .none
             }
         }
@@ -370,6 +379,15 @@ struct ClientConnectionStateMachine {
         state = .exchange(ex)
         if !ex.chunked || ex.request == .ended || ex.heldBytes >= configuration.chunkedHoldBytes { return .connect }
         return .waitForBody
+    }
+
+    /// Every phase passed for a request the gateway answers itself: `connect` means the whole request is here
+    /// (answer now), `waitForBody` that ``requestEnd(now:)`` will say `answerLocally`.
+    mutating func admittedLocally() -> AdmitAction {
+        guard case .exchange(var ex) = state, ex.response == .pending, ex.upstream == .deciding else { return .none }
+        ex.upstream = .local
+        state = .exchange(ex)
+        return ex.request == .ended ? .connect : .waitForBody
     }
 
     /// A pool wait started (the connection arrives through ``attached()`` or the wait fails).
@@ -587,7 +605,7 @@ struct ClientConnectionStateMachine {
         switch ex.upstream {
         case .attached: disposal = .abandon
         case .acquiring: disposal = .cancelWait
-        case .deciding, .admitted, .detached: disposal = .none
+        case .deciding, .admitted, .local, .detached: disposal = .none
         }
         let next: Next
         if let forced {

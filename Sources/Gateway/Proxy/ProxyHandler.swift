@@ -267,7 +267,7 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Every phase passed: answer `Expect: 100-continue`, and connect once enough of the request is here.
     private func admitted(_ ctx: RequestContext) {
-        let action = machine.admitted()
+        let action = ctx.local == nil ? machine.admitted() : machine.admittedLocally()
         guard action != .none else { return }
         if ctx.expectContinue {
             var buffer = context.channel.allocator.buffer(capacity: 32)
@@ -275,7 +275,8 @@ final class ProxyHandler: ChannelDuplexHandler {
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         }
         // The flush may have failed and closed the connection, ending the exchange.
-        if action == .connect && !ctx.ended { connect(ctx, excluding: nil) }
+        guard action == .connect && !ctx.ended else { return }
+        if ctx.local != nil { answerLocally(ctx) } else { connect(ctx, excluding: nil) }
     }
 
     private func receiveBody(_ buffer: ByteBuffer) {
@@ -305,7 +306,49 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .none: break
         case .sendEnd: current?.connection?.sendEnd()
         case .connect: if let ctx = current { connect(ctx, excluding: nil) }
+        case .answerLocally: if let ctx = current { answerLocally(ctx) }
         case .ended(let end): if let ctx = current { finish(end, ctx) }
+        }
+    }
+
+    /// The gateway's own endpoint on this listener (the billing webhook), with the whole request held.
+    private func answerLocally(_ ctx: RequestContext) {
+        guard ctx.local == .billingWebhook, let webhook = loop.billingWebhook else {
+            deny(ctx, .routeNotFound())
+            return
+        }
+        var body: [UInt8] = []
+        for part in ctx.held { body += part.readableBytesView }
+        ctx.held.removeAll()
+        let eventLoop = context.eventLoop
+        webhook.handle(
+            signature: ctx.head.headers.first(name: "stripe-signature"), body: body, config: loop.snapshot.config,
+            on: eventLoop
+        ).hop(to: eventLoop).assumeIsolated().whenSuccess { [self] answer in
+            guard current === ctx, !ctx.ended else { return }
+            switch answer {
+            case .refused(let denial): deny(ctx, denial)
+            case .acknowledged(let json): respondLocally(ctx, json: json)
+            }
+        }
+    }
+
+    /// A complete 200 JSON response from the gateway itself.
+    private func respondLocally(_ ctx: RequestContext, json: String) {
+        let keepAlive = machine.responseHead(status: 200, keepAliveAllowed: true)
+        var buffer = context.channel.allocator.buffer(capacity: 160 + json.utf8.count)
+        writeStatusLine(&buffer, version: ctx.head.version, status: .ok)
+        writeHeader(&buffer, "Content-Type", "application/json")
+        writeHeader(&buffer, "Content-Length", String(json.utf8.count))
+        writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
+        writeHeader(&buffer, "X-Request-ID", ctx.requestID)
+        buffer.writeStaticString("\r\n")
+        buffer.writeString(json)
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        if let end = machine.responseEnd(now: .now()) {
+            finish(end, ctx)
+        } else {
+            context.flush()
         }
     }
 

@@ -30,7 +30,11 @@ final class RequestContext {
     var peerTrusted = false
     /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
     var upgrade = false
-    /// Set by `route`.
+    /// Endpoints the gateway answers itself on the proxy listener.
+    enum LocalEndpoint { case billingWebhook }
+    /// Set by `route`: the gateway's own endpoint (no route, identity, gate or charge: it has its own checks),
+    /// or the route.
+    var local: LocalEndpoint?
     var route: RouteConfig?
     var routeName = "-"
     var upstreamName = "-"

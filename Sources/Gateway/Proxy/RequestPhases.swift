@@ -29,11 +29,11 @@ struct RequestPhases {
         switch ctx.phase {
         case .validate: return validate(ctx)
         case .route: return route(ctx)
-        case .authenticate: return authenticate(ctx)
-        case .gate: return gate(ctx)
-        case .charge: return charge(ctx, resumer: resumer)
+        case .authenticate: return ctx.local == nil ? authenticate(ctx) : .next
+        case .gate: return ctx.local == nil ? gate(ctx) : bodyFits(ctx)
+        case .charge: return ctx.local == nil ? charge(ctx, resumer: resumer) : .next
         case .reserveAudit: return reserveAudit(ctx, resumer: resumer)
-        case .forward: return forward(ctx)
+        case .forward: return ctx.local == nil ? forward(ctx) : .next
         }
     }
 
@@ -65,6 +65,12 @@ struct RequestPhases {
 
     func route(_ ctx: RequestContext) -> Outcome {
         let snapshot = loop.snapshot
+        if let hook = snapshot.config.billing?.webhookPath, ctx.head.method == .POST, ctx.path == hook[...] {
+            ctx.local = .billingWebhook
+            ctx.routeName = "billing_webhook"
+            ctx.bodyLimit = min(ctx.bodyLimit, BillingWebhookHandler.maxBody)
+            return .next
+        }
         guard let index = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue) else {
             return .deny(.routeNotFound())
         }
@@ -111,6 +117,11 @@ struct RequestPhases {
         } else if route.minPlan != nil || route.feature != nil {
             return .deny(.tenantRequired("Route '\(route.name)' is gated by plan and needs a tenant."))
         }
+        return bodyFits(ctx)
+    }
+
+    /// A declared length over the body limit is refused before any of the body is read.
+    func bodyFits(_ ctx: RequestContext) -> Outcome {
         if case .contentLength(let n) = ctx.framing, n > ctx.bodyLimit {
             return .deny(.payloadTooLarge(limit: ctx.bodyLimit, close: true))
         }

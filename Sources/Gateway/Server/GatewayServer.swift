@@ -37,6 +37,8 @@ public final class GatewayServer: Sendable {
     let limitClients: [RedisClient]
     /// The audit log (configured sinks; `audit` changes apply at restart).
     let audit: AuditLog?
+    /// The billing webhook (admin listener, and `billing.webhook_path` on the proxy listener).
+    let billingWebhook: BillingWebhookHandler
     private let instanceID = UUID().uuidString
     /// Wall-clock time for the admin API, the billing webhook, the rate limiters and the heartbeat.
     public let clock: WallClock
@@ -67,6 +69,8 @@ public final class GatewayServer: Sendable {
             self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next(), clock: clock)
         }
         self.redisStore = redisStore
+        let billingWebhook = BillingWebhookHandler(tenants: tenants, store: store, clock: clock)
+        self.billingWebhook = billingWebhook
         if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
             self.audit = try AuditLog(
                 config: auditConfig, redis: redisStore?.redisConfiguration, eventLoop: group.next(), logger: logger)
@@ -92,7 +96,7 @@ public final class GatewayServer: Sendable {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
-                        limits: limits, audit: audit, clock: clock), eventLoop: loop)
+                        limits: limits, audit: audit, billingWebhook: billingWebhook, clock: clock), eventLoop: loop)
             }.wait()
             loops[ObjectIdentifier(loop)] = state
         }

@@ -25,6 +25,8 @@ final class LoopState {
     let tokenCache = TokenCache()
     /// The audit log (shared by every loop), when configured.
     let audit: AuditLog?
+    /// Serves `billing.webhook_path` on the proxy listener.
+    let billingWebhook: BillingWebhookHandler?
     /// Buckets and quotas (leases are per loop).
     private(set) var limiter: RateLimiter!
     private var lastLimiterSweep = NIODeadline.now()
@@ -35,12 +37,14 @@ final class LoopState {
 
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
-        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?, clock: WallClock
+        limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?,
+        billingWebhook: BillingWebhookHandler? = nil, clock: WallClock
     ) {
         self.eventLoop = eventLoop
         self.clock = clock
         self.connectionConfiguration = Self.connectionConfiguration(snapshot.config.server)
         self.audit = audit
+        self.billingWebhook = billingWebhook
         self.loopCount = loopCount
         self.logger = logger
         self.snapshot = snapshot

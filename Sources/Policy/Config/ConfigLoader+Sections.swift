@@ -15,7 +15,7 @@ extension ConfigLoader {
                     "listen", "threads", "admin_listen", "admin_token_env", "max_header_bytes", "max_body_bytes",
                     "idle_timeout", "header_timeout", "request_timeout", "send_timeout", "drain_timeout",
                     "max_connections", "max_pipelined_requests", "max_read_ahead_bytes", "underscores_in_headers",
-                    "trusted_proxies",
+                    "trusted_proxies", "admin_max_connections",
                 ])
         else { return nil }
         var s = ServerConfig()
@@ -38,6 +38,9 @@ extension ConfigLoader {
         if let v = f["drain_timeout"], let d = r.duration(v, "server.drain_timeout") { s.drainTimeout = d }
         if let v = f["max_connections"], let n = r.int(v, "server.max_connections", min: 1, max: 1_000_000) {
             s.maxConnections = n
+        }
+        if let v = f["admin_max_connections"], let n = r.int(v, "server.admin_max_connections", min: 1, max: 100_000) {
+            s.adminMaxConnections = n
         }
         if let v = f["max_pipelined_requests"], let n = r.int(v, "server.max_pipelined_requests", min: 1, max: 1024) {
             s.maxPipelinedRequests = n
@@ -306,12 +309,19 @@ extension ConfigLoader {
     }
 
     func parseBilling(_ at: Located, plans: [String: PlanConfig], _ r: YAMLReader) -> BillingConfig? {
-        guard let f = r.fields(at, "billing", allowed: ["webhook_secret_env", "grace_period", "prices"]) else {
+        guard let f = r.fields(at, "billing", allowed: ["webhook_secret_env", "grace_period", "prices", "webhook_path"]) else {
             return nil
         }
         var b = BillingConfig()
         b.webhookSecretEnv = f["webhook_secret_env"].flatMap { r.nonEmptyString($0, "billing.webhook_secret_env") }
         if let v = f["grace_period"], let d = r.duration(v, "billing.grace_period", allowZero: true) { b.gracePeriod = d }
+        if let v = f["webhook_path"], let path = r.nonEmptyString(v, "billing.webhook_path") {
+            if RequestTarget.split(path).map({ String($0.path) == path && $0.query.isEmpty }) == true {
+                b.webhookPath = path
+            } else {
+                r.problem(v, "billing.webhook_path must be a normalized absolute path such as /webhooks/billing (no query)")
+            }
+        }
         if let v = f["prices"] {
             for entry in r.mapping(v, "billing.prices", allowed: nil) ?? [] {
                 guard let plan = r.nonEmptyString(entry.value, "billing.prices.\(entry.key)") else { continue }

@@ -85,6 +85,8 @@ public struct ServerConfig: Sendable {
     public var drainTimeout: Int64 = 10_000_000_000
     /// Open client connections at most; further connections are closed at accept.
     public var maxConnections = 10_000
+    /// Open connections to the admin listener (its own cap: a flood there cannot take the proxy's descriptors).
+    public var adminMaxConnections = 256
     /// Requests a client may pipeline ahead of the one being answered before reading pauses.
     public var maxPipelinedRequests = 16
     /// Bytes of pipelined input held behind the running exchange before reading pauses.
@@ -218,6 +220,8 @@ public struct BillingConfig: Sendable {
     public var webhookSecretEnv: String? = nil
     public var gracePeriod: Int64 = 7 * 86_400_000_000_000
     public var prices: [String: String] = [:]
+    /// Also serves the webhook on the proxy listener at this path (so the admin listener can stay private).
+    public var webhookPath: String? = nil
 }
 
 /// One named upstream service and how to reach it.

@@ -44,13 +44,20 @@ public enum BillingWebhook {
         public var plan: String?
         public var status: String?
         public var trialEnds: Double?
+        /// The event's `created` (seconds since the epoch): a change older than the last one applied to the
+        /// tenant is ignored.
+        public var created: Double?
 
-        public init(eventID: String, tenant: String, plan: String? = nil, status: String? = nil, trialEnds: Double? = nil) {
+        public init(
+            eventID: String, tenant: String, plan: String? = nil, status: String? = nil, trialEnds: Double? = nil,
+            created: Double? = nil
+        ) {
             self.eventID = eventID
             self.tenant = tenant
             self.plan = plan
             self.status = status
             self.trialEnds = trialEnds
+            self.created = created
         }
     }
 
@@ -63,6 +70,9 @@ public enum BillingWebhook {
 
     /// Maps an event (SPEC): subscription created/updated set plan (by price id) and status; deleted cancels;
     /// invoice.payment_failed marks past_due; invoice.paid marks active. Tenant: data.object.metadata.tenant_id.
+    /// An `incomplete` subscription changes nothing (no paid plan before the first payment); `incomplete_expired`
+    /// cancels, `paused` suspends, and `trialing` takes `trial_end` (a trial without an end is not applied: it
+    /// would never expire).
     public static func parse(_ body: [UInt8], prices: [String: String]) -> Parsed {
         guard let event = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any],
             let id = event["id"] as? String, let type = event["type"] as? String,
@@ -75,23 +85,31 @@ public enum BillingWebhook {
             return .ignored(eventID: id, reason: "no data.object.metadata.tenant_id")
         }
         guard TenantID.isValid(tenant) else { return .invalid("metadata.tenant_id is not a valid tenant id") }
-        var change = Change(eventID: id, tenant: tenant)
+        var change = Change(eventID: id, tenant: tenant, created: (event["created"] as? NSNumber)?.doubleValue)
         switch type {
         case "customer.subscription.created", "customer.subscription.updated":
             let items = ((object["items"] as? [String: Any])?["data"] as? [[String: Any]]) ?? []
             let priceID =
                 (items.first?["price"] as? [String: Any])?["id"] as? String
                 ?? (object["plan"] as? [String: Any])?["id"] as? String
+            let status = object["status"] as? String
+            if status == "incomplete" {
+                return .ignored(eventID: id, reason: "the subscription is incomplete: nothing changes before the first payment")
+            }
             if let priceID { change.plan = prices[priceID] }
-            switch object["status"] as? String {
-            case "trialing": change.status = "trialing"
+            switch status {
+            case "trialing":
+                guard let end = object["trial_end"] as? NSNumber, !(object["trial_end"] is Bool) else {
+                    return .ignored(eventID: id, reason: "a trialing subscription without trial_end")
+                }
+                change.status = "trialing"
+                change.trialEnds = end.doubleValue
             case "active": change.status = "active"
             case "past_due": change.status = "past_due"
-            case "canceled": change.status = "cancelled"
-            case "unpaid": change.status = "suspended"
+            case "canceled", "incomplete_expired": change.status = "cancelled"
+            case "unpaid", "paused": change.status = "suspended"
             default: break
             }
-            if let end = object["trial_end"] as? NSNumber { change.trialEnds = end.doubleValue }
             if change.plan == nil && change.status == nil {
                 return .ignored(eventID: id, reason: "no known price or status")
             }
