@@ -166,3 +166,41 @@ import Testing
         #expect(trial.json["code"] as? String == "bad_request")
     }
 }
+
+/// Live: the admin listener has its own connection cap and the proxy listener's timeouts, so idle sockets to it
+/// cannot use up the descriptors the proxy needs.
+@Suite(.serialized) struct AdminListenerLimitTests {
+    @Test func connectionCapAndTimeouts() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let yaml = testConfig(
+            upstreams: ["app": [up.port]], routes: catchAllRoute,
+            server: "  admin_max_connections: 3\n  idle_timeout: 300ms\n  header_timeout: 300ms")
+        let gw = try GatewayProcess(yaml: yaml)
+        defer { gw.stop() }
+        let admin = try #require(gw.adminPort)
+        // Three connections are served; a fourth is closed at once, and the proxy listener is unaffected.
+        let held = try (0..<3).map { _ in try RawConnection(port: admin) }
+        for conn in held {
+            try conn.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(try conn.readResponse()?.status == 200)
+        }
+        let refused = try RawConnection(port: admin)
+        #expect(try refused.readResponse() == nil, "over admin_max_connections: closed without an answer")
+        #expect(try request(port: gw.port, "GET", "/x").status == 200)
+        // Idle ones are closed after idle_timeout; the slots are free again.
+        for conn in held { #expect(try conn.readResponse() == nil) }
+        var slow: RawConnection? = nil
+        try waitUntil(seconds: 5) {
+            guard let conn = try? RawConnection(port: admin), (try? conn.send("GET /heal")) != nil else { return false }
+            slow = conn
+            return true
+        }
+        // A head that does not arrive in time: 408 request_timeout, then close.
+        let timedOut = try #require(try slow?.readResponse())
+        #expect(timedOut.status == 408)
+        #expect(timedOut.json["code"] as? String == "request_timeout")
+        #expect(try slow?.readResponse() == nil)
+        #expect(try request(port: admin, "GET", "/healthz").status == 200)
+    }
+}

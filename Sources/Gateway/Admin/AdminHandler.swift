@@ -34,6 +34,7 @@ final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
+            context.triggerUserOutboundEvent(AdminExchangeEvent.requestRead, promise: nil)
             if tooLarge {
                 respondProblem(context, .payloadTooLarge(limit: Self.maxBody, close: true), head)
                 return
@@ -129,6 +130,7 @@ final class AdminHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        context.triggerUserOutboundEvent(AdminExchangeEvent.responded, promise: nil)
         if !head.isKeepAlive { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
     }
 

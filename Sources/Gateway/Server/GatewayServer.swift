@@ -23,6 +23,7 @@ public final class GatewayServer: Sendable {
     private let listeners = Mutex(Listeners())
     private let current: Mutex<RuntimeSnapshot>
     private let openConnections = Atomic<Int>(0)
+    private let openAdminConnections = Atomic<Int>(0)
     private let ready = Atomic<Bool>(false)
     private let adminToken: String?
     /// Tenant records: seeds plus admin writes, kept across reloads.
@@ -130,7 +131,7 @@ public final class GatewayServer: Sendable {
         let proxy = try await bindProxy(config.server)
         var admin: Channel? = nil
         if let adminAddress = config.server.adminListen {
-            admin = try await bindAdmin(adminAddress)
+            admin = try await bindAdmin(adminAddress, config.server)
         }
         for client in limitClients { client.start() }
         startInstanceHeartbeat()
@@ -210,13 +211,27 @@ public final class GatewayServer: Sendable {
             .get()
     }
 
-    private func bindAdmin(_ address: HostPort) async throws -> Channel {
-        try await ServerBootstrap(group: group)
+    /// The admin listener: its own connection cap (a flood there cannot use up the descriptors the proxy needs)
+    /// and the proxy listener's idle and header timeouts.
+    private func bindAdmin(_ address: HostPort, _ server: ServerConfig) async throws -> Channel {
+        let maxConnections = server.adminMaxConnections
+        let idle = TimeAmount.nanoseconds(server.idleTimeout)
+        let request = TimeAmount.nanoseconds(min(server.headerTimeout, server.requestTimeout))
+        return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(server: self))
+                let open = self.openAdminConnections.add(1, ordering: .relaxed).newValue
+                channel.closeFuture.whenComplete { _ in
+                    self.openAdminConnections.subtract(1, ordering: .relaxed)
+                }
+                if open > maxConnections {
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(AdminConnectionGuard(idleTimeout: idle, requestTimeout: request))
+                    try sync.configureHTTPServerPipeline(withErrorHandling: true)
+                    try sync.addHandler(AdminHandler(server: self))
                 }
             }
             .bind(host: address.host, port: address.port)
