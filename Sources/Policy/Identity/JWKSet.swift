@@ -1,16 +1,27 @@
 import Foundation
 
-/// Public keys for RS*/ES* tokens, by `kid`, as PEM text for libjwt.
+/// Public keys for RS*/ES* tokens, by `kid`, parsed once into OpenSSL keys (``PublicKey``).
 ///
-/// Built from a JWKS document (RSA `n`/`e`, EC `crv`/`x`/`y`, converted to SubjectPublicKeyInfo PEM here)
-/// or from one PEM file (a key without `kid`).
+/// Built from a JWKS document (RSA `n`/`e`, EC `crv`/`x`/`y`, converted to a DER SubjectPublicKeyInfo here)
+/// or from one PEM file (a key without `kid`). RSA keys under 2048 bits are refused.
 public struct JWKSet: Sendable {
     public enum KeyType: Sendable, Equatable { case rsa, ec(curve: String) }
 
     public struct Key: Sendable {
         public var kid: String?
         public var type: KeyType
-        public var pem: [UInt8]
+        public var publicKey: PublicKey
+
+        /// Parses `spki` (DER) into a key of `type`.
+        init(kid: String?, type: KeyType, spki: [UInt8]) throws {
+            guard let key = PublicKey(spki: spki) else { throw JWKError("key \(kid ?? "?") is not a valid public key") }
+            if type == .rsa && key.bits < 2048 {
+                throw JWKError("RSA key \(kid ?? "?") has \(key.bits) bits; at least 2048 are required")
+            }
+            self.kid = kid
+            self.type = type
+            self.publicKey = key
+        }
     }
 
     public var keys: [Key]
@@ -52,14 +63,14 @@ public struct JWKSet: Sendable {
                 guard let n = (jwk["n"] as? String).flatMap({ Base64URL.decode($0.utf8) }),
                     let e = (jwk["e"] as? String).flatMap({ Base64URL.decode($0.utf8) }), n.count >= 256
                 else { throw JWKError("RSA key \(kid ?? "?") needs n (>= 2048 bits) and e") }
-                keys.append(Key(kid: kid, type: .rsa, pem: pem(der: rsaSPKI(n: n, e: e))))
+                keys.append(try Key(kid: kid, type: .rsa, spki: rsaSPKI(n: n, e: e)))
             case "EC":
                 guard let crv = jwk["crv"] as? String, let oid = curveOIDs[crv],
                     let x = (jwk["x"] as? String).flatMap({ Base64URL.decode($0.utf8) }),
                     let y = (jwk["y"] as? String).flatMap({ Base64URL.decode($0.utf8) }),
                     x.count == curveSizes[crv], y.count == curveSizes[crv]
                 else { throw JWKError("EC key \(kid ?? "?") needs crv P-256/P-384/P-521, x and y") }
-                keys.append(Key(kid: kid, type: .ec(curve: crv), pem: pem(der: ecSPKI(curveOID: oid, x: x, y: y))))
+                keys.append(try Key(kid: kid, type: .ec(curve: crv), spki: ecSPKI(curveOID: oid, x: x, y: y)))
             default:
                 continue
             }
@@ -82,7 +93,7 @@ public struct JWKSet: Sendable {
         } else {
             throw JWKError("unsupported public key type (RSA or EC P-256/P-384/P-521)")
         }
-        return JWKSet(keys: [Key(kid: nil, type: type, pem: Array(text.utf8))])
+        return JWKSet(keys: [try Key(kid: nil, type: type, spki: bytes)])
     }
 
     // MARK: DER
@@ -132,10 +143,6 @@ public struct JWKSet: Sendable {
         return tlv(0x30, algorithm + tlv(0x03, [0x00, 0x04] + x + y))
     }
 
-    static func pem(der: [UInt8]) -> [UInt8] {
-        let b64 = Data(der).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
-        return Array("-----BEGIN PUBLIC KEY-----\n\(b64)\n-----END PUBLIC KEY-----\n".utf8)
-    }
 }
 
 public struct JWKError: Error, CustomStringConvertible {

@@ -1,4 +1,3 @@
-internal import CJWT
 import Foundation
 import Synchronization
 
@@ -44,11 +43,12 @@ public struct VerifiedToken: Sendable, Equatable {
 
 /// Verifies JWTs against the configured issuers: pinned algorithms, per-issuer keys, claims checked here.
 ///
-/// libjwt takes the algorithm from the token and accepts `none` or an empty HMAC key, so every decision it
-/// could get wrong is made before it is called: the size cap, strict base64url, the header's `alg` against
-/// the issuer's pinned list (exact, case-sensitive), a non-empty key of the right type for that algorithm.
-/// libjwt then checks only the signature; `exp`, `nbf`, `iat`, `iss` and `aud` are checked here against an
-/// injected clock. `jku`, `x5u` and embedded `jwk` headers are ignored: keys come from config only.
+/// Every decision is made here, in order: the size cap, strict base64url, the header's `alg` against the
+/// issuer's pinned list (exact, case-sensitive; `none` is never supported), a non-empty key of the right type
+/// for that algorithm (an HS secret, or a parsed RSA/EC key chosen by `kid`), then the signature with OpenSSL
+/// on the key parsed when the key set loaded (``PublicKey``; HMAC compared in constant time; ECDSA's JWS form
+/// converted to DER), then `exp`, `nbf`, `iat`, `iss` and `aud` against an injected clock. `jku`, `x5u` and
+/// embedded `jwk` headers are ignored: keys come from config only.
 public final class JWTVerifier: Sendable {
     public static let maxTokenBytes = 8192
     public static let supported: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
@@ -155,20 +155,30 @@ public final class JWTVerifier: Sendable {
         guard config.algorithms.contains(alg) else {
             return .failure(.algorithm("algorithm '\(alg)' is not accepted for this issuer"))
         }
-        guard !signature.isEmpty else { return .failure(.signature) }
-        let key: [UInt8]
+        guard !signature.isEmpty, let hash = JWSHash(algorithm: alg) else { return .failure(.signature) }
+        // The signing input: the token up to its second dot.
+        let signingInput = parts[0].count + 1 + parts[1].count
+        let verified: Bool
         if alg.hasPrefix("HS") {
             guard let secret = issuer.secret, !secret.isEmpty else { return .failure(.unknownKey) }
-            key = secret
+            verified = bytes.withUnsafeBytes { all in
+                JWSSignature.verifyHMAC(
+                    UnsafeRawBufferPointer(rebasing: all[0..<signingInput]), signature: signature, secret: secret, hash: hash)
+            }
         } else {
             let kid = header["kid"] as? String
             if header["kid"] != nil && kid == nil { return .failure(.malformed("kid must be a string")) }
-            guard let k = issuer.keys.withLock({ $0.key(kid: kid, algorithm: alg) }), !k.pem.isEmpty else {
-                return .failure(.unknownKey)
+            guard let key = issuer.keys.withLock({ $0.key(kid: kid, algorithm: alg) }) else { return .failure(.unknownKey) }
+            var sig = signature
+            if let width = JWSSignature.ecdsaWidth(alg) {
+                guard let der = JWSSignature.ecdsaDER(signature, width: width) else { return .failure(.signature) }
+                sig = der
             }
-            key = k.pem
+            verified = bytes.withUnsafeBytes { all in
+                key.publicKey.verify(UnsafeRawBufferPointer(rebasing: all[0..<signingInput]), signature: sig, hash: hash)
+            }
         }
-        guard Self.signatureVerifies(token: token, algorithm: alg, key: key) else { return .failure(.signature) }
+        guard verified else { return .failure(.signature) }
 
         // Claims, against the injected clock.
         let leeway = Double(config.leeway) / 1e9
@@ -226,18 +236,6 @@ public final class JWTVerifier: Sendable {
     }
 
     // MARK: Helpers
-
-    /// libjwt checks the signature; the algorithm it finds must be the one pinned above.
-    static func signatureVerifies(token: String, algorithm: String, key: [UInt8]) -> Bool {
-        guard !key.isEmpty else { return false }
-        var jwt: OpaquePointer? = nil
-        let rc = key.withUnsafeBufferPointer { k in
-            jwt_decode(&jwt, token, k.baseAddress, Int32(k.count))
-        }
-        defer { if let jwt { jwt_free(jwt) } }
-        guard rc == 0, let jwt else { return false }
-        return jwt_get_alg(jwt) == jwt_str_alg(algorithm) && jwt_get_alg(jwt) != JWT_ALG_NONE
-    }
 
     static func object(_ bytes: [UInt8]) -> [String: Any]? {
         (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any]
