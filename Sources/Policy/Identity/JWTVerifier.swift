@@ -145,12 +145,13 @@ public final class JWTVerifier: Sendable {
         guard let headerBytes = Base64URL.decode(parts[0]), let payloadBytes = Base64URL.decode(parts[1]),
             let signature = Base64URL.decode(parts[2])
         else { return .failure(.malformed("invalid base64url")) }
-        guard let header = Self.object(headerBytes), let claims = Self.object(payloadBytes) else {
+        guard case .object(let header)? = JSONValue.parse(headerBytes), case .object(let claims)? = JSONValue.parse(payloadBytes)
+        else {
             return .failure(.malformed("header and payload must be JSON objects"))
         }
-        guard let alg = header["alg"] as? String else { return .failure(.algorithm("the header has no alg")) }
+        guard let alg = header["alg"]?.string else { return .failure(.algorithm("the header has no alg")) }
         if header["crit"] != nil { return .failure(.algorithm("critical header extensions are not supported")) }
-        guard let iss = claims["iss"] as? String, let issuer = issuers[iss] else { return .failure(.unknownIssuer) }
+        guard let iss = claims["iss"]?.string, let issuer = issuers[iss] else { return .failure(.unknownIssuer) }
         let config = issuer.config
         guard config.algorithms.contains(alg) else {
             return .failure(.algorithm("algorithm '\(alg)' is not accepted for this issuer"))
@@ -166,7 +167,7 @@ public final class JWTVerifier: Sendable {
                     UnsafeRawBufferPointer(rebasing: all[0..<signingInput]), signature: signature, secret: secret, hash: hash)
             }
         } else {
-            let kid = header["kid"] as? String
+            let kid = header["kid"]?.string
             if header["kid"] != nil && kid == nil { return .failure(.malformed("kid must be a string")) }
             guard let key = issuer.keys.withLock({ $0.key(kid: kid, algorithm: alg) }) else { return .failure(.unknownKey) }
             var sig = signature
@@ -182,22 +183,22 @@ public final class JWTVerifier: Sendable {
 
         // Claims, against the injected clock.
         let leeway = Double(config.leeway) / 1e9
-        guard let exp = Self.number(claims["exp"]) else { return .failure(.missingExpiry) }
+        guard let exp = claims["exp"]?.number else { return .failure(.missingExpiry) }
         if now > exp + leeway { return .failure(.expired) }
         if let raw = claims["nbf"] {
-            guard let nbf = Self.number(raw) else { return .failure(.badClaim("nbf must be a number")) }
+            guard let nbf = raw.number else { return .failure(.badClaim("nbf must be a number")) }
             if now + leeway < nbf { return .failure(.notYetValid) }
         }
         if let raw = claims["iat"] {
-            guard let iat = Self.number(raw) else { return .failure(.badClaim("iat must be a number")) }
+            guard let iat = raw.number else { return .failure(.badClaim("iat must be a number")) }
             if iat > now + leeway { return .failure(.issuedInFuture) }
         }
         if !config.audiences.isEmpty {
             let aud: [String]
-            if let one = claims["aud"] as? String {
+            if let one = claims["aud"]?.string {
                 aud = [one]
-            } else if let many = claims["aud"] as? [Any] {
-                aud = many.compactMap { $0 as? String }
+            } else if case .array(let many)? = claims["aud"] {
+                aud = many.compactMap(\.string)
             } else {
                 return .failure(.audience)
             }
@@ -207,23 +208,23 @@ public final class JWTVerifier: Sendable {
         // Identity claims: what would become header values must be valid header values.
         var result = VerifiedToken(issuer: iss, user: nil, tenant: nil, roles: [], expiresAt: exp)
         if let raw = Self.claim(claims, path: config.userClaim) {
-            guard let user = raw as? String, Self.isHeaderSafe(user, max: 256) else {
+            guard let user = raw.string, Self.isHeaderSafe(user, max: 256) else {
                 return .failure(.badClaim("\(config.userClaim) must be a printable string of at most 256 characters"))
             }
             result.user = user
         }
         if let raw = Self.claim(claims, path: config.tenantClaim) {
-            guard let tenant = raw as? String, TenantID.isValid(tenant) else {
+            guard let tenant = raw.string, TenantID.isValid(tenant) else {
                 return .failure(.badClaim("\(config.tenantClaim) is not a valid tenant id"))
             }
             result.tenant = tenant
         }
         if let raw = Self.claim(claims, path: config.rolesClaim) {
             let roles: [String]
-            if let list = raw as? [Any] {
-                roles = list.compactMap { $0 as? String }
+            if case .array(let list) = raw {
+                roles = list.compactMap(\.string)
                 if roles.count != list.count { return .failure(.badClaim("roles must be strings")) }
-            } else if let text = raw as? String {
+            } else if let text = raw.string {
                 roles = text.split(separator: " ").map(String.init)
             } else {
                 return .failure(.badClaim("roles must be an array or a space-separated string"))
@@ -237,29 +238,15 @@ public final class JWTVerifier: Sendable {
 
     // MARK: Helpers
 
-    static func object(_ bytes: [UInt8]) -> [String: Any]? {
-        (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any]
-    }
-
-    /// A JSON number (not a boolean, not a string).
-    static func number(_ value: Any?) -> Double? {
-        guard let n = value as? NSNumber, !(value is String) else { return nil }
-        // JSON booleans come back as NSNumber too; their type encoding is a char or a bool.
-        let type = String(cString: n.objCType)
-        if type == "c" || type == "B" { return nil }
-        let d = n.doubleValue
-        return d.isFinite ? d : nil
-    }
-
     /// A claim by exact name, else by dotted path into nested objects.
-    static func claim(_ claims: [String: Any], path: String) -> Any? {
+    static func claim(_ claims: [String: JSONValue], path: String) -> JSONValue? {
         if let direct = claims[path] { return direct }
-        var current: Any? = claims
+        var current: JSONValue? = .object(claims)
         for part in path.split(separator: ".") {
-            guard let object = current as? [String: Any] else { return nil }
+            guard case .object(let object)? = current else { return nil }
             current = object[String(part)]
         }
-        return current is NSNull ? nil : current
+        return current == .null ? nil : current
     }
 
     /// Printable ASCII without control characters, 1...max bytes.
