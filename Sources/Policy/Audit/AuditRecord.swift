@@ -4,18 +4,26 @@ import Foundation
 ///
 /// The canonical form, which the hash covers, is the record's JSON exactly as written, members in this
 /// order, without whitespace, and without the final `hash` member:
-/// `{"ts":…,"seq":…,"request_id":…,"tenant":…,"user":…,"method":…,"path":…,"route":…,"status":…,
-/// "decision":…,"code":…,"latency_ms":…,"client_ip":…,"upstream":…[,"rate_limit":"fail_open"],"prev_hash":…}`.
+/// `{"ts":…,"seq":…,"request_id":…,"tenant":…,"user":…,"method":…,"path":…[,"path_truncated":true],
+/// "route":…,"status":…,"decision":…,"code":…,"latency_ms":…,"client_ip":…,"upstream":…
+/// [,"rate_limit":"fail_open"],"prev_hash":…}`.
 /// The line in the log is that text with `,"hash":"<64 hex>"` inserted before the closing brace, so
-/// anyone can re-verify with a few lines of code (see ``AuditChain/verify(lines:)``, and the README's Python).
-public struct AuditRecord: Sendable, Equatable {
+/// anyone can re-verify with a few lines of code (see ``AuditChain/verify(lines:key:)``, and the README's Python).
+public struct AuditRecord: AuditEntry, Sendable, Equatable {
+    /// The most bytes (UTF-8) of a path a record keeps; a longer one is cut at a character boundary and the
+    /// record marked `"path_truncated":true`, so a flood of 16 KiB paths cannot fill the disk 16 KiB at a time.
+    public static let maxPathBytes = 1024
+
     /// Request start, milliseconds since the epoch.
     public var timeMillis: Int64
     public var requestID: String
     public var tenant: String?
     public var user: String?
     public var method: String
-    public var path: String
+    /// At most ``maxPathBytes`` (cut by `init`).
+    public private(set) var path: String
+    /// The request's path was longer than ``maxPathBytes`` and `path` holds its start.
+    public private(set) var pathTruncated: Bool
     public var route: String?
     public var status: Int
     public var decision: String
@@ -37,7 +45,7 @@ public struct AuditRecord: Sendable, Equatable {
         self.tenant = tenant
         self.user = user
         self.method = method
-        self.path = path
+        (self.path, self.pathTruncated) = Self.capped(path)
         self.route = route
         self.status = status
         self.decision = decision
@@ -45,6 +53,16 @@ public struct AuditRecord: Sendable, Equatable {
         self.latencyMicros = latencyMicros
         self.clientIP = clientIP
         self.upstream = upstream
+    }
+
+    /// `path` cut to at most ``maxPathBytes`` bytes, never inside a character; and whether it was cut.
+    static func capped(_ path: String) -> (String, Bool) {
+        let utf8 = path.utf8
+        guard utf8.count > maxPathBytes else { return (path, false) }
+        var end = utf8.index(utf8.startIndex, offsetBy: maxPathBytes)
+        // Back up over continuation bytes (10xxxxxx): the cut falls before the character they belong to.
+        while end > utf8.startIndex, utf8[end] & 0xC0 == 0x80 { end = utf8.index(before: end) }
+        return (String(decoding: utf8[..<end], as: UTF8.self), true)
     }
 
     /// The canonical text (no `hash`).
@@ -77,6 +95,7 @@ public struct AuditRecord: Sendable, Equatable {
         str(method)
         raw(",\"path\":")
         str(path)
+        if pathTruncated { raw(",\"path_truncated\":true") }
         raw(",\"route\":")
         str(route)
         raw(",\"status\":")
