@@ -45,10 +45,13 @@ import Testing
             up = try TestUpstream()
         }
 
-        func gateway(rotate: String = "100MiB", extra: String = "", store: String = "", sinks: String = "") throws -> GatewayProcess {
+        func gateway(
+            rotate: String = "100MiB", extra: String = "", store: String = "", sinks: String = "",
+            environment: [String: String] = [:]
+        ) throws -> GatewayProcess {
             try GatewayProcess(
                 yaml: AuditTests.config(upstream: up.port, log: log, rotate: rotate, extra: extra, store: store) + sinks,
-                environment: AuditTests.env)
+                environment: AuditTests.env.merging(environment) { _, new in new })
         }
 
         deinit {
@@ -81,11 +84,26 @@ import Testing
         }
     }
 
-    /// Runs `gatehouse audit verify` on `paths`: exit status and output.
-    static func verify(_ paths: [String]) throws -> (status: Int32, output: String) {
+    /// Runs `gatehouse audit verify` on `paths` (then `options`): exit status and output.
+    static func verify(
+        _ paths: [String], _ options: [String] = [], environment: [String: String] = [:]
+    ) throws -> (status: Int32, output: String) {
+        try run(GatewayProcess.binary, ["audit", "verify"] + paths + options, environment: environment)
+    }
+
+    /// Runs `script` with python3 on `arguments`: exit status and output.
+    static func python(
+        _ script: String, _ arguments: [String], environment: [String: String] = [:]
+    ) throws -> (status: Int32, output: String) {
+        try run("/usr/bin/python3", ["-c", script] + arguments, environment: environment)
+    }
+
+    /// Runs a program to its end with `environment` added to this process's: exit status, stdout and stderr.
+    static func run(_ program: String, _ arguments: [String], environment: [String: String]) throws -> (status: Int32, output: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: GatewayProcess.binary)
-        p.arguments = ["audit", "verify"] + paths
+        p.executableURL = URL(fileURLWithPath: program)
+        p.arguments = arguments
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         let out = Pipe()
         p.standardOutput = out
         p.standardError = out
@@ -156,15 +174,8 @@ import Testing
         let ok = try Self.verify([log])
         #expect(ok.status == 0 && ok.output.contains("ok: 20 records"))
         // The README's few lines of Python agree.
-        let py = Process()
-        py.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        py.arguments = ["-c", Self.pythonVerifier, log]
-        let out = Pipe()
-        py.standardOutput = out
-        try py.run()
-        let pyText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        py.waitUntilExit()
-        #expect(py.terminationStatus == 0 && pyText.contains("ok 20"))
+        let py = try Self.python(Self.pythonVerifier, [log])
+        #expect(py.status == 0 && py.output.contains("ok 20"), "\(py.output)")
 
         let original = try String(contentsOfFile: log, encoding: .utf8)
         var lines = original.split(separator: "\n").map(String.init)
@@ -181,17 +192,19 @@ import Testing
         #expect(gap.status == 1 && gap.output.contains(":13: record (seq 14): prev_hash does not match"), "\(gap.output)")
     }
 
-    /// The canonical-form check from the README, verbatim.
+    /// The canonical-form check from the README, verbatim (the key, for a keyed log, from `AUDIT_HMAC_KEY`).
     static let pythonVerifier = """
-        import hashlib, json, sys
+        import hashlib, hmac, json, os, sys
+        key = os.environ.get("AUDIT_HMAC_KEY", "").encode()
         prev = None
         for path in sys.argv[1:]:
             for n, line in enumerate(open(path, encoding="utf-8"), 1):
                 line = line.rstrip("\\n")
                 i = line.rindex(',"hash":"')
-                body, digest = line[:i] + "}", line[i + 9:-2]
+                body, digest = (line[:i] + "}").encode(), line[i + 9:-2]
                 rec = json.loads(line)
-                assert hashlib.sha256(body.encode()).hexdigest() == digest == rec["hash"], (path, n)
+                mac = hmac.new(key, body, hashlib.sha256) if key else hashlib.sha256(body)
+                assert mac.hexdigest() == digest == rec["hash"], (path, n)
                 assert prev is None or (rec["prev_hash"] == prev["hash"] and rec["seq"] == prev["seq"] + 1), (path, n)
                 prev = rec
         print("ok", prev["seq"] if prev else 0)
@@ -294,5 +307,184 @@ import Testing
         #expect(paths == ["/api/before", "/api/a", "/api/b", "/api/c"])
         try waitUntil(seconds: 5) { streamLength() == ":4\r\n" }
         #expect(try request(port: gw.port, "POST", "/api/after", headers: bearer, body: "1").status == 200)
+    }
+
+    // MARK: Issue 12: a keyed chain, a checked tail, capped paths, a bounded denial flood
+
+    static let auditKey = "gh-audit-test-key-0123456789abcdef"
+
+    /// What someone with write access but no key can do: edit the third record and re-chain every hash with
+    /// plain SHA-256.
+    static let plainRechain = """
+        import hashlib, sys
+        out, prev = [], "0" * 64
+        for line in open(sys.argv[1], encoding="utf-8"):
+            line = line.rstrip("\\n")
+            body = line[:line.rindex(',"hash":"')] + "}"
+            body = body[:body.rindex(',"prev_hash":"')] + ',"prev_hash":"' + prev + '"}'
+            if len(out) == 2:
+                body = body.replace('"user":"frank"', '"user":"mallory"')
+            prev = hashlib.sha256(body.encode()).hexdigest()
+            out.append(body[:-1] + ',"hash":"' + prev + '"}')
+        open(sys.argv[1], "w", encoding="utf-8").write("\\n".join(out) + "\\n")
+        """
+
+    @Test func aKeyedLogVerifiesOnlyWithItsKey() throws {
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let keyed = "  hmac_key_env: GH_TEST_AUDIT_KEY"
+        // The variable named but not set: the gateway does not start, and says why.
+        #expect {
+            try setup.gateway(extra: keyed)
+        } throws: { error in
+            "\(error)".contains("audit.hmac_key_env: environment variable GH_TEST_AUDIT_KEY is not set or empty")
+        }
+        let gw = try setup.gateway(extra: keyed, environment: ["GH_TEST_AUDIT_KEY": Self.auditKey])
+        let bearer = [("Authorization", "Bearer " + Tok.hs256(Tok.claims(tenant: "acme", sub: "frank")))]
+        for i in 0..<8 {
+            #expect(try request(port: gw.port, "PUT", "/api/k/\(i)", headers: bearer, body: "\(i)").status == 200)
+        }
+        #expect(try request(port: gw.port, "GET", "/api/k").status == 401)
+        // A reload naming a variable that is not there is refused; the running log keeps its key.
+        let configPath = gw.directory.appendingPathComponent("gateway.yaml").path
+        let yaml = try String(contentsOfFile: configPath, encoding: .utf8)
+        try yaml.replacingOccurrences(of: "GH_TEST_AUDIT_KEY", with: "GH_TEST_AUDIT_KEY_GONE")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
+        let reload = try request(port: gw.adminPort!, "POST", "/admin/reload", headers: [("Authorization", "Bearer adm")])
+        #expect(reload.status == 422 && reload.text.contains("GH_TEST_AUDIT_KEY_GONE is not set or empty"), "\(reload.text)")
+        #expect(try request(port: gw.port, "PUT", "/api/k/after", headers: bearer, body: "x").status == 200)
+        #expect(gw.stop() == 0)
+
+        let key = ["GH_TEST_AUDIT_KEY": Self.auditKey]
+        let ok = try Self.verify([log], ["--key-env", "GH_TEST_AUDIT_KEY"], environment: key)
+        #expect(ok.status == 0 && ok.output.contains("ok: 10 records (seq 1..10)"), "\(ok.output)")
+        let unkeyed = try Self.verify([log])
+        #expect(unkeyed.status == 1 && unkeyed.output.contains(":1: record (seq 1): hash does not match"), "\(unkeyed.output)")
+        let wrong = try Self.verify([log], ["--key-env", "GH_TEST_WRONG_KEY"], environment: ["GH_TEST_WRONG_KEY": "not-the-key"])
+        #expect(wrong.status == 1 && wrong.output.contains(":1: record (seq 1): hash does not match"), "\(wrong.output)")
+        let unset = try Self.verify([log], ["--key-env", "GH_TEST_UNSET_KEY"])
+        #expect(unset.status != 0 && unset.output.contains("GH_TEST_UNSET_KEY is not set or empty"), "\(unset.output)")
+        // The README's Python, given the key.
+        let py = try Self.python(Self.pythonVerifier, [log], environment: ["AUDIT_HMAC_KEY": Self.auditKey])
+        #expect(py.status == 0 && py.output.contains("ok 10"), "\(py.output)")
+
+        // A forgery re-chained with plain SHA-256 is a valid plain chain (what the key is for), and fails under
+        // the key at its first record.
+        let forge = try Self.python(Self.plainRechain, [log])
+        #expect(forge.status == 0, "\(forge.output)")
+        #expect(try String(contentsOfFile: log, encoding: .utf8).contains("mallory"))
+        #expect(try Self.verify([log]).status == 0)
+        let forged = try Self.verify([log], ["--key-env", "GH_TEST_AUDIT_KEY"], environment: key)
+        #expect(forged.status == 1 && forged.output.contains(":1: record (seq 1): hash does not match"), "\(forged.output)")
+    }
+
+    @Test func verifyWithTheStreamFindsACutTail() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let store = "store: {redis: \"redis://127.0.0.1:\(redis.port)/0\", key_prefix: ghtail, rate_limit_mode: exact}"
+        let gw = try setup.gateway(store: store, sinks: "\n    - redis_stream: {stream: \"ghtail:audit\", maxlen: 1000}\n")
+        let bearer = [("Authorization", "Bearer " + Tok.hs256(Tok.claims(tenant: "acme", sub: "grace")))]
+        for i in 0..<12 {
+            #expect(try request(port: gw.port, "PATCH", "/api/s/\(i)", headers: bearer, body: "\(i)").status == 200)
+        }
+        #expect(gw.stop() == 0)
+        let stream = ["--stream", "redis://127.0.0.1:\(redis.port)/0", "ghtail:audit"]
+        let whole = try Self.verify([log], stream)
+        #expect(whole.status == 0 && whole.output.contains("ok: 12 records (seq 1..12)"), "\(whole.output)")
+        #expect(whole.output.contains("stream ghtail:audit ends at the same record (seq 12)"), "\(whole.output)")
+
+        // The newest two records deleted: the chain alone still verifies (the gap this closes)...
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        try (lines.dropLast(2).joined(separator: "\n") + "\n").write(toFile: log, atomically: true, encoding: .utf8)
+        let plain = try Self.verify([log])
+        #expect(plain.status == 0 && plain.output.contains("ok: 10 records"), "\(plain.output)")
+        // ... the stream does not.
+        let cut = try Self.verify([log], stream)
+        #expect(cut.status == 1, "\(cut.output)")
+        #expect(
+            cut.output.contains(":10: record (seq 10): the files end at seq 10 but stream ghtail:audit goes on to seq 12"),
+            "\(cut.output)")
+        // A stream that does not exist cannot vouch for anything.
+        let missing = try Self.verify([log], ["--stream", "redis://127.0.0.1:\(redis.port)/0", "ghtail:nothing"])
+        #expect(missing.status == 1 && missing.output.contains("stream ghtail:nothing holds no audit record"), "\(missing.output)")
+    }
+
+    @Test func aHugePathIsCutAndMarkedInItsRecord() throws {
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let gw = try setup.gateway()
+        let path = "/api/" + String(repeating: "p", count: 12 * 1024)
+        let denied = try request(port: gw.port, "GET", path)
+        #expect(denied.status == 401 && denied.json["code"] as? String == "unauthenticated")
+        try waitUntil { Self.records(log).count == 1 }
+        #expect(gw.stop() == 0)
+        let record = try #require(Self.records(log).first)
+        let recorded = try #require(record["path"] as? String)
+        #expect(recorded.utf8.count == AuditRecord.maxPathBytes && path.hasPrefix(recorded))
+        #expect(record["path_truncated"] as? Bool == true)
+        #expect(try String(contentsOfFile: log, encoding: .utf8).utf8.count < 2 * 1024)
+        #expect(try Self.verify([log]).status == 0)
+    }
+
+    @Test func aDenialFloodIsSummedUpAndWritesAreNeverLimited() throws {
+        let setup = try Setup()
+        defer { withExtendedLifetime(setup) {} }
+        let log = setup.log
+        let gw = try setup.gateway(extra: "  max_denials_per_second: 5")
+        let bearer = [("Authorization", "Bearer " + Tok.hs256(Tok.claims(tenant: "acme", sub: "heidi")))]
+        let up = setup.up
+
+        /// Denial records written one by one, the summaries' `suppressed`, and the summaries.
+        func counts() -> (individual: Int, suppressed: Int, summaries: [[String: Any]]) {
+            let records = Self.records(log)
+            let summaries = records.filter { $0["type"] as? String == "denial_summary" }
+            let individual = records.filter { $0["code"] as? String == "unauthenticated" }.count
+            return (individual, summaries.reduce(0) { $0 + ($1["suppressed"] as? Int ?? 0) }, summaries)
+        }
+        /// `count` unauthenticated requests and `writes` allowed PUTs, interleaved; each checked by status and code.
+        func flood(_ count: Int, writes: Int, round: Int) throws {
+            for i in 0..<count {
+                let r = try request(port: gw.port, "POST", "/api/flood/\(round)/\(i)", body: "x")
+                #expect(r.status == 401 && r.json["code"] as? String == "unauthenticated")
+                if i % (count / writes) == 0 {
+                    #expect(try request(port: gw.port, "PUT", "/api/kept/\(round)/\(i)", headers: bearer, body: "1").status == 200)
+                }
+            }
+        }
+
+        // Round 1: the summary comes from the writer's tick once the second is over, with no further denial.
+        var start = Date().timeIntervalSince1970
+        try flood(40, writes: 10, round: 1)
+        try waitUntil { counts().individual + counts().suppressed == 40 }
+        var end = Date().timeIntervalSince1970
+        var c = counts()
+        #expect(c.individual <= 5 * (Int(end) - Int(start) + 1), "\(c.individual) denials written one by one")
+        #expect(c.suppressed > 0 && !c.summaries.isEmpty)
+        for summary in c.summaries {
+            #expect(summary["decision"] as? String == "deny")
+            #expect((summary["codes"] as? [String: Int])?["unauthenticated"] == summary["suppressed"] as? Int)
+            #expect((summary["from"] as? String)?.hasSuffix(".000Z") == true && (summary["to"] as? String)?.hasSuffix(".000Z") == true)
+        }
+
+        // Round 2: a graceful stop right after the flood writes the current second's summary.
+        start = Date().timeIntervalSince1970
+        let before = c
+        try flood(40, writes: 10, round: 2)
+        #expect(gw.stop() == 0)
+        end = Date().timeIntervalSince1970
+        c = counts()
+        #expect(c.individual + c.suppressed == 80)
+        #expect(c.individual - before.individual <= 5 * (Int(end) - Int(start) + 1))
+        // Not one allowed write was limited or lost; none of the denials was forwarded.
+        let kept = Self.records(log).filter { ($0["path"] as? String)?.hasPrefix("/api/kept/") == true }
+        #expect(kept.count == 20 && kept.allSatisfy { $0["status"] as? Int == 200 })
+        #expect(up.requests.filter { $0.uri.hasPrefix("/api/flood/") }.isEmpty)
+        let verified = try Self.verify([log])
+        #expect(verified.status == 0, "\(verified.output)")
     }
 }

@@ -63,4 +63,59 @@ import Testing
         let more = (0..<2).map { b.seal(record("/y\($0)")) }
         #expect(AuditChain.verify(lines: (first + more).map { $0[...] }) == .ok(count: 5, first: 1, last: 5))
     }
+
+    @Test func aKeyedChainVerifiesOnlyUnderItsKey() {
+        let key = Array("audit-key-0123456789".utf8)
+        var chain = AuditChain(key: key)
+        let lines = (0..<4).map { chain.seal(record("/k/\($0)")) }
+        let (body, hash) = AuditChain.split(lines[0][...])!
+        #expect(Digest.hex(Digest.hmacSHA256(key: key, message: Array(body.utf8))) == hash)
+        #expect(AuditChain.verify(lines: lines.map { $0[...] }, key: key) == .ok(count: 4, first: 1, last: 4))
+        let mismatch = AuditChain.Verdict.broken(index: 0, reason: "hash does not match the record's content")
+        #expect(AuditChain.verify(lines: lines.map { $0[...] }) == mismatch)
+        #expect(AuditChain.verify(lines: lines.map { $0[...] }, key: Array("another-key".utf8)) == mismatch)
+        // A forger without the key re-chains an edited log with plain SHA-256: it verifies as a plain log,
+        // never under the key.
+        var forger = AuditChain()
+        let forged = (0..<4).map { forger.seal(record($0 == 2 ? "/forged" : "/k/\($0)")) }
+        #expect(AuditChain.verify(lines: forged.map { $0[...] }) == .ok(count: 4, first: 1, last: 4))
+        #expect(AuditChain.verify(lines: forged.map { $0[...] }, key: key) == mismatch)
+        // A keyed chain resumes keyed from a recovered position.
+        var resumed = AuditChain.resuming(after: lines[3][...])!.keyed(key)
+        let more = resumed.seal(record("/k/4"))
+        #expect(AuditChain.verify(lines: (lines + [more]).map { $0[...] }, key: key) == .ok(count: 5, first: 1, last: 5))
+    }
+
+    @Test func longPathsAreCutAtACharacterBoundaryAndMarked() {
+        let exact = String(repeating: "a", count: AuditRecord.maxPathBytes)
+        #expect(record(exact).path == exact && !record(exact).pathTruncated)
+        var chain = AuditChain()
+        #expect(!chain.seal(record(exact)).contains("path_truncated"))
+        // "é" is two bytes: 1,023 of "a" then "é" would end one byte past the cap.
+        let straddling = String(repeating: "a", count: 1023) + "é" + String(repeating: "b", count: 10_000)
+        let r = record(straddling)
+        #expect(r.pathTruncated && r.path == String(repeating: "a", count: 1023))
+        let emoji = String(repeating: "😀", count: 4000)  // four bytes each
+        #expect(record(emoji).path == String(repeating: "😀", count: 256))
+        let line = chain.seal(record(straddling))
+        #expect(line.contains(#""path":"\#(String(repeating: "a", count: 1023))","path_truncated":true,"route":"api""#))
+        #expect(AuditChain.verify(lines: [chain.seal(record(emoji))[...]]) == .ok(count: 1, first: 3, last: 3))
+    }
+
+    @Test func theStreamTailShowsACutEndOfTheFiles() {
+        var chain = AuditChain()
+        let lines = (0..<6).map { chain.seal(record("/t/\($0)"))[...] }
+        #expect(AuditChain.compareTail(lines: lines, streamLine: lines[5]) == .matches(seq: 6))
+        #expect(AuditChain.compareTail(lines: lines, streamLine: lines[4]) == .behind(streamSeq: 5, filesLast: 6))
+        #expect(AuditChain.compareTail(lines: Array(lines.prefix(4)), streamLine: lines[5]) == .ahead(streamSeq: 6, filesLast: 4))
+        #expect(AuditChain.compareTail(lines: [], streamLine: lines[0]) == .ahead(streamSeq: 1, filesLast: 0))
+        #expect(AuditChain.compareTail(lines: Array(lines.suffix(3)), streamLine: lines[1]) == .before(streamSeq: 2, filesFirst: 4))
+        #expect(AuditChain.compareTail(lines: lines, streamLine: nil) == .empty)
+        #expect(AuditChain.compareTail(lines: lines, streamLine: "not a record") == .empty)
+        // The same seq with another content (another chain, or a record rewritten in the files).
+        var other = AuditChain()
+        let elsewhere = (0..<6).map { other.seal(record("/other/\($0)"))[...] }
+        #expect(AuditChain.compareTail(lines: lines, streamLine: elsewhere[5]) == .differs(seq: 6))
+        #expect(!AuditChain.StreamTail.differs(seq: 6).passes && AuditChain.StreamTail.behind(streamSeq: 5, filesLast: 6).passes)
+    }
 }

@@ -9,11 +9,28 @@ import Synchronization
 ///
 /// Back-pressure, not loss: an audited request reserves its place in the queue before it is forwarded
 /// (``tryReserve()``); when `queue_size` places are taken the request waits (up to `queue_timeout`, then
-/// 503 `audit_unavailable`). Denial records are always accepted. A sink that fails is retried until it
-/// takes the batch, so a stuck sink stalls the writer and the queue, never the record.
+/// 503 `audit_unavailable`). Denial records are always accepted, up to `max_denials_per_second` a second;
+/// beyond that a denial only counts into its second's summary record (``DenialBudget``): it takes no place
+/// and never waits. A sink that fails is retried until it takes the batch, so a stuck sink stalls the writer
+/// and the queue, never the record.
 final class AuditLog: Sendable {
+    /// What the queue holds: a request's record, or the summary of a second's suppressed denials.
+    enum Entry: AuditEntry {
+        case request(AuditRecord)
+        case summary(DenialSummary)
+
+        func appendCanonical(seq: UInt64, prevHash: [UInt8], to out: inout [UInt8]) {
+            switch self {
+            case .request(let r): r.appendCanonical(seq: seq, prevHash: prevHash, to: &out)
+            case .summary(let s): s.appendCanonical(seq: seq, prevHash: prevHash, to: &out)
+            }
+        }
+    }
+
     private struct Queue {
-        var records: [AuditRecord] = []
+        var entries: [Entry] = []
+        /// Which denials are written one by one (touched under the queue's lock only).
+        var denials: DenialBudget
         var closing = false
         /// Resumed by the writer once everything is written (set with `closing`).
         var closed: CheckedContinuation<Void, Never>?
@@ -25,7 +42,9 @@ final class AuditLog: Sendable {
     /// Queue length at which the writer is woken before its collect interval ends.
     private let wakeAt: Int
     let waitLimit: TimeAmount
-    private let queue = Mutex(Queue())
+    private let queue: Mutex<Queue>
+    /// The time denials are counted by (their wall-clock second).
+    private let clock: WallClock
     private let wake = NSCondition()
     /// Places taken: reserved by requests in flight plus records queued or being written.
     private let outstanding = Atomic<Int>(0)
@@ -48,8 +67,15 @@ final class AuditLog: Sendable {
     }
 
     /// Opens the sinks and recovers the chain from the newest record (file sinks first, then a Redis
-    /// stream). Blocking: call before serving.
-    init(config: AuditConfig, redis: RedisClient.Configuration?, eventLoop: EventLoop, logger: Logger) throws {
+    /// stream). Reads the HMAC key from the environment (a missing one throws ``ConfigError``). Blocking: call
+    /// before serving.
+    init(
+        config: AuditConfig, redis: RedisClient.Configuration?, eventLoop: EventLoop, logger: Logger,
+        clock: WallClock = .system, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws {
+        let key = try config.hmacKey(environment: environment)
+        self.queue = Mutex(Queue(denials: DenialBudget(limit: config.maxDenialsPerSecond)))
+        self.clock = clock
         self.methods = Set(config.methods.map { $0.uppercased() })
         self.denials = config.denials
         self.capacity = config.queueSize
@@ -83,9 +109,9 @@ final class AuditLog: Sendable {
             }
             chain = try? s.recover()
         }
-        self.writer = Writer(chain: chain ?? AuditChain(), sinks: sinks)
+        self.writer = Writer(chain: (chain ?? AuditChain()).keyed(key), sinks: sinks)
         if let c = chain {
-            logger.info("audit chain recovered", metadata: ["gh-seq": "\(c.seq)"])
+            logger.info("audit chain recovered", metadata: ["gh-seq": "\(c.seq)", "gh-keyed": "\(key != nil)"])
         }
     }
 
@@ -113,20 +139,36 @@ final class AuditLog: Sendable {
         return false
     }
 
-    /// Queues a record; `reserved` when its place was taken by ``tryReserve()``. The writer is not woken for
-    /// each record (it collects every few milliseconds), only when the queue is half full.
+    /// Queues a record; `reserved` when its place was taken by ``tryReserve()``. A denial without a place
+    /// (one that was never about to be forwarded) passes the per-second denial budget first: beyond it, it is
+    /// only counted. The writer is not woken for each record (it collects every few milliseconds), only when
+    /// the queue reaches half full.
     func append(_ record: AuditRecord, reserved: Bool) {
-        if !reserved { outstanding.add(1, ordering: .relaxed) }
-        depth.add(1, ordering: .relaxed)
-        let count = queue.withLock { q -> Int in
-            q.records.append(record)
-            return q.records.count
+        let limited = !reserved && record.decision == "deny"
+        let wakeWriter = queue.withLock { q -> Bool in
+            let before = q.entries.count
+            if limited {
+                let (verdict, ended) = q.denials.admit(code: record.code ?? "-", nowMillis: nowMillis())
+                if let ended { enqueue(.summary(ended), in: &q) }
+                if verdict == .write { enqueue(.request(record), in: &q) }
+            } else {
+                enqueue(.request(record), in: &q, placeTaken: reserved)
+            }
+            return before < wakeAt && q.entries.count >= wakeAt
         }
-        if count == wakeAt {
+        if wakeWriter {
             wake.lock()
             wake.signal()
             wake.unlock()
         }
+    }
+
+    /// Adds `entry` to the queue and counts its place unless ``tryReserve()`` took it (under the queue's lock,
+    /// so the writer, which releases the places of what it wrote, never sees an entry not yet counted).
+    private func enqueue(_ entry: Entry, in q: inout Queue, placeTaken: Bool = false) {
+        if !placeTaken { outstanding.add(1, ordering: .relaxed) }
+        depth.add(1, ordering: .relaxed)
+        q.entries.append(entry)
     }
 
     /// Writes what is queued, syncs, closes the sinks and stops the writer (graceful stop).
@@ -142,24 +184,32 @@ final class AuditLog: Sendable {
         }
     }
 
+    private func nowMillis() -> Int64 { Int64(clock.now() * 1000) }
+
     private func run() {
         let w = writer
         while true {
             // Collect for a few milliseconds (or until the queue is half full, or the log closes), then write
             // everything queued as one batch.
             wake.lock()
-            if !queue.withLock({ $0.closing || $0.records.count >= wakeAt }) {
+            if !queue.withLock({ $0.closing || $0.entries.count >= wakeAt }) {
                 _ = wake.wait(until: Date().addingTimeInterval(Self.collectInterval))
             }
             wake.unlock()
-            let (batch, closing) = queue.withLock { q -> ([AuditRecord], Bool) in
-                let b = q.records
-                q.records.removeAll(keepingCapacity: true)
+            let (batch, closing) = queue.withLock { q -> ([Entry], Bool) in
+                // A second that suppressed denials is summed up once it is over, even when no denial follows;
+                // at stop, whatever the current second suppressed.
+                let now = nowMillis()
+                if let s = q.closing ? q.denials.finish(nowMillis: now) : q.denials.expire(nowMillis: now) {
+                    enqueue(.summary(s), in: &q)
+                }
+                let b = q.entries
+                q.entries.removeAll(keepingCapacity: true)
                 return (b, q.closing)
             }
             if !batch.isEmpty { writeBatch(batch, w) }
             for s in w.sinks { try? s.sync(final: false) }
-            if closing && queue.withLock({ $0.records.isEmpty }) { break }
+            if closing && queue.withLock({ $0.entries.isEmpty }) { break }
         }
         for s in w.sinks {
             do { try s.sync(final: true) } catch { logger.error("audit sync failed", metadata: ["gh-error": "\(error)"]) }
@@ -168,7 +218,7 @@ final class AuditLog: Sendable {
         queue.withLock { $0.closed }?.resume()
     }
 
-    private func writeBatch(_ batch: [AuditRecord], _ w: Writer) {
+    private func writeBatch(_ batch: [Entry], _ w: Writer) {
         // One buffer for the whole batch, and where each record ends in it.
         var bytes: [UInt8] = []
         bytes.reserveCapacity(batch.count * 480)

@@ -236,11 +236,19 @@ final class RedisStreamAuditSink: AuditSink {
 
     /// The newest entry's chain position (used when no file sink holds the chain).
     func recover() throws -> AuditChain? {
-        let reply = try client.send(["XREVRANGE", stream, "+", "-", "COUNT", "1"], timeout: .seconds(2)).wait()
+        let reply = try client.send(Self.newestCommand(stream), timeout: .seconds(2)).wait()
+        return Self.newestLine(reply).flatMap { AuditChain.resuming(after: $0[...]) }
+    }
+
+    /// `XREVRANGE <stream> + - COUNT 1`: the newest entry.
+    static func newestCommand(_ stream: String) -> [String] { ["XREVRANGE", stream, "+", "-", "COUNT", "1"] }
+
+    /// The record line of the entry in a reply to ``newestCommand(_:)``; nil when the stream is empty.
+    static func newestLine(_ reply: RedisReply) -> String? {
         guard case .array(let entries) = reply, let entry = entries.first, case .array(let parts) = entry, parts.count == 2,
-            case .array(let fields) = parts[1], fields.count >= 2, let line = fields[1].string
+            case .array(let fields) = parts[1], fields.count >= 2
         else { return nil }
-        return AuditChain.resuming(after: line[...])
+        return fields[1].string
     }
 
     func sync(final: Bool) throws {}

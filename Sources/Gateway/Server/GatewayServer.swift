@@ -74,7 +74,8 @@ public final class GatewayServer: Sendable {
         self.billingWebhook = billingWebhook
         if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
             self.audit = try AuditLog(
-                config: auditConfig, redis: redisStore?.redisConfiguration, eventLoop: group.next(), logger: logger)
+                config: auditConfig, redis: redisStore?.redisConfiguration, eventLoop: group.next(), logger: logger,
+                clock: clock)
         } else {
             self.audit = nil
         }

@@ -29,6 +29,9 @@ public final class RuntimeSnapshot: Sendable {
         self.identity = IdentityResolver(config: config.identity, tenants: tenants)
         self.tenants = tenants
         self.verifier = try JWTVerifier(config: config.identity)
+        // The audit log reads its key at start; a reload that names a variable that is not there is refused
+        // like any other config error, rather than accepted and then failing at the next start.
+        _ = try config.audit?.hmacKey()
         self.leeways = Dictionary(
             config.identity.issuers.map { ($0.issuer, Double($0.leeway) / 1e9) }, uniquingKeysWith: { a, _ in a })
     }

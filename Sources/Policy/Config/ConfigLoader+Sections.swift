@@ -469,10 +469,21 @@ extension ConfigLoader {
     }
 
     func parseAudit(_ at: Located, _ r: YAMLReader) -> AuditConfig? {
-        guard let f = r.fields(at, "audit", allowed: ["methods", "denials", "sinks", "queue_size", "queue_timeout"]) else {
+        guard
+            let f = r.fields(
+                at, "audit",
+                allowed: ["methods", "denials", "sinks", "queue_size", "queue_timeout", "hmac_key_env", "max_denials_per_second"])
+        else {
             return nil
         }
         var a = AuditConfig()
+        if let v = f["hmac_key_env"], let env = r.nonEmptyString(v, "audit.hmac_key_env") {
+            a.hmacKeyEnv = env
+            a.hmacKeyEnvAt = (v.file, v.line, v.column)
+        }
+        if let v = f["max_denials_per_second"], let n = r.int(v, "audit.max_denials_per_second", min: 1, max: 1_000_000) {
+            a.maxDenialsPerSecond = n
+        }
         if let v = f["queue_size"], let n = r.int(v, "audit.queue_size", min: 1, max: 10_000_000) { a.queueSize = n }
         if let v = f["queue_timeout"], let d = r.duration(v, "audit.queue_timeout") { a.queueTimeout = d }
         if let v = f["methods"], let m = r.stringList(v, "audit.methods") { a.methods = m }

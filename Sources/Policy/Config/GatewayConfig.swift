@@ -1,3 +1,5 @@
+import Foundation
+
 /// The validated, immutable runtime snapshot of a Gatehouse config.
 ///
 /// Built by ``ConfigLoader`` from the YAML files; requests read one snapshot and a reload swaps it whole.
@@ -279,4 +281,28 @@ public struct AuditConfig: Sendable {
     public var queueSize = 10_000
     /// How long an audited request waits for queue space before 503 `audit_unavailable` (nanoseconds).
     public var queueTimeout: Int64 = 1_000_000_000
+    /// The environment variable holding the chain's HMAC key (`hmac_key_env`); nil: plain SHA-256.
+    public var hmacKeyEnv: String? = nil
+    /// Where the config names `hmac_key_env`, for the error when the variable is missing.
+    var hmacKeyEnvAt = (file: "audit", line: 0, column: 0)
+    /// Denial records written one by one per wall-clock second, per instance; the rest are counted in one
+    /// summary record per second. Allowed writes are never limited.
+    public var maxDenialsPerSecond = 500
+
+    public init() {}
+
+    /// The HMAC key: the bytes of `hmac_key_env`'s value; nil without `hmac_key_env`. A variable that is
+    /// named but unset or empty is an error (at start, and on reload), never a silently unkeyed chain.
+    public func hmacKey(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> [UInt8]? {
+        guard let env = hmacKeyEnv else { return nil }
+        guard let value = environment[env], !value.isEmpty else {
+            let at = hmacKeyEnvAt
+            throw ConfigError(problems: [
+                ConfigProblem(
+                    file: at.file, line: at.line, column: at.column,
+                    message: "audit.hmac_key_env: environment variable \(env) is not set or empty")
+            ])
+        }
+        return Array(value.utf8)
+    }
 }

@@ -27,16 +27,22 @@ public enum Digest {
     }
 
     /// HMAC-SHA256 of `message` under `key`.
-    public static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
+    public static func hmacSHA256<C: Collection>(key: [UInt8], message: C) -> [UInt8] where C.Element == UInt8 {
+        // In place when the bytes are contiguous (the audit writer's buffer is); copy only otherwise.
+        if let out = message.withContiguousStorageIfAvailable({ hmacSHA256(key: key, UnsafeRawBufferPointer($0)) }) {
+            return out
+        }
+        return Array(message).withUnsafeBytes { hmacSHA256(key: key, $0) }
+    }
+
+    private static func hmacSHA256(key: [UInt8], _ message: UnsafeRawBufferPointer) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 32
         key.withUnsafeBytes { k in
-            message.withUnsafeBytes { m in
-                out.withUnsafeMutableBytes { o in
-                    _ = HMAC(
-                        EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                        m.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self), &length)
-                }
+            out.withUnsafeMutableBytes { o in
+                _ = HMAC(
+                    EVP_sha256(), k.baseAddress, Int32(k.count), message.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                    message.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self), &length)
             }
         }
         return out
