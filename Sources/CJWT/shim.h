@@ -7,3 +7,4 @@
 #include <openssl/hmac.h>
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
+#include <openssl/params.h>

@@ -84,17 +84,39 @@ import Testing
         #expect(verifier.verify(confused, now: Self.now).failureName == "algorithm")
     }
 
-    @Test func hmacNeedsTheDigestsLength() {
+    @Test func hmacNeedsTheDigestsLength() throws {
         let message = Array("header.payload".utf8)
         let secret = [UInt8](repeating: 7, count: 32)
+        let key = try #require(HMACKey(secret: secret))
+        #expect(HMACKey(secret: []) == nil)
         let mac = Digest.hmacSHA256(key: secret, message: message)
         message.withUnsafeBytes { m in
-            #expect(JWSSignature.verifyHMAC(m, signature: mac, secret: secret, hash: .sha256))
-            #expect(!JWSSignature.verifyHMAC(m, signature: Array(mac.dropLast()), secret: secret, hash: .sha256))
-            #expect(!JWSSignature.verifyHMAC(m, signature: mac + [0], secret: secret, hash: .sha256))
-            #expect(!JWSSignature.verifyHMAC(m, signature: mac, secret: secret, hash: .sha384))
-            #expect(!JWSSignature.verifyHMAC(m, signature: mac, secret: [], hash: .sha256))
+            #expect(key.mac(m, hash: .sha256) == mac, "the keyed template gives the one-shot HMAC")
+            #expect(JWSSignature.verifyHMAC(m, signature: mac, key: key, hash: .sha256))
+            #expect(!JWSSignature.verifyHMAC(m, signature: Array(mac.dropLast()), key: key, hash: .sha256))
+            #expect(!JWSSignature.verifyHMAC(m, signature: mac + [0], key: key, hash: .sha256))
+            #expect(!JWSSignature.verifyHMAC(m, signature: mac, key: key, hash: .sha384))
+            #expect(key.mac(m, hash: .sha512)?.count == 64)
         }
+        // Each use copies the keyed state: the same input gives the same MAC every time.
+        #expect(message.withUnsafeBytes { key.mac($0, hash: .sha256) } == mac)
+    }
+
+    /// RFC 4231 test cases 2 (a short key) and 6 (a key longer than the block, hashed first).
+    @Test func hmacMatchesRFC4231() throws {
+        func hex(_ key: [UInt8], _ data: String, _ hash: JWSHash) throws -> String? {
+            let k = try #require(HMACKey(secret: key))
+            return Array(data.utf8).withUnsafeBytes { k.mac($0, hash: hash) }.map(Digest.hex)
+        }
+        let jefe = Array("Jefe".utf8)
+        let question = "what do ya want for nothing?"
+        #expect(try hex(jefe, question, .sha256) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        #expect(try hex(jefe, question, .sha384) == "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649")
+        #expect(try hex(jefe, question, .sha512) == "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737")
+        let long = [UInt8](repeating: 0xAA, count: 131)
+        let text = "Test Using Larger Than Block-Size Key - Hash Key First"
+        #expect(try hex(long, text, .sha256) == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+        #expect(try hex(long, text, .sha512) == "80b24263c7c1a3ebb71493c1dd7be8b49b46d1f41b4aeec1121b013783f8f3526b56d037e05f2598bd0fd2215d6a1e5295e64f73f63f0aec8b915a985d786598")
     }
 }
 

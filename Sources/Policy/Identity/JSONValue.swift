@@ -126,16 +126,18 @@ public enum JSONValue: Sendable, Equatable {
         mutating func string() -> String? {
             index += 1  // "
             let start = index
-            // Fast path: no escapes.
+            // Fast path: no escapes (ASCII needs no UTF-8 validation).
+            var ascii = true
             while index < bytes.count {
                 let c = bytes[index]
                 if c == UInt8(ascii: "\"") {
                     let raw = UnsafeBufferPointer(rebasing: bytes[start..<index])
                     index += 1
-                    return String(validating: raw, as: UTF8.self)
+                    return ascii ? String(decoding: raw, as: UTF8.self) : String(validating: raw, as: UTF8.self)
                 }
                 if c == UInt8(ascii: "\\") { break }
                 if c < 0x20 { return nil }
+                if c >= 0x80 { ascii = false }
                 index += 1
             }
             var out = Array(bytes[start..<index])

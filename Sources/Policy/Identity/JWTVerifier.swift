@@ -55,10 +55,11 @@ public final class JWTVerifier: Sendable {
 
     final class IssuerKeys: Sendable {
         let config: IssuerConfig
-        let secret: [UInt8]?
+        /// The HS* secret, keyed once.
+        let secret: HMACKey?
         let keys: Mutex<JWKSet>
 
-        init(config: IssuerConfig, secret: [UInt8]?, keys: JWKSet) {
+        init(config: IssuerConfig, secret: HMACKey?, keys: JWKSet) {
             self.config = config
             self.secret = secret
             self.keys = Mutex(keys)
@@ -123,7 +124,12 @@ public final class JWTVerifier: Sendable {
                 }
             }
             if issuers[issuer.issuer] != nil { fail("issuer \(issuer.issuer) is configured twice") }
-            issuers[issuer.issuer] = IssuerKeys(config: issuer, secret: secret, keys: keys)
+            var hmac: HMACKey? = nil
+            if let secret {
+                hmac = HMACKey(secret: secret)
+                if hmac == nil { fail("issuer \(issuer.issuer): OpenSSL could not key HMAC with the secret") }
+            }
+            issuers[issuer.issuer] = IssuerKeys(config: issuer, secret: hmac, keys: keys)
         }
         if !problems.isEmpty { throw ConfigError(problems: problems) }
         self.issuers = issuers
@@ -161,10 +167,10 @@ public final class JWTVerifier: Sendable {
         let signingInput = parts[0].count + 1 + parts[1].count
         let verified: Bool
         if alg.hasPrefix("HS") {
-            guard let secret = issuer.secret, !secret.isEmpty else { return .failure(.unknownKey) }
+            guard let secret = issuer.secret else { return .failure(.unknownKey) }
             verified = bytes.withUnsafeBytes { all in
                 JWSSignature.verifyHMAC(
-                    UnsafeRawBufferPointer(rebasing: all[0..<signingInput]), signature: signature, secret: secret, hash: hash)
+                    UnsafeRawBufferPointer(rebasing: all[0..<signingInput]), signature: signature, key: secret, hash: hash)
             }
         } else {
             let kid = header["kid"]?.string

@@ -57,6 +57,15 @@ enum JWSHash {
         }
     }
 
+    /// OpenSSL's name of the digest.
+    var name: String {
+        switch self {
+        case .sha256: "SHA256"
+        case .sha384: "SHA384"
+        case .sha512: "SHA512"
+        }
+    }
+
     var size: Int {
         switch self {
         case .sha256: 32
@@ -69,20 +78,10 @@ enum JWSHash {
 /// JWS signature checks on parsed keys (RFC 7518): HMAC with the issuer's secret, RSA PKCS#1 v1.5, and ECDSA
 /// whose JWS form (`r || s`, fixed width) is turned into the DER OpenSSL expects.
 enum JWSSignature {
-    /// HS256/384/512: HMAC of the signing input, compared in constant time.
-    static func verifyHMAC(_ message: UnsafeRawBufferPointer, signature: [UInt8], secret: [UInt8], hash: JWSHash) -> Bool {
-        guard signature.count == hash.size, !secret.isEmpty else { return false }
-        var out = [UInt8](repeating: 0, count: 64)
-        var length: UInt32 = 0
-        let ok = secret.withUnsafeBufferPointer { key in
-            out.withUnsafeMutableBufferPointer { o in
-                HMAC(
-                    hash.md, key.baseAddress, Int32(key.count), message.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                    message.count, o.baseAddress, &length) != nil
-            }
-        }
-        guard ok, Int(length) == hash.size else { return false }
-        return Digest.constantTimeEqual(Array(out[0..<hash.size]), signature)
+    /// HS256/384/512: HMAC of the signing input under the issuer's keyed secret, compared in constant time.
+    static func verifyHMAC(_ message: UnsafeRawBufferPointer, signature: [UInt8], key: HMACKey, hash: JWSHash) -> Bool {
+        guard signature.count == hash.size, let mac = key.mac(message, hash: hash) else { return false }
+        return Digest.constantTimeEqual(mac, signature)
     }
 
     /// The DER `ECDSA-Sig-Value` of a JWS ECDSA signature, or nil when it is not exactly `2 × width` bytes.
