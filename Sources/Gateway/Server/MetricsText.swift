@@ -64,7 +64,19 @@ enum MetricsText {
         return out
     }
 
-    private static func label(_ v: String) -> String {
-        JSONText.quote(v)
+    /// A quoted label value as the text format wants it: only backslash, double quote and line feed are escaped
+    /// (JSON's `\t` and `\u00XX` escapes are not part of the format and make a scrape fail).
+    static func label(_ v: String) -> String {
+        var out = "\""
+        out.reserveCapacity(v.utf8.count + 2)
+        for c in v.unicodeScalars {
+            switch c {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out + "\""
     }
 }
