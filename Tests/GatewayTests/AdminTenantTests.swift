@@ -4,13 +4,14 @@ import Testing
 
 /// Live: the admin API's tenant and API key endpoints, on the embedded store; changes apply to the next request.
 @Suite(.serialized) struct AdminTenantTests {
-    static func config(upstream: Int) -> String {
+    static func config(upstream: Int, tenants: String = "acme: {plan: pro}", extra: String = "") -> String {
         """
         server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1}
         identity: {header_tenancy: always}
         plans: {free: {features: [core]}, pro: {features: [core, analytics]}}
+        \(extra)
         tenants:
-          acme: {plan: pro}
+          \(tenants)
         upstreams:
           app: {targets: [127.0.0.1:\(upstream)]}
         routes:
@@ -88,19 +89,10 @@ import Testing
     static let seedKey = "gh_seed_key_for_tests"
 
     static func config(upstream: Int) -> String {
-        """
-        server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1}
-        identity: {header_tenancy: always}
-        billing: {grace_period: 0s}
-        plans: {free: {features: [core]}, pro: {features: [core]}}
-        tenants:
-          globex: {plan: free, api_keys: [{id: ci-bot, sha256: \(Digest.hex(Digest.sha256(seedKey.utf8)))}]}
-        upstreams:
-          app: {targets: [127.0.0.1:\(upstream)]}
-        routes:
-          - {name: api, match: {path_prefix: /api}, upstream: app, auth: required}
-          - {name: pub, match: {path_prefix: /pub}, upstream: app, auth: none}
-        """
+        AdminTenantTests.config(
+            upstream: upstream,
+            tenants: "globex: {plan: free, api_keys: [{id: ci-bot, sha256: \(Digest.hex(Digest.sha256(seedKey.utf8)))}]}",
+            extra: "billing: {grace_period: 0s}")
     }
 
     @Test func aDeletedSeedStaysUnknownAndRevokedKeysNeverReturn() throws {

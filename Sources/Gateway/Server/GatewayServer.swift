@@ -22,8 +22,8 @@ public final class GatewayServer: Sendable {
     private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
     private let listeners = Mutex(Listeners())
     private let current: Mutex<RuntimeSnapshot>
-    private let openConnections = Atomic<Int>(0)
-    private let openAdminConnections = Atomic<Int>(0)
+    private let proxyConnections = ConnectionCount()
+    private let adminConnections = ConnectionCount()
     private let ready = Atomic<Bool>(false)
     private let adminToken: String?
     /// Tenant records: seeds plus admin writes, kept across reloads.
@@ -191,13 +191,7 @@ public final class GatewayServer: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [self] channel in
-                let open = self.openConnections.add(1, ordering: .relaxed).newValue
-                channel.closeFuture.whenComplete { _ in
-                    self.openConnections.subtract(1, ordering: .relaxed)
-                }
-                if open > maxConnections {
-                    return channel.close()
-                }
+                guard self.proxyConnections.admit(channel, limit: maxConnections) else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
                     let state = loops[ObjectIdentifier(channel.eventLoop)]!.value
                     let proxy = ProxyHandler(loop: state)
@@ -221,13 +215,7 @@ public final class GatewayServer: Sendable {
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in
-                let open = self.openAdminConnections.add(1, ordering: .relaxed).newValue
-                channel.closeFuture.whenComplete { _ in
-                    self.openAdminConnections.subtract(1, ordering: .relaxed)
-                }
-                if open > maxConnections {
-                    return channel.close()
-                }
+                guard self.adminConnections.admit(channel, limit: maxConnections) else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(AdminConnectionGuard(idleTimeout: idle, requestTimeout: request))
@@ -390,5 +378,17 @@ public final class GatewayServer: Sendable {
             merged.auditWritten = self.audit?.writtenCount ?? 0
             return MetricsText.render(merged, registry: snapshot.upstreams)
         }
+    }
+}
+
+/// One listener's open connections, counted from accept to close.
+final class ConnectionCount: Sendable {
+    private let open = Atomic<Int>(0)
+
+    /// Counts `channel` until it closes; false when that puts the listener over `limit` (close it at once).
+    func admit(_ channel: Channel, limit: Int) -> Bool {
+        let now = open.add(1, ordering: .relaxed).newValue
+        channel.closeFuture.whenComplete { _ in self.open.subtract(1, ordering: .relaxed) }
+        return now <= limit
     }
 }
