@@ -95,15 +95,31 @@ import Testing
             extra: "billing: {grace_period: 0s}")
     }
 
-    @Test func aDeletedSeedStaysUnknownAndRevokedKeysNeverReturn() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
-        defer { gw.stop() }
-        let admin = try #require(gw.adminPort)
-        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse {
-            try request(port: admin, method, path, headers: [("Authorization", "Bearer adm")], body: body)
+    /// A gateway with this suite's config, its upstream, and a caller of its admin API.
+    struct Fixture {
+        let up: TestUpstream
+        let gw: GatewayProcess
+
+        init() throws {
+            up = try TestUpstream()
+            gw = try GatewayProcess(yaml: TenantLifecycleTests.config(upstream: up.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
         }
+
+        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse {
+            try request(port: gw.adminPort!, method, path, headers: [("Authorization", "Bearer adm")], body: body)
+        }
+
+        func stop() {
+            gw.stop()
+            up.stop()
+        }
+    }
+
+    @Test func aDeletedSeedStaysUnknownAndRevokedKeysNeverReturn() throws {
+        let f = try Fixture()
+        defer { f.stop() }
+        let (up, gw) = (f.up, f.gw)
+        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse { try f.call(method, path, body) }
         func withKey() throws -> RawResponse {
             try request(port: gw.port, "GET", "/api/x", headers: [("X-API-Key", Self.seedKey)])
         }
@@ -132,14 +148,10 @@ import Testing
     }
 
     @Test func aMoveToPastDueStartsTheGracePeriod() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
-        defer { gw.stop() }
-        let admin = try #require(gw.adminPort)
-        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse {
-            try request(port: admin, method, path, headers: [("Authorization", "Bearer adm")], body: body)
-        }
+        let f = try Fixture()
+        defer { f.stop() }
+        let (up, gw) = (f.up, f.gw)
+        func call(_ method: String, _ path: String, _ body: String? = nil) throws -> RawResponse { try f.call(method, path, body) }
         #expect(try call("GET", "/admin/tenants/globex").json["past_due_since"] is NSNull)
         let moved = try call("PUT", "/admin/tenants/globex", #"{"plan": "free", "status": "past_due"}"#)
         let since = try #require(moved.json["past_due_since"] as? String)
