@@ -118,6 +118,13 @@ import Testing
         #expect(trialing.json["status"] as? String == "trialing")
         #expect((trialing.json["trial_ends"] as? String).flatMap(Timestamp.parse) == Double(trialEnd))
         #expect(up.requests.filter { $0.uri == "/analytics/x" }.count == 3)
+        // A deleted tenant is not brought back by an event (only a PUT does that).
+        let auth = [("Authorization", "Bearer adm")]
+        #expect(try request(port: gw.adminPort!, "DELETE", "/admin/tenants/acme", headers: auth).status == 204)
+        let revive = try send(gw, Self.subscription("evt_g", created: t0 + 50, status: "active"))
+        #expect(revive.json["ignored"] is String)
+        #expect(try record("acme").status == 404)
+        #expect(try analytics().json["code"] as? String == "unknown_tenant")
     }
 
     /// `billing.webhook_path` serves the webhook on the proxy listener (no admin listener at all here); it is

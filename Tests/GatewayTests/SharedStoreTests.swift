@@ -135,6 +135,44 @@ import Testing
         #expect(up.requests.count == forwarded)
     }
 
+    /// A billing change is applied by Redis to the stored record, not to this instance's cached copy: a record
+    /// written by another instance whose invalidation has not arrived yet keeps its own changes. A tenant deleted
+    /// through the admin API is not brought back by a later event.
+    @Test func billingChangesApplyToTheStoredRecordAndNeverThroughADeletion() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let env = ["GH_TEST_ADMIN_TOKEN": "adm", "GH_TEST_WEBHOOK_SECRET": "whsec_shared"]
+        let a = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port), environment: env)
+        defer { a.stop() }
+        let auth = [("Authorization", "Bearer adm")]
+        func send(_ event: String) throws -> RawResponse {
+            try request(port: a.adminPort!, "POST", "/webhooks/billing", headers: [BillingWebhookLiveTests.signature(event, secret: "whsec_shared")], body: event)
+        }
+        // Another instance wrote acme on plan pro and its PUBLISH is still on its way: only Redis knows.
+        let raw = try RawConnection(port: redis.port)
+        let stored = #"{"plan":"pro","status":"active","billing_anchor":1,"api_keys":[]}"#
+        let command = ["HSET", "ghtest:tenants", "acme", stored]
+        try raw.send("*\(command.count)\r\n" + command.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined())
+        #expect(String(decoding: try raw.readChunk(), as: UTF8.self).hasPrefix(":"))
+        let failed = #"{"id":"evt_r1","created":1900000000,"type":"invoice.payment_failed","data":{"object":{"metadata":{"tenant_id":"acme"}}}}"#
+        #expect(try send(failed).status == 200)
+        let record = try request(port: a.adminPort!, "GET", "/admin/tenants/acme", headers: auth)
+        #expect(record.json["plan"] as? String == "pro", "the change was applied to a stale cached record: \(record.text)")
+        #expect(record.json["status"] as? String == "past_due")
+        // Older than the last applied: ignored.
+        let older = #"{"id":"evt_r2","created":1899999999,"type":"invoice.paid","data":{"object":{"metadata":{"tenant_id":"acme"}}}}"#
+        #expect(try send(older).json["ignored"] is String)
+        #expect(try request(port: a.adminPort!, "GET", "/admin/tenants/acme", headers: auth).json["status"] as? String == "past_due")
+        // Deleted, then a subscription event with a known price: still deleted.
+        #expect(try request(port: a.adminPort!, "DELETE", "/admin/tenants/acme", headers: auth).status == 204)
+        let revived = BillingWebhookLiveTests.subscription("evt_r3", created: 1_900_000_100, status: "active")
+            .replacingOccurrences(of: "price_pro_monthly", with: "price_pro")
+        #expect(try send(revived).json["ignored"] is String)
+        #expect(try request(port: a.adminPort!, "GET", "/admin/tenants/acme", headers: auth).status == 404)
+    }
+
     @Test func concurrentKeyChangesOnTwoInstancesAreNotLost() throws {
         let redis = try RedisServer()
         defer { redis.stop() }

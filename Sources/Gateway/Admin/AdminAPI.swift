@@ -55,9 +55,9 @@ struct AdminAPI {
                     record.pastDueSinceAt = current?.status == "past_due" ? current?.pastDueSinceAt ?? clock.now() : clock.now()
                 }
                 let written = record
-                return store.put(id, written).map { write in
+                return store.put(id, written).map { created in
                     let (effective, source) = self.tenants.effective(id) ?? (written, .store)
-                    return Response(status: write == .created ? 201 : 200, body: Self.document(id, effective, source))
+                    return Response(status: created ? 201 : 200, body: Self.document(id, effective, source))
                 }
             }
         case ("DELETE", 4):

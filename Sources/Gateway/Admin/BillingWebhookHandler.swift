@@ -3,8 +3,9 @@ import NIOCore
 import Policy
 
 /// `POST /webhooks/billing` (on the admin listener, and at `billing.webhook_path` on the proxy listener):
-/// Stripe-format events, signature-checked, replays ignored by event id, events older than the last one applied
-/// to the tenant ignored, changes applied to tenant records through the store (so every instance sees them).
+/// Stripe-format events, signature-checked, replays ignored by event id, each change applied by the store in one
+/// atomic step (so every instance sees it and concurrent events cannot undo each other); an event older than the
+/// last one applied to the tenant, or for a deleted tenant, is acknowledged and ignored.
 struct BillingWebhookHandler: Sendable {
     /// The answer: a JSON acknowledgement, or a refusal (a problem document).
     enum Answer {
@@ -12,7 +13,6 @@ struct BillingWebhookHandler: Sendable {
         case refused(Denial)
     }
 
-    let tenants: TenantDirectory
     let store: any TenantStore
     /// Checks the signature's timestamp tolerance and dates a move to `past_due`.
     let clock: WallClock
@@ -37,42 +37,20 @@ struct BillingWebhookHandler: Sendable {
         case .ignored(_, let why): return acknowledge(",\"ignored\":\(JSONText.quote(why))")
         case .change(let c): change = c
         }
-        let tenants = self.tenants
         let store = self.store
         return store.remember(eventID: change.eventID).flatMap { first -> EventLoopFuture<Answer> in
             guard first else { return acknowledge(",\"duplicate\":true") }
-            let existing = tenants.record(change.tenant)
-            if let at = change.created, let last = existing?.billingEventAt, at < last {
-                return acknowledge(",\"ignored\":\"older than the last event applied to this tenant\"")
-            }
-            guard var record = existing ?? change.plan.map({ TenantRecord(plan: $0) }) else {
-                return acknowledge(",\"ignored\":\"unknown tenant and no known price\"")
-            }
-            Self.apply(change, to: &record, now: now)
-            return store.put(change.tenant, record).map { write -> Answer in
-                write == .stale
-                    ? .acknowledged("{\"received\":true,\"ignored\":\"older than the last event applied to this tenant\"}")
-                    : .acknowledged("{\"received\":true}")
+            return store.applyBilling(change.tenant, change, now: now).map { write -> Answer in
+                switch write {
+                case .applied: .acknowledged("{\"received\":true}")
+                case .stale: .acknowledged("{\"received\":true,\"ignored\":\"older than the last event applied to this tenant\"}")
+                case .deleted: .acknowledged("{\"received\":true,\"ignored\":\"the tenant was deleted (a PUT brings it back)\"}")
+                case .unknown: .acknowledged("{\"received\":true,\"ignored\":\"unknown tenant and no known price\"}")
+                }
             }.flatMapErrorThrowing { error in
                 store.forget(eventID: change.eventID)
                 throw error
             }
         }.flatMapErrorThrowing { _ in .refused(.storeUnavailable()) }
-    }
-
-    /// The change on a record: plan, status (a move to `past_due` starts the grace period), trial end, and the
-    /// event's time (the order later events are checked against).
-    static func apply(_ change: BillingWebhook.Change, to record: inout TenantRecord, now: Double) {
-        if let plan = change.plan { record.plan = plan }
-        if let status = change.status {
-            if status == "past_due" && record.status != "past_due" { record.pastDueSinceAt = now }
-            if status != "past_due" { record.pastDueSinceAt = nil }
-            record.status = status
-        }
-        if let end = change.trialEnds {
-            record.trialEndsAt = end
-            record.trialEnds = CivilDate.rfc3339(milliseconds: Int64((end * 1000).rounded(.down)))
-        }
-        if let created = change.created { record.billingEventAt = created }
     }
 }

@@ -70,7 +70,7 @@ public final class GatewayServer: Sendable {
             self.store = MemoryTenantStore(directory: tenants, eventLoop: group.next(), clock: clock)
         }
         self.redisStore = redisStore
-        let billingWebhook = BillingWebhookHandler(tenants: tenants, store: store, clock: clock)
+        let billingWebhook = BillingWebhookHandler(store: store, clock: clock)
         self.billingWebhook = billingWebhook
         if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
             self.audit = try AuditLog(

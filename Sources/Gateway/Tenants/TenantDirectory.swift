@@ -8,11 +8,15 @@ import Synchronization
 public final class TenantDirectory: TenantRecords {
     public enum Source: String, Sendable { case seed, store }
 
-    /// What a write did.
-    public enum Write: Sendable, Equatable {
-        case created, replaced
-        /// A billing change older than the last one applied: nothing was written.
+    /// What a billing change did.
+    public enum BillingWrite: Sendable, Equatable {
+        case applied
+        /// Older than the last change applied to the tenant: nothing was written.
         case stale
+        /// The tenant was deleted (only a PUT brings it back): nothing was written.
+        case deleted
+        /// An unknown tenant and no plan to create it with: nothing was written.
+        case unknown
     }
 
     private struct State {
@@ -64,15 +68,14 @@ public final class TenantDirectory: TenantRecords {
         state.withLock { $0.seeds[tenant] }
     }
 
-    /// Creates or replaces the store's record. The API keys are kept: the stored record's, or the seed's when the
-    /// store has none (or a tombstone), less every revoked one; so are the revocations and the newest billing
-    /// event's time. A record carrying a billing event older than the last one applied is not written.
+    /// Creates or replaces the store's record; true when the tenant was unknown. The API keys are kept: the
+    /// stored record's, or the seed's when the store has none (or a tombstone), less every revoked one; so are
+    /// the revocations and the newest billing event's time.
     @discardableResult
-    public func put(_ tenant: String, _ record: TenantRecord) -> Write {
+    public func put(_ tenant: String, _ record: TenantRecord) -> Bool {
         state.withLock { s in
             let old = s.stored[tenant]
             let live = s.visible(tenant)
-            if let at = record.billingEventAt, let last = old?.billingEventAt, at < last { return .stale }
             var r = record
             r.deleted = false
             r.revokedKeys = old?.revokedKeys ?? []
@@ -81,7 +84,23 @@ public final class TenantDirectory: TenantRecords {
             r.apiKeys = (base?.apiKeys ?? []).filter { !r.revokedKeys.contains($0.sha256) }
             s.stored[tenant] = r
             s.reindex()
-            return live == nil ? .created : .replaced
+            return live == nil
+        }
+    }
+
+    /// Applies a billing change to the live record in one step (a new tenant when the change names a plan), so
+    /// concurrent changes cannot undo each other. A deleted tenant stays deleted; an older change is ignored.
+    public func applyBilling(_ tenant: String, _ change: BillingWebhook.Change, now: Double) -> BillingWrite {
+        state.withLock { s in
+            let old = s.stored[tenant]
+            if old?.deleted == true { return .deleted }
+            if let at = change.created, let last = old?.billingEventAt, at < last { return .stale }
+            guard var r = s.visible(tenant) ?? change.plan.map({ TenantRecord(plan: $0) }) else { return .unknown }
+            r.apply(change, now: now)
+            r.apiKeys.removeAll { r.revokedKeys.contains($0.sha256) }
+            s.stored[tenant] = r
+            s.reindex()
+            return .applied
         }
     }
 

@@ -17,6 +17,20 @@ enum TenantRecordCodec {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// A billing change for the store's edit script: absent members are left out (cjson would read a JSON null
+    /// as a value, not as nil).
+    static func encode(_ change: BillingWebhook.Change, now: Double) -> String {
+        var record = TenantRecord(plan: change.plan ?? "")
+        record.apply(change, now: now)
+        var object: [String: Any] = ["now": now]
+        if let plan = change.plan { object["plan"] = plan }
+        if let status = change.status { object["status"] = status }
+        if let trialEnds = record.trialEnds, change.trialEnds != nil { object["trial_ends"] = trialEnds }
+        if let created = change.created { object["created"] = created }
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
     static func decode(_ bytes: [UInt8]) -> TenantRecord? {
         guard let o = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any], let plan = o["plan"] as? String
         else { return nil }

@@ -6,8 +6,11 @@ import Synchronization
 /// Where admin writes go: the embedded in-memory store, or Redis shared by every gateway instance.
 /// Reads on the request path always come from the in-process ``TenantDirectory``.
 protocol TenantStore: Sendable {
-    /// Creates or replaces a tenant's record (API keys and revocations kept); see ``TenantDirectory/put(_:_:)``.
-    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<TenantDirectory.Write>
+    /// Creates or replaces a tenant's record (API keys and revocations kept; see ``TenantDirectory/put(_:_:)``);
+    /// true when the tenant was unknown.
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool>
+    /// Applies a billing change to the live record in one atomic step; see ``TenantDirectory/applyBilling(_:_:now:)``.
+    func applyBilling(_ tenant: String, _ change: BillingWebhook.Change, now: Double) -> EventLoopFuture<TenantDirectory.BillingWrite>
     /// Leaves the tenant unknown (a tombstone hides its seed) until the next put; false when it was not known.
     func delete(_ tenant: String) -> EventLoopFuture<Bool>
     /// Adds an API key by hash; false for an unknown tenant.
@@ -57,8 +60,11 @@ struct MemoryTenantStore: TenantStore {
 
     func forget(eventID: String) { events.forget(eventID) }
 
-    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<TenantDirectory.Write> {
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool> {
         eventLoop.makeSucceededFuture(directory.put(tenant, record))
+    }
+    func applyBilling(_ tenant: String, _ change: BillingWebhook.Change, now: Double) -> EventLoopFuture<TenantDirectory.BillingWrite> {
+        eventLoop.makeSucceededFuture(directory.applyBilling(tenant, change, now: now))
     }
     func delete(_ tenant: String) -> EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(directory.delete(tenant)) }
     func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {
@@ -191,14 +197,15 @@ final class RedisTenantStore: TenantStore {
     /// once cannot lose each other's change) and publishes the invalidation; the same rules as
     /// ``TenantDirectory`` (the embedded store):
     /// - `put`: replaces the record, keeping the API keys already stored (or the seed's, when the store has no
-    ///   record or a tombstone), less revoked ones; revocations and the last billing event's time are kept, and a
-    ///   billing change older than that is refused.
+    ///   record or a tombstone), less revoked ones; revocations and the last billing event's time are kept.
+    /// - `billing`: applies a billing change (ARGV[3]: `{plan?, status?, trial_ends?, created?, now}`) to the live
+    ///   record, as ``TenantRecord/apply(_:now:)`` does; never through a tombstone, never older than the last.
     /// - `delete`: writes a tombstone (the tenant is unknown, its seed included, until the next put).
     /// - `add` / `revoke`: adds or removes one API key of the live record (stored, else the seed); a revoked
     ///   key's hash is remembered.
-    /// ARGV: op, tenant, record JSON, seed JSON (or ''), key id, key hash. Replies `{status, record}`: put 1
-    /// created, 0 replaced, -3 stale; delete 1 done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown
-    /// tenant, -2 key id taken.
+    /// ARGV: op, tenant, record (or change) JSON, seed JSON (or ''), key id, key hash. Replies `{status, record}`:
+    /// put 1 created, 0 replaced; billing 1 applied, -3 stale, -4 deleted, -5 unknown tenant and no plan; delete 1
+    /// done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown tenant, -2 key id taken.
     static let editScript = """
         local cur = redis.call('HGET', KEYS[1], ARGV[2])
         local op = ARGV[1]
@@ -222,13 +229,31 @@ final class RedisTenantStore: TenantStore {
         local status = 1
         if op == 'put' then
           rec = cjson.decode(ARGV[3])
-          local last = old and old.billing_event_at or nil
-          if rec.billing_event_at and last and rec.billing_event_at < last then return {-3, ''} end
-          if not rec.billing_event_at then rec.billing_event_at = last end
+          if not rec.billing_event_at and old then rec.billing_event_at = old.billing_event_at end
           rec.api_keys = live_keys(live or seed)
           rec.revoked_keys = revoked
           rec.deleted = nil
           if live then status = 0 end
+        elseif op == 'billing' then
+          local ch = cjson.decode(ARGV[3])
+          if old and old.deleted then return {-4, ''} end
+          local last = old and old.billing_event_at or nil
+          if ch.created and last and ch.created < last then return {-3, ''} end
+          rec = live
+          if not rec then
+            if not ch.plan then return {-5, ''} end
+            rec = {plan = ch.plan, status = 'active', billing_anchor = 1}
+          end
+          if ch.plan then rec.plan = ch.plan end
+          if ch.status then
+            if ch.status == 'past_due' and rec.status ~= 'past_due' then rec.past_due_since_epoch = ch.now end
+            if ch.status ~= 'past_due' then rec.past_due_since_epoch = nil end
+            rec.status = ch.status
+          end
+          if ch.trial_ends then rec.trial_ends = ch.trial_ends end
+          if ch.created then rec.billing_event_at = ch.created end
+          rec.api_keys = live_keys(rec)
+          rec.revoked_keys = revoked
         elseif op == 'delete' then
           if not live then return {0, ''} end
           rec = {plan = live.plan, deleted = true, revoked_keys = revoked, billing_event_at = old and old.billing_event_at or nil}
@@ -239,6 +264,9 @@ final class RedisTenantStore: TenantStore {
           if op == 'add' then
             for _, k in ipairs(keys) do if k.id == ARGV[5] then return {-2, ''} end end
             table.insert(keys, {id = ARGV[5], sha256 = ARGV[6]})
+            local kept = {}
+            for _, h in ipairs(revoked) do if h ~= ARGV[6] then table.insert(kept, h) end end
+            revoked = kept
           else
             local kept, found = {}, false
             for _, k in ipairs(keys) do
@@ -256,13 +284,13 @@ final class RedisTenantStore: TenantStore {
         return {status, out}
         """
 
-    private func edit(_ op: String, _ tenant: String, record: TenantRecord? = nil, keyID: String = "", sha256: String = "")
-        -> EventLoopFuture<Int64>
-    {
+    private func edit(
+        _ op: String, _ tenant: String, record: TenantRecord? = nil, json: String? = nil, keyID: String = "", sha256: String = ""
+    ) -> EventLoopFuture<Int64> {
         // This instance's seed is the base while the store has no live record of the tenant.
         let seed = directory.seed(tenant)
         let args = [
-            "EVAL", Self.editScript, "2", hashKey, channel, op, tenant, record.map(TenantRecordCodec.encode) ?? "",
+            "EVAL", Self.editScript, "2", hashKey, channel, op, tenant, json ?? record.map(TenantRecordCodec.encode) ?? "",
             seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256,
         ]
         return client.send(args).flatMapThrowing { reply in
@@ -276,12 +304,17 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
-    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<TenantDirectory.Write> {
-        edit("put", tenant, record: record).map { status in
+    func put(_ tenant: String, _ record: TenantRecord) -> EventLoopFuture<Bool> {
+        edit("put", tenant, record: record).map { $0 == 1 }
+    }
+
+    func applyBilling(_ tenant: String, _ change: BillingWebhook.Change, now: Double) -> EventLoopFuture<TenantDirectory.BillingWrite> {
+        edit("billing", tenant, json: TenantRecordCodec.encode(change, now: now)).map { status in
             switch status {
-            case 1: .created
+            case 1: .applied
             case -3: .stale
-            default: .replaced
+            case -4: .deleted
+            default: .unknown
             }
         }
     }

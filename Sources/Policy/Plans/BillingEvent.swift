@@ -125,3 +125,22 @@ public enum BillingWebhook {
         return .change(change)
     }
 }
+
+extension TenantRecord {
+    /// A billing change on this record: plan, status (a move to `past_due` starts the grace period at `now`;
+    /// leaving it clears the date), trial end, and the event's time (the order later events are checked against).
+    /// The Redis store applies the same rules inside its edit script (``RedisTenantStore``).
+    public mutating func apply(_ change: BillingWebhook.Change, now: Double) {
+        if let plan = change.plan { self.plan = plan }
+        if let status = change.status {
+            if status == "past_due" && self.status != "past_due" { pastDueSinceAt = now }
+            if status != "past_due" { pastDueSinceAt = nil }
+            self.status = status
+        }
+        if let end = change.trialEnds {
+            trialEndsAt = end
+            trialEnds = CivilDate.rfc3339(milliseconds: Int64((end * 1000).rounded(.down)))
+        }
+        if let created = change.created { billingEventAt = created }
+    }
+}
