@@ -86,4 +86,33 @@ import Testing
         channel.embeddedEventLoop.advanceTime(by: .seconds(60))
         #expect(!channel.isActive)
     }
+
+    /// NIO's pipelining hands the next buffered request over while the previous end is written, so that
+    /// request's `requestRead` follows the `responded` at once: it is handled with no timer, then the
+    /// connection is idle.
+    @Test func aPipelinedRequestHandedOverAtTheResponseIsHandledWithoutATimer() throws {
+        let channel = try Self.channel()
+        try channel.writeInbound(Self.bytes("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        channel.pipeline.triggerUserOutboundEvent(AdminExchangeEvent.requestRead, promise: nil)
+        try channel.writeInbound(Self.bytes("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        channel.pipeline.triggerUserOutboundEvent(AdminExchangeEvent.responded, promise: nil)
+        channel.pipeline.triggerUserOutboundEvent(AdminExchangeEvent.requestRead, promise: nil)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(120))
+        #expect(channel.isActive, "the second request is being handled: no 408")
+        #expect(try Self.written(channel).isEmpty)
+        channel.pipeline.triggerUserOutboundEvent(AdminExchangeEvent.responded, promise: nil)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(60))
+        #expect(!channel.isActive)
+        #expect(try Self.written(channel).isEmpty, "closed for idleness, without a 408")
+    }
+
+    @Test func nothingIsReadAfterA408() throws {
+        let channel = try Self.channel()
+        try channel.writeInbound(Self.bytes("GET /"))
+        _ = try channel.readInbound(as: ByteBuffer.self)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        #expect(try Self.written(channel).hasPrefix("HTTP/1.1 408 "))
+        try? channel.writeInbound(Self.bytes("healthz HTTP/1.1\r\n\r\n"))
+        #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+    }
 }

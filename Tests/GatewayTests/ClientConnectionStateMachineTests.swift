@@ -135,6 +135,18 @@ import Testing
         #expect(hungUp.clientClosed()?.upstream == Machine.UpstreamDisposal.none)
     }
 
+    /// A chunked body held up to the hold size while the phases decided (the audit queue full) pauses reading; a
+    /// local admission resumes it, since the body limit bounds it from then on.
+    @Test func localAdmissionResumesReadingPausedByHolding() {
+        var m = Self.machine()
+        Self.head(&m, hasBody: true, chunked: true)
+        m.setBodyLimit(500)
+        #expect(m.requestBody(100) == .hold(connect: false))
+        #expect(!m.readingAllowed)
+        #expect(m.admittedLocally() == .waitForBody)
+        #expect(m.readingAllowed)
+    }
+
     @Test func localEndpointWithTheRequestAlreadyWholeAnswersAtOnce() {
         var m = Self.machine()
         Self.head(&m)

@@ -61,8 +61,10 @@ final class AdminConnectionGuard: ChannelDuplexHandler {
             arm(context, requestTimeout)
         case .handling:
             state = .handling(more: true)
-        case .reading, .closed:
+        case .reading:
             break
+        case .closed:
+            return  // after a 408 nothing more is read
         }
         context.fireChannelRead(data)
     }

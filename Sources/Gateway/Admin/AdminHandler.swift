@@ -129,8 +129,10 @@ final class AdminHandler: ChannelInboundHandler {
         if head.method != .HEAD && status != .noContent {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         }
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        // Before the end is written: writing it hands the next pipelined request (if any) to this handler at once,
+        // and that request's `requestRead` must find the guard past this one.
         context.triggerUserOutboundEvent(AdminExchangeEvent.responded, promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !head.isKeepAlive { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
     }
 

@@ -387,6 +387,9 @@ struct ClientConnectionStateMachine {
         guard case .exchange(var ex) = state, ex.response == .pending, ex.upstream == .deciding else { return .none }
         ex.upstream = .local
         state = .exchange(ex)
+        // Held while the phases decided, the body may have reached the hold size: it is bounded by the body
+        // limit from now on, so reading resumes.
+        paused.remove(.holding)
         return ex.request == .ended ? .connect : .waitForBody
     }
 

@@ -324,11 +324,15 @@ final class ProxyHandler: ChannelDuplexHandler {
         webhook.handle(
             signature: ctx.head.headers.first(name: "stripe-signature"), body: body, config: loop.snapshot.config,
             on: eventLoop
-        ).hop(to: eventLoop).assumeIsolated().whenSuccess { [self] answer in
+        ).hop(to: eventLoop).assumeIsolated().whenComplete { [self] result in
             guard current === ctx, !ctx.ended else { return }
-            switch answer {
-            case .refused(let denial): deny(ctx, denial)
-            case .acknowledged(let json): respondLocally(ctx, json: json)
+            switch result {
+            case .success(.refused(let denial)): deny(ctx, denial)
+            case .success(.acknowledged(let json)): respondLocally(ctx, json: json)
+            case .failure(let error):
+                loop.logger.error(
+                    "billing webhook failed", metadata: ["gh-request-id": "\(ctx.requestID)", "gh-error": "\(error)"])
+                deny(ctx, .storeUnavailable())
             }
         }
     }
