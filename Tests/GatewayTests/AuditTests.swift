@@ -377,6 +377,14 @@ import Testing
         #expect(try Self.verify([log]).status == 0)
         let forged = try Self.verify([log], ["--key-env", "GH_TEST_AUDIT_KEY"], environment: key)
         #expect(forged.status == 1 && forged.output.contains(":1: record (seq 1): hash does not match"), "\(forged.output)")
+        // A gateway keyed again refuses to go on from the (now plain) newest record: the chain would mix two modes
+        // and no single verify would accept it.
+        #expect {
+            try setup.gateway(extra: keyed, environment: key)
+        } throws: { error in
+            "\(error)".contains("not sealed under the configured key")
+        }
+        #expect(try Self.verify([log]).status == 0, "the refused start wrote nothing")
     }
 
     @Test func verifyWithTheStreamFindsACutTail() throws {

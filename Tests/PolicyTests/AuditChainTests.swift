@@ -118,4 +118,16 @@ import Testing
         #expect(AuditChain.compareTail(lines: lines, streamLine: elsewhere[5]) == .differs(seq: 6))
         #expect(!AuditChain.StreamTail.differs(seq: 6).passes && AuditChain.StreamTail.behind(streamSeq: 5, filesLast: 6).passes)
     }
+
+    @Test func resumingChecksTheNewestRecordsKey() throws {
+        var plain = AuditChain()
+        let line = plain.seal(record("/"))
+        #expect(try AuditChain.resuming(after: line[...], key: nil)?.seq == 1)
+        #expect(throws: AuditKeyMismatch.self) { try AuditChain.resuming(after: line[...], key: Array("k".utf8)) }
+        var keyed = AuditChain().keyed(Array("k".utf8))
+        let keyedLine = keyed.seal(record("/"))
+        #expect(try AuditChain.resuming(after: keyedLine[...], key: Array("k".utf8))?.seq == 1)
+        #expect(throws: AuditKeyMismatch.self) { try AuditChain.resuming(after: keyedLine[...], key: nil) }
+        #expect(throws: AuditKeyMismatch.self) { try AuditChain.resuming(after: keyedLine[...], key: Array("other".utf8)) }
+    }
 }

@@ -87,7 +87,7 @@ final class AuditLog: Sendable {
         for sink in config.sinks {
             switch sink {
             case .file(let path, let rotateBytes, let fsync):
-                if chain == nil { chain = try FileAuditSink.recover(path: path) }
+                if chain == nil { chain = try FileAuditSink.recover(path: path, key: key) }
                 sinks.append(try FileAuditSink(path: path, rotateBytes: rotateBytes, fsync: fsync))
             case .stdout:
                 sinks.append(StdoutAuditSink())
@@ -102,12 +102,19 @@ final class AuditLog: Sendable {
             }
         }
         if chain == nil, let s = sinks.compactMap({ $0 as? RedisStreamAuditSink }).first {
-            // Wait briefly for the connection; a stream that cannot be read starts a new chain segment.
+            // Wait briefly for the connection.
             let deadline = Date().addingTimeInterval(2)
             while Date() < deadline, (try? s.client.isAvailable.wait()) != true {
                 Thread.sleep(forTimeInterval: 0.05)
             }
-            chain = try? s.recover()
+            // A stream that cannot be read starts a new segment; one sealed under another key refuses to start.
+            do {
+                chain = try s.recover(key: key)
+            } catch let error as AuditSinkError {
+                throw error
+            } catch {
+                chain = nil
+            }
         }
         self.writer = Writer(chain: (chain ?? AuditChain()).keyed(key), sinks: sinks)
         if let c = chain {

@@ -107,7 +107,7 @@ final class FileAuditSink: AuditSink {
 
     /// The chain's position from the newest record on disk: the last complete line of `path`, or of the
     /// newest rotated file when `path` is empty. A torn last line (a crash mid-write) is cut off first.
-    static func recover(path: String) throws -> AuditChain? {
+    static func recover(path: String, key: [UInt8]?) throws -> AuditChain? {
         var candidates = [path]
         candidates += rotatedIndexes(of: path).sorted(by: >).map { rotatedName(path, $0) }
         for file in candidates where FileManager.default.fileExists(atPath: file) {
@@ -126,10 +126,14 @@ final class FileAuditSink: AuditSink {
                 bytes = Array(bytes[..<keep])
             }
             guard let lastLine = bytes.split(separator: UInt8(ascii: "\n")).last else { continue }
-            guard let chain = AuditChain.resuming(after: String(decoding: lastLine, as: UTF8.self)[...]) else {
-                throw AuditSinkError(description: "the last record of \(file) is not an audit record; refusing to continue its chain")
+            do {
+                guard let chain = try AuditChain.resuming(after: String(decoding: lastLine, as: UTF8.self)[...], key: key) else {
+                    throw AuditSinkError(description: "the last record of \(file) is not an audit record; refusing to continue its chain")
+                }
+                return chain
+            } catch let mismatch as AuditKeyMismatch {
+                throw AuditSinkError(description: "\(file): \(mismatch)")
             }
-            return chain
         }
         return nil
     }
@@ -235,9 +239,14 @@ final class RedisStreamAuditSink: AuditSink {
     }
 
     /// The newest entry's chain position (used when no file sink holds the chain).
-    func recover() throws -> AuditChain? {
+    func recover(key: [UInt8]?) throws -> AuditChain? {
         let reply = try client.send(Self.newestCommand(stream), timeout: .seconds(2)).wait()
-        return Self.newestLine(reply).flatMap { AuditChain.resuming(after: $0[...]) }
+        guard let line = Self.newestLine(reply) else { return nil }
+        do {
+            return try AuditChain.resuming(after: line[...], key: key)
+        } catch {
+            throw AuditSinkError(description: "stream \(stream): \(error)")
+        }
     }
 
     /// `XREVRANGE <stream> + - COUNT 1`: the newest entry.

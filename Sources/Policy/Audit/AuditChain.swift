@@ -86,6 +86,15 @@ public struct AuditChain: Sendable {
         return AuditChain(seq: links.seq, lastHash: hash)
     }
 
+    /// The chain's position after the record on `line`, to go on sealing under `key`; fails when that record was
+    /// not sealed under `key` (the log was written without a key, or with another one: continuing would give a
+    /// chain no single `audit verify` accepts). Nil when `line` is not a sealed record.
+    public static func resuming(after line: Substring, key: [UInt8]?) throws(AuditKeyMismatch) -> AuditChain? {
+        guard let (body, hash) = split(line), let links = links(body) else { return nil }
+        guard Digest.hex(digest(Array(body.utf8), key: key)) == hash else { throw AuditKeyMismatch(seq: links.seq) }
+        return AuditChain(seq: links.seq, lastHash: hash, key: key)
+    }
+
     /// The `seq` and `prev_hash` members of a canonical text (they are written by ``seal(_:)``, so plain
     /// text search finds them: `seq` right after `ts`, `prev_hash` last).
     public static func links(_ body: String) -> (seq: UInt64, prevHash: String)? {
@@ -183,5 +192,14 @@ public struct AuditChain: Sendable {
             return .differs(seq: stream.seq)
         }
         return stream.seq == last ? .matches(seq: last) : .behind(streamSeq: stream.seq, filesLast: last)
+    }
+}
+
+/// The newest record of a log was not sealed under the configured key.
+public struct AuditKeyMismatch: Error, Sendable, CustomStringConvertible {
+    public let seq: UInt64
+    public var description: String {
+        "the newest audit record (seq \(seq)) was not sealed under the configured key (audit.hmac_key_env: the log was "
+            + "written without a key or with another one); move the log aside to start a new chain, or restore the key"
     }
 }
