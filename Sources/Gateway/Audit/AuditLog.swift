@@ -103,10 +103,7 @@ final class AuditLog: Sendable {
         }
         if chain == nil, let s = sinks.compactMap({ $0 as? RedisStreamAuditSink }).first {
             // Wait briefly for the connection.
-            let deadline = Date().addingTimeInterval(2)
-            while Date() < deadline, (try? s.client.isAvailable.wait()) != true {
-                Thread.sleep(forTimeInterval: 0.05)
-            }
+            _ = s.client.waitUntilAvailable(seconds: 2)
             // A stream that cannot be read starts a new segment; one sealed under another key refuses to start.
             do {
                 chain = try s.recover(key: key)

@@ -29,12 +29,8 @@ public enum AuditStreamReader {
         let client = RedisClient(configuration: configuration, eventLoop: group.next(), logger: logger)
         defer { _ = try? client.close().wait() }
         client.start()
-        let deadline = Date().addingTimeInterval(timeout)
-        while (try? client.isAvailable.wait()) != true {
-            guard Date() < deadline else {
-                throw Failure(description: "cannot connect to Redis at \(configuration.host):\(configuration.port)")
-            }
-            Thread.sleep(forTimeInterval: 0.02)
+        guard client.waitUntilAvailable(seconds: timeout) else {
+            throw Failure(description: "cannot connect to Redis at \(configuration.host):\(configuration.port)")
         }
         do {
             let reply = try client.send(RedisStreamAuditSink.newestCommand(stream), timeout: configuration.timeout).wait()

@@ -23,7 +23,7 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        let ts = CivilDate.rfc3339(milliseconds: Int64((clock.now() * 1000).rounded(.down)))
+        let ts = CivilDate.rfc3339(epochSeconds: clock.now())
         var line = "{\"ts\":\(JSONText.quote(ts))"
         line += ",\"level\":\(JSONText.quote(event.level.rawValue))"
         line += ",\"msg\":\(JSONText.quote("\(event.message)"))"

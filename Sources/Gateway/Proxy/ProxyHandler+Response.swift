@@ -117,12 +117,21 @@ extension ProxyHandler: UpstreamResponseDelegate {
 
     /// Writes a complete problem-document response (not flushed).
     func writeProblem(_ denial: Denial, for ctx: RequestContext, keepAlive: Bool) {
-        let body = denial.document(requestID: ctx.requestID)
+        writeComplete(
+            status: denial.status, contentType: "application/problem+json", headers: denial.headers,
+            body: denial.document(requestID: ctx.requestID), for: ctx, keepAlive: keepAlive)
+    }
+
+    /// Writes a complete response the gateway makes itself (a problem, a local endpoint's answer); not flushed.
+    func writeComplete(
+        status: Int, contentType: String, headers: [(String, String)] = [], body: String, for ctx: RequestContext,
+        keepAlive: Bool
+    ) {
         var buffer = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
-        writeStatusLine(&buffer, version: ctx.head.version, status: HTTPResponseStatus(statusCode: denial.status))
-        writeHeader(&buffer, "Content-Type", "application/problem+json")
+        writeStatusLine(&buffer, version: ctx.head.version, status: HTTPResponseStatus(statusCode: status))
+        writeHeader(&buffer, "Content-Type", contentType)
         writeHeader(&buffer, "Content-Length", String(body.utf8.count))
-        for (name, value) in denial.headers { writeHeader(&buffer, name, value) }
+        for (name, value) in headers { writeHeader(&buffer, name, value) }
         writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
         writeHeader(&buffer, "X-Request-ID", ctx.requestID)
         buffer.writeStaticString("\r\n")

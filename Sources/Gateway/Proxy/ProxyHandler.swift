@@ -340,15 +340,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     /// A complete 200 JSON response from the gateway itself.
     private func respondLocally(_ ctx: RequestContext, json: String) {
         let keepAlive = machine.responseHead(status: 200, keepAliveAllowed: true)
-        var buffer = context.channel.allocator.buffer(capacity: 160 + json.utf8.count)
-        writeStatusLine(&buffer, version: ctx.head.version, status: .ok)
-        writeHeader(&buffer, "Content-Type", "application/json")
-        writeHeader(&buffer, "Content-Length", String(json.utf8.count))
-        writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
-        writeHeader(&buffer, "X-Request-ID", ctx.requestID)
-        buffer.writeStaticString("\r\n")
-        buffer.writeString(json)
-        context.write(wrapOutboundOut(buffer), promise: nil)
+        writeComplete(status: 200, contentType: "application/json", body: json, for: ctx, keepAlive: keepAlive)
         if let end = machine.responseEnd(now: .now()) {
             finish(end, ctx)
         } else {

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -112,6 +113,17 @@ public final class RedisClient: Sendable {
     /// True while calls can go out (connected and the circuit not open).
     public var isAvailable: EventLoopFuture<Bool> {
         eventLoop.submit { self.core.value.available }
+    }
+
+    /// Blocks (polling every 20 ms) until calls can go out or `seconds` pass; false then. For start-up and the
+    /// command line only: never on an event loop.
+    public func waitUntilAvailable(seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while (try? isAvailable.wait()) != true {
+            guard Date() < deadline else { return false }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return true
     }
 }
 

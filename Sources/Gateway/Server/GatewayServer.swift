@@ -211,7 +211,7 @@ public final class GatewayServer: Sendable {
     private func bindAdmin(_ address: HostPort, _ server: ServerConfig) async throws -> Channel {
         let maxConnections = server.adminMaxConnections
         let idle = TimeAmount.nanoseconds(server.idleTimeout)
-        let request = TimeAmount.nanoseconds(min(server.headerTimeout, server.requestTimeout))
+        let request = TimeAmount.nanoseconds(server.headDeadline)
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in

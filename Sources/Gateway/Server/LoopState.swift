@@ -88,7 +88,7 @@ final class LoopState {
 
     static func connectionConfiguration(_ s: ServerConfig) -> ClientConnectionStateMachine.Configuration {
         ClientConnectionStateMachine.Configuration(
-            idleTimeout: .nanoseconds(s.idleTimeout), headerTimeout: .nanoseconds(min(s.headerTimeout, s.requestTimeout)),
+            idleTimeout: .nanoseconds(s.idleTimeout), headerTimeout: .nanoseconds(s.headDeadline),
             requestTimeout: .nanoseconds(s.requestTimeout), sendTimeout: .nanoseconds(s.sendTimeout),
             maxPipelinedRequests: s.maxPipelinedRequests, maxReadAheadBytes: s.maxReadAheadBytes,
             chunkedHoldBytes: 64 * 1024, linger: .seconds(2))

@@ -57,10 +57,7 @@ public final class TenantDirectory: TenantRecords {
 
     /// The effective record and where it comes from; nil for an unknown or deleted tenant.
     public func effective(_ tenant: String) -> (record: TenantRecord, source: Source)? {
-        state.withLock { s in
-            if let r = s.stored[tenant] { return r.deleted ? nil : (r, .store) }
-            return s.seeds[tenant].map { ($0, .seed) }
-        }
+        state.withLock { s in s.visible(tenant).map { ($0, s.stored[tenant] == nil ? .seed : .store) } }
     }
 
     /// The YAML seed of a tenant, whatever the store holds.
@@ -80,8 +77,7 @@ public final class TenantDirectory: TenantRecords {
             r.deleted = false
             r.revokedKeys = old?.revokedKeys ?? []
             r.billingEventAt = record.billingEventAt ?? old?.billingEventAt
-            let base = old.flatMap { $0.deleted ? nil : $0 } ?? s.seeds[tenant]
-            r.apiKeys = (base?.apiKeys ?? []).filter { !r.revokedKeys.contains($0.sha256) }
+            r.apiKeys = ((live ?? s.seeds[tenant])?.apiKeys ?? []).filter { !r.revokedKeys.contains($0.sha256) }
             s.stored[tenant] = r
             s.reindex()
             return live == nil

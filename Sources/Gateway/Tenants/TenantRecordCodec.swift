@@ -20,12 +20,10 @@ enum TenantRecordCodec {
     /// A billing change for the store's edit script: absent members are left out (cjson would read a JSON null
     /// as a value, not as nil).
     static func encode(_ change: BillingWebhook.Change, now: Double) -> String {
-        var record = TenantRecord(plan: change.plan ?? "")
-        record.apply(change, now: now)
         var object: [String: Any] = ["now": now]
         if let plan = change.plan { object["plan"] = plan }
         if let status = change.status { object["status"] = status }
-        if let trialEnds = record.trialEnds, change.trialEnds != nil { object["trial_ends"] = trialEnds }
+        if let end = change.trialEnds { object["trial_ends"] = CivilDate.rfc3339(epochSeconds: end) }
         if let created = change.created { object["created"] = created }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)

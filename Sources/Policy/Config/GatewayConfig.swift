@@ -80,6 +80,8 @@ public struct ServerConfig: Sendable {
     public var headerTimeout: Int64 = 10_000_000_000
     /// A request's headers and body must arrive within this long of its first byte (ns); else 408 and close.
     public var requestTimeout: Int64 = 30_000_000_000
+    /// How long a request head may take from its first byte: `header_timeout`, capped by `request_timeout`.
+    public var headDeadline: Int64 { min(headerTimeout, requestTimeout) }
     /// A client that accepts no byte of a pending response for this long is closed, with its upstream
     /// connection (ns).
     public var sendTimeout: Int64 = 60_000_000_000

@@ -98,6 +98,11 @@ public enum CivilDate {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// RFC 3339 UTC timestamp with milliseconds of a time in seconds since the epoch (milliseconds rounded down).
+    public static func rfc3339(epochSeconds seconds: Double) -> String {
+        rfc3339(milliseconds: Int64((seconds * 1000).rounded(.down)))
+    }
+
     /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time in milliseconds since the epoch (rounding down also before
     /// 1970).
     public static func appendRFC3339(milliseconds ms: Int64, to out: inout [UInt8]) {
