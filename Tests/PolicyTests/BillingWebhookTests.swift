@@ -61,4 +61,22 @@ import Testing
         #expect(BillingWebhook.parse(Array(body.utf8), prices: [:])
             == .change(.init(eventID: "e", tenant: "acme", status: "active", created: 1_800_000_123)))
     }
+
+    /// One rule for the admin API and billing events: a move into past_due starts the grace period now, staying
+    /// keeps the date (or starts it, when there was none: a past_due seed without past_due_since), leaving clears it.
+    @Test func pastDueSinceRule() {
+        var active = TenantRecord(plan: "pro")
+        #expect(TenantRecord.pastDueSince(from: nil, to: "past_due", now: 100) == 100)
+        #expect(TenantRecord.pastDueSince(from: active, to: "past_due", now: 100) == 100)
+        var late = active
+        late.status = "past_due"
+        #expect(TenantRecord.pastDueSince(from: late, to: "past_due", now: 100) == 100, "no date yet: it starts now")
+        late.pastDueSinceAt = 40
+        #expect(TenantRecord.pastDueSince(from: late, to: "past_due", now: 100) == 40)
+        #expect(TenantRecord.pastDueSince(from: late, to: "active", now: 100) == nil)
+        late.apply(.init(eventID: "e", tenant: "t", status: "past_due"), now: 100)
+        #expect(late.pastDueSinceAt == 40)
+        active.apply(.init(eventID: "e", tenant: "t", status: "past_due", created: 7), now: 100)
+        #expect(active.pastDueSinceAt == 100 && active.status == "past_due" && active.billingEventAt == 7)
+    }
 }

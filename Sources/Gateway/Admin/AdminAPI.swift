@@ -47,12 +47,9 @@ struct AdminAPI {
             switch parseRecord(body) {
             case .failure(let denial): return now(problem(denial, requestID))
             case .success(var record):
-                // A move to past_due starts the grace period now (a record that stays past_due keeps its date).
-                if record.status != "past_due" {
-                    record.pastDueSinceAt = nil
-                } else if record.pastDueSinceAt == nil {
-                    let current = tenants.record(id)
-                    record.pastDueSinceAt = current?.status == "past_due" ? current?.pastDueSinceAt ?? clock.now() : clock.now()
+                // Unless the body gives the date, a move to past_due starts the grace period now.
+                if record.status != "past_due" || record.pastDueSinceAt == nil {
+                    record.pastDueSinceAt = TenantRecord.pastDueSince(from: tenants.record(id), to: record.status, now: clock.now())
                 }
                 let written = record
                 return store.put(id, written).map { created in
@@ -163,7 +160,7 @@ struct AdminAPI {
     static func document(_ id: String, _ r: TenantRecord, _ source: TenantDirectory.Source) -> String {
         var json = "{\"id\":\(JSONText.quote(id)),\"plan\":\(JSONText.quote(r.plan)),\"status\":\(JSONText.quote(r.status))"
         json += ",\"trial_ends\":" + (r.trialEnds.map(JSONText.quote) ?? "null")
-        json += ",\"past_due_since\":" + (r.pastDueSinceAt.map { JSONText.quote(CivilDate.rfc3339(milliseconds: Int64(($0 * 1000).rounded(.down)))) } ?? "null")
+        json += ",\"past_due_since\":" + (r.pastDueSinceAt.map { JSONText.quote(CivilDate.rfc3339(epochSeconds: $0)) } ?? "null")
         json += ",\"billing_anchor\":\(r.billingAnchor)"
         let overrides = (try? JSONSerialization.data(withJSONObject: OverridesJSON.encode(r), options: [.sortedKeys])) ?? Data("{}".utf8)
         json += ",\"overrides\":" + String(decoding: overrides, as: UTF8.self)

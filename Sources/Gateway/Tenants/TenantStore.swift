@@ -246,8 +246,11 @@ final class RedisTenantStore: TenantStore {
           end
           if ch.plan then rec.plan = ch.plan end
           if ch.status then
-            if ch.status == 'past_due' and rec.status ~= 'past_due' then rec.past_due_since_epoch = ch.now end
-            if ch.status ~= 'past_due' then rec.past_due_since_epoch = nil end
+            if ch.status ~= 'past_due' then
+              rec.past_due_since_epoch = nil
+            elseif rec.status ~= 'past_due' or not rec.past_due_since_epoch then
+              rec.past_due_since_epoch = ch.now
+            end
             rec.status = ch.status
           end
           if ch.trial_ends then rec.trial_ends = ch.trial_ends end

@@ -36,7 +36,6 @@ public enum BillingWebhook {
         return out
     }
 
-
     /// What an event asks of a tenant record.
     public struct Change: Sendable, Equatable {
         public var eventID: String
@@ -133,14 +132,21 @@ extension TenantRecord {
     public mutating func apply(_ change: BillingWebhook.Change, now: Double) {
         if let plan = change.plan { self.plan = plan }
         if let status = change.status {
-            if status == "past_due" && self.status != "past_due" { pastDueSinceAt = now }
-            if status != "past_due" { pastDueSinceAt = nil }
+            pastDueSinceAt = Self.pastDueSince(from: self, to: status, now: now)
             self.status = status
         }
         if let end = change.trialEnds {
             trialEndsAt = end
-            trialEnds = CivilDate.rfc3339(milliseconds: Int64((end * 1000).rounded(.down)))
+            trialEnds = CivilDate.rfc3339(epochSeconds: end)
         }
         if let created = change.created { billingEventAt = created }
+    }
+
+    /// When a tenant moving from `old` to `status` went past due: `now` for a move into `past_due`, the date it
+    /// already had when it stays there, none otherwise (the admin API and billing events share this rule).
+    public static func pastDueSince(from old: TenantRecord?, to status: String, now: Double) -> Double? {
+        guard status == "past_due" else { return nil }
+        guard let old, old.status == "past_due" else { return now }
+        return old.pastDueSinceAt ?? now
     }
 }
