@@ -3,7 +3,7 @@ SHELL := /bin/bash
 APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server python3 curl openssl
 BIN := .build/debug/gatehouse
 
-.PHONY: deps build run test bench clean
+.PHONY: deps build run test fuzz bench clean
 
 ## deps: install the Debian packages the build and the tests need (only the missing ones).
 deps:
@@ -34,10 +34,23 @@ run: build
 	echo "  curl -s http://127.0.0.1:9901/metrics"; echo "Ctrl-C stops both."; echo; \
 	$(BIN) serve --config config/gateway.yaml
 
-## test: install what the tests need, build, run every suite (unit and live).
+## test: install what the tests need, build, run every suite (unit and live), then the parser's fuzz target.
 test: build
 	swift build --build-tests
 	timeout 1500 swift test --skip-build   # a hung test fails the run instead of stalling CI
+	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-60}
+
+## fuzz: libFuzzer on the HTTP/1 request parser (Sources/HTTPWire) for FUZZ_SECONDS (default 300), seeded from
+## fuzz/corpus; a finding fails the run and leaves the input in .build/fuzz/.
+FUZZ_SECONDS ?= 300
+fuzz:
+	@mkdir -p .build/fuzz/corpus
+	swiftc -parse-as-library -sanitize=fuzzer,address -O Sources/HTTPWire/*.swift fuzz/http1_request_parser.swift \
+	  -o .build/fuzz/http1-request-parser 2> >(grep -v "Cannot export local symbol" >&2)
+	cp fuzz/corpus/http1/* .build/fuzz/corpus/
+	cd .build/fuzz && timeout $$(( $(FUZZ_SECONDS) + 120 )) ./http1-request-parser -max_total_time=$(FUZZ_SECONDS) \
+	  -print_final_stats=1 -artifact_prefix=./ corpus 2>&1 | grep -E "^stat::|ERROR|crash|precondition|Base64" ; \
+	  test $${PIPESTATUS[0]} -eq 0
 
 ## bench: the load harness (see benchmarks/README.md).
 bench:

@@ -24,6 +24,8 @@ let package = Package(
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CJWT", pkgConfig: "libjwt", providers: [.apt(["libjwt-dev"])]),
 
+        // HTTP/1.x wire format: the request parser of the client side. No dependencies (a fuzz target builds it alone).
+        .target(name: "HTTPWire", swiftSettings: hotPath),
         // Pure decisions: config model and validation, routing, problem documents. No sockets.
         .target(
             name: "Policy",
@@ -48,6 +50,7 @@ let package = Package(
             dependencies: [
                 "Policy",
                 "Upstream",
+                "HTTPWire",
                 "CHiredis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -70,6 +73,7 @@ let package = Package(
         // Micro-benchmark of JWT verification, cached and uncached (benchmarks/run builds and runs it).
         .executableTarget(name: "jwt-bench", dependencies: ["Policy"], path: "benchmarks/jwt-bench"),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
+        .testTarget(name: "HTTPWireTests", dependencies: ["HTTPWire"]),
         .testTarget(
             name: "UpstreamTests",
             dependencies: [
@@ -82,7 +86,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Policy", "Upstream",
+                "Gateway", "Policy", "Upstream", "HTTPWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

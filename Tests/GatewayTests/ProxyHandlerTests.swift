@@ -45,17 +45,8 @@ import Testing
                 eventLoop: channel.embeddedEventLoop, loopCount: 1, snapshot: snapshot, logger: Logger(label: "test"),
                 limiterBackend: .memory(MemoryLimits()), limits: limits, audit: nil, clock: .fixed(1_800_000_000))
             handler = ProxyHandler(loop: loop)
-            // As GatewayServer.bindProxy builds it.
-            let server = config.server
-            var decoderLimits = NIOHTTPDecoderLimitConfiguration()
-            decoderLimits.maxHeaderFieldSize = server.maxHeaderBytes
-            decoderLimits.maxHeaderListSize = server.maxHeaderBytes
-            decoderLimits.maxHeaderFieldCount = 256
-            let sync = channel.pipeline.syncOperations
-            try sync.addHandler(ActivityGuard(proxy: handler))
-            try sync.addHandler(
-                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits)))
-            try sync.addHandler(handler)
+            // As GatewayServer.bindProxy builds it: the proxy handler alone, parsing its input itself.
+            try channel.pipeline.syncOperations.addHandler(handler)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()
         }
 

@@ -1,3 +1,4 @@
+import HTTPWire
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -13,7 +14,7 @@ import Upstream
 /// once and ``finish(_:)`` acts on it: the upstream connection is closed or the pool wait cancelled, the record
 /// is written and counted, and the connection takes the next request, lingers or closes.
 final class ProxyHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -48,6 +49,10 @@ final class ProxyHandler: ChannelDuplexHandler {
     /// started, checked once its body limit is known.
     private var declaredAhead: [Int: Int] = [:]
     private var pendingChunkTotal: Int?
+    /// The client's bytes, parsed where they lie in each read (`HTTPWire`).
+    private var parser: HTTP1RequestParser
+    /// Request heads parsed so far (the number of the one being read is `headsParsed - 1`).
+    private var headsParsed = 0
 
     enum ResponseFraming {
         case none, contentLength, chunked, closeDelimited
@@ -56,6 +61,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     init(loop: LoopState) {
         self.loop = loop
         self.machine = ClientConnectionStateMachine(configuration: loop.connectionConfiguration, now: .now())
+        self.parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: loop.snapshot.config.server.maxHeaderBytes))
     }
 
     /// The request phases, bound to this connection's loop and peer.
@@ -92,13 +98,35 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Called by ``ActivityGuard`` for every read.
-    func bytesArrived() {
-        machine.bytesArrived(now: .now())
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        route(.part(unwrapInboundIn(data)))
+        // Closing (lingering after the last response): input is read and dropped.
+        if machine.isClosing { return }
+        machine.bytesArrived(now: .now())
+        let buffer = unwrapInboundIn(data)
+        buffer.withUnsafeReadableBytes { bytes in
+            var offset = 0
+            while let event = parser.next(bytes, &offset) {
+                switch event {
+                case .head(let parsed, _):
+                    headsParsed += 1
+                    let head = HTTPRequestHead(
+                        version: HTTPVersion(major: parsed.versionMajor, minor: parsed.versionMinor),
+                        method: HTTPMethod(rawValue: parsed.method), uri: parsed.target,
+                        headers: HTTPHeaders(parsed.headers.map { ($0.name, $0.value) }))
+                    route(.part(.head(head)))
+                case .body(let range):
+                    route(.part(.body(buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!)))
+                case .chunkDeclared(let total):
+                    chunkDeclared(request: headsParsed - 1, total: total)
+                case .end:
+                    route(.part(.end(nil)))
+                case .error(.headTooLarge):
+                    route(.malformed(.headersTooLarge(limit: loop.snapshot.config.server.maxHeaderBytes)))
+                case .error(.malformed(let why)):
+                    route(.malformed(.badRequest("Malformed HTTP request (\(why)).")))
+                }
+            }
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -114,21 +142,6 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // The decoder's last call when the client closes mid-message: the client left, which channelInactive
-        // records (499 client_closed); nothing was malformed.
-        if !context.channel.isActive || (error as? HTTPParserError) == .invalidEOFState { return }
-        if let parserError = error as? HTTPParserError {
-            let denial: Denial =
-                parserError == .headerOverflow
-                ? .headersTooLarge(limit: loop.snapshot.config.server.maxHeaderBytes)
-                : .badRequest("Malformed HTTP request (\(parserError)).")
-            route(.malformed(denial))
-            return
-        }
-        if error is NIOTooManyBytesError || error is ByteToMessageDecoderError {
-            route(.malformed(.badRequest("Malformed HTTP request.")))
-            return
-        }
         // I/O errors (reset by peer and the like): nothing to answer; channelInactive ends the exchange.
         context.close(promise: nil)
     }

@@ -1,3 +1,4 @@
+import HTTPWire
 import NIOHTTP1
 import Policy
 import Upstream
@@ -28,9 +29,6 @@ enum RequestValidation {
         }
         var hosts = 0
         var host: String? = nil
-        var contentLengths: [String] = []
-        var transferEncodings = 0
-        var chunked = false
         var expectContinue = false
         var upgrade = false
         var headerBytes = head.uri.utf8.count + 16
@@ -44,12 +42,6 @@ enum RequestValidation {
             case 4 where HopByHop.equalsLower(name.utf8, "host"):
                 hosts += 1
                 host = value
-            case 14 where HopByHop.equalsLower(name.utf8, "content-length"):
-                contentLengths.append(value)
-            case 17 where HopByHop.equalsLower(name.utf8, "transfer-encoding"):
-                transferEncodings += 1
-                let v = value.trimmingSpaces()
-                if HopByHop.equalsLower(v.utf8, "chunked") { chunked = true } else { chunked = false; transferEncodings += 1 }
             case 7 where HopByHop.equalsLower(name.utf8, "upgrade"):
                 // No route carries WebSocket yet; `h2c` is ignored (served over HTTP/1.1, not forwarded).
                 if !HopByHop.equalsLower(value.trimmingSpaces().utf8, "h2c") {
@@ -74,23 +66,13 @@ enum RequestValidation {
         if let h = host, h.isEmpty || !h.utf8.allSatisfy(isHostByte) {
             return .failure(.badRequest("Invalid Host header."))
         }
+        // The parser framed the body by this same rule; a refusal here is the 400 for a head it stopped after.
         let framing: HeaderRewriter.BodyFraming
-        if transferEncodings > 0 {
-            if head.version.minor == 0 { return .failure(.badRequest("Transfer-Encoding on HTTP/1.0.")) }
-            if !contentLengths.isEmpty { return .failure(.badRequest("Both Content-Length and Transfer-Encoding.")) }
-            if transferEncodings != 1 || !chunked {
-                return .failure(.badRequest("Unsupported Transfer-Encoding (only a single 'chunked')."))
-            }
-            framing = .chunked
-        } else if contentLengths.count > 1 {
-            return .failure(.badRequest("Several Content-Length headers."))
-        } else if let cl = contentLengths.first {
-            guard !cl.isEmpty, cl.utf8.count <= 18, cl.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let n = Int(cl) else {
-                return .failure(.badRequest("Invalid Content-Length."))
-            }
-            framing = n == 0 ? .none : .contentLength(n)
-        } else {
-            framing = .none
+        switch HTTP1Framing.decide(versionMinor: head.version.minor, headers: head.headers.lazy.map { (name: $0.name, value: $0.value) }) {
+        case .failure(let refusal): return .failure(.badRequest(refusal.detail))
+        case .success(.none): framing = .none
+        case .success(.length(let n)): framing = .contentLength(n)
+        case .success(.chunked): framing = .chunked
         }
         guard let (path, query) = RequestTarget.split(head.uri) else {
             return .failure(.badRequest("The request target must be an origin-form path without dot segments."))

@@ -176,13 +176,6 @@ public final class GatewayServer: Sendable {
     public var adminAddress: SocketAddress? { listeners.withLock { $0.admin?.localAddress } }
 
     private func bindProxy(_ server: ServerConfig) async throws -> Channel {
-        let limits = {
-            var l = NIOHTTPDecoderLimitConfiguration()
-            l.maxHeaderFieldSize = server.maxHeaderBytes
-            l.maxHeaderListSize = server.maxHeaderBytes
-            l.maxHeaderFieldCount = 256
-            return l
-        }()
         let maxConnections = server.maxConnections
         let loops = self.loops
         return try await ServerBootstrap(group: group)
@@ -196,9 +189,6 @@ public final class GatewayServer: Sendable {
                     let state = loops[ObjectIdentifier(channel.eventLoop)]!.value
                     let proxy = ProxyHandler(loop: state)
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(ActivityGuard(proxy: proxy))
-                    try sync.addHandler(
-                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
                     try sync.addHandler(proxy)
                 }
             }
