@@ -40,15 +40,15 @@ test: build
 	timeout 1500 swift test --skip-build   # a hung test fails the run instead of stalling CI
 	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-60}
 
-## fuzz: libFuzzer on the HTTP/1 request parser (Sources/HTTPWire) for FUZZ_SECONDS (default 300), seeded from
+## fuzz: libFuzzer on the HTTP/1 request and response parsers (Sources/HTTPWire) for FUZZ_SECONDS (default 300), seeded from
 ## fuzz/corpus; a finding fails the run and leaves the input in .build/fuzz/.
 FUZZ_SECONDS ?= 300
 fuzz:
 	@mkdir -p .build/fuzz/corpus
-	swiftc -parse-as-library -sanitize=fuzzer,address -O Sources/HTTPWire/*.swift fuzz/http1_request_parser.swift \
-	  -o .build/fuzz/http1-request-parser 2> >(grep -v "Cannot export local symbol" >&2)
+	swiftc -parse-as-library -sanitize=fuzzer,address -O Sources/HTTPWire/*.swift fuzz/http1_parsers.swift \
+	  -o .build/fuzz/http1-parsers 2> >(grep -v "Cannot export local symbol" >&2)
 	cp fuzz/corpus/http1/* .build/fuzz/corpus/
-	cd .build/fuzz && timeout $$(( $(FUZZ_SECONDS) + 120 )) ./http1-request-parser -max_total_time=$(FUZZ_SECONDS) \
+	cd .build/fuzz && timeout $$(( $(FUZZ_SECONDS) + 120 )) ./http1-parsers -max_total_time=$(FUZZ_SECONDS) \
 	  -print_final_stats=1 -artifact_prefix=./ corpus 2>&1 | grep -E "^stat::|ERROR|crash|precondition|Base64" ; \
 	  test $${PIPESTATUS[0]} -eq 0
 

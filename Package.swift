@@ -37,6 +37,7 @@ let package = Package(
             name: "Upstream",
             dependencies: [
                 "Policy",
+                "HTTPWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

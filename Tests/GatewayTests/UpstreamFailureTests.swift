@@ -46,6 +46,40 @@ import Testing
         #expect(up.requests.map(\.connection) == [1, 2])
     }
 
+    @Test func interimResponsesAreSkippedAndTheConnectionKept() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port]], routes: Self.routes))
+        defer { gw.stop() }
+        let c = try RawConnection(port: gw.port)
+        try c.send("GET /hints HTTP/1.1\r\nHost: gw\r\n\r\n")
+        let r = try #require(try c.readResponse())
+        #expect(r.status == 200)
+        #expect(r.json["uri"] as? String == "/hints")
+        try c.send("GET /next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        #expect(try c.readResponse()?.status == 200)
+        #expect(up.requests.count == 2)
+        #expect(up.requests.first?.connection == up.requests.last?.connection)
+    }
+
+    @Test func bytesPastAResponseAreNeverReadAsTheNextOne() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port]], routes: Self.routes))
+        defer { gw.stop() }
+        let c = try RawConnection(port: gw.port)
+        try c.send("GET /trailing HTTP/1.1\r\nHost: gw\r\n\r\n")
+        let r = try #require(try c.readResponse())
+        #expect(r.status == 200)
+        #expect(String(decoding: r.body, as: UTF8.self) == "ok")
+        // The next request gets its own answer from a fresh connection, not the stray bytes.
+        try c.send("GET /next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        let next = try #require(try c.readResponse())
+        #expect(next.status == 200)
+        #expect(next.json["uri"] as? String == "/next")
+        #expect(up.requests.last?.connection != up.requests.first?.connection)
+    }
+
     @Test func malformedUpstreamResponseIs502() throws {
         let raw = try RawUpstream(reply: "HTTP/1.1 ABC Broken\r\nContent-Length: 2\r\n\r\nhi")
         defer { raw.stop() }

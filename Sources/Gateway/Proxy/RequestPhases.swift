@@ -227,6 +227,10 @@ struct RequestPhases {
             allowMethodOverride: route.allowMethodOverride)
         head.headers = loop.snapshot.rewriter.upstreamRequestHeaders(
             ctx.head.headers, forwarding: forwarding, framing: ctx.framing, defaultHost: group.defaultHost, policy: policy)
+        // A bodyless POST, PUT or PATCH says so (some servers refuse one without a length: 411).
+        if ctx.framing == .none, [.POST, .PUT, .PATCH].contains(ctx.head.method) {
+            head.headers.add(name: "Content-Length", value: "0")
+        }
         let caller = ctx.caller
         if let tenant = caller.tenant { head.headers.add(name: "X-Tenant-ID", value: tenant) }
         if let user = caller.user { head.headers.add(name: "X-User-ID", value: user) }

@@ -98,10 +98,8 @@ public final class TargetPool {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(HTTPRequestEncoder())
-                    try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try sync.addHandler(UpstreamConnection(id: id))
+                    // One handler: it writes requests and parses responses itself (HTTPWire).
+                    try channel.pipeline.syncOperations.addHandler(UpstreamConnection(id: id))
                 }
             }
             .connect(to: address)

@@ -1,3 +1,4 @@
+import HTTPWire
 import NIOCore
 import NIOHTTP1
 
@@ -16,16 +17,17 @@ public protocol UpstreamResponseDelegate: AnyObject {
     func upstreamReadComplete()
 }
 
-/// One keep-alive HTTP/1.1 connection to an upstream target, the last handler of its pipeline: the executor
-/// of an ``UpstreamConnectionStateMachine``.
+/// One keep-alive HTTP/1.1 connection to an upstream target, the only handler of its pipeline: the executor
+/// of an ``UpstreamConnectionStateMachine``. It writes requests as bytes and parses responses with
+/// ``HTTP1ResponseParser``.
 ///
 /// Carries one exchange at a time. Every lease ends exactly once, and its end is reported to the pool then:
 /// reusable after a clean keep-alive response, closed otherwise (failure, timeout, abandonment, early answer).
 /// Reading can be paused by the delegate for response back-pressure.
 public final class UpstreamConnection: ChannelDuplexHandler {
-    public typealias InboundIn = HTTPClientResponsePart
-    public typealias OutboundIn = HTTPClientRequestPart
-    public typealias OutboundOut = HTTPClientRequestPart
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     private var machine = UpstreamConnectionStateMachine()
     private var delegate: UpstreamResponseDelegate?
@@ -35,6 +37,9 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     weak var pool: TargetPool?
     private var readPaused = false
     private var readPending = false
+    private var parser = HTTP1ResponseParser()
+    /// The current request's body is sent chunked.
+    private var chunked = false
 
     init(id: Int) { self.id = id }
 
@@ -50,20 +55,54 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     public func begin(head: HTTPRequestHead, delegate: UpstreamResponseDelegate, responseTimeout: TimeAmount) -> Bool {
         guard let context, machine.begin(responseTimeout: responseTimeout) == .writeHead else { return false }
         self.delegate = delegate
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        parser.expectResponse(toHead: head.method == .HEAD)
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        chunked = Self.write(head, to: &buffer)
+        context.write(wrapOutboundOut(buffer), promise: nil)
         return true
     }
 
+    /// Serialises a request head; true when it announces a chunked body.
+    static func write(_ head: HTTPRequestHead, to buffer: inout ByteBuffer) -> Bool {
+        buffer.writeString(head.method.rawValue)
+        buffer.writeStaticString(" ")
+        buffer.writeString(head.uri)
+        buffer.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+        var chunked = false
+        for (name, value) in head.headers {
+            if name.utf8.count == 17 && HopByHop.equalsLower(name.utf8, "transfer-encoding") { chunked = true }
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        return chunked
+    }
+
     public func sendBody(_ buffer: ByteBuffer) {
-        guard let context, delegate != nil else { return }
-        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        guard let context, delegate != nil, buffer.readableBytes > 0 else { return }
+        if chunked {
+            var size = context.channel.allocator.buffer(capacity: 20)
+            size.writeString(String(buffer.readableBytes, radix: 16))
+            size.writeStaticString("\r\n")
+            context.write(wrapOutboundOut(size), promise: nil)
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            context.write(wrapOutboundOut(Self.crlf), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
     }
 
     public func sendEnd() {
         guard let context, delegate != nil else { return }
         machine.requestEndSent(now: .now())
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if chunked { context.write(wrapOutboundOut(Self.lastChunk), promise: nil) }
+        context.flush()
     }
+
+    static let crlf = ByteBuffer(staticString: "\r\n")
+    static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
 
     public func flush() { context?.flush() }
 
@@ -95,19 +134,34 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            switch machine.responseHead(keepAlive: head.isKeepAlive) {
-            case .forwardHead: delegate?.upstreamResponseHead(head)
-            case let other: run(other)
+        let buffer = unwrapInboundIn(data)
+        buffer.withUnsafeReadableBytes { bytes in
+            var offset = 0
+            while let event = parser.next(bytes, &offset) {
+                switch event {
+                case .head(let parsed):
+                    switch machine.responseHead(keepAlive: parsed.reusable) {
+                    case .forwardHead:
+                        let head = HTTPResponseHead(
+                            version: HTTPVersion(major: 1, minor: parsed.versionMinor),
+                            status: HTTPResponseStatus(statusCode: parsed.status, reasonPhrase: parsed.reason),
+                            headers: HTTPHeaders(parsed.headers.map { ($0.name, $0.value) }))
+                        delegate?.upstreamResponseHead(head)
+                    case let other: run(other)
+                    }
+                case .body(let range):
+                    switch machine.responseBody() {
+                    case .forwardBody:
+                        delegate?.upstreamResponseBody(
+                            buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!)
+                    case let other: run(other)
+                    }
+                case .end:
+                    run(machine.responseEnd(trailingBytes: offset < bytes.count))
+                case .error(let error):
+                    run(machine.errorCaught("\(error)"))
+                }
             }
-        case .body(let buffer):
-            switch machine.responseBody() {
-            case .forwardBody: delegate?.upstreamResponseBody(buffer)
-            case let other: run(other)
-            }
-        case .end:
-            run(machine.responseEnd())
         }
     }
 
@@ -125,6 +179,8 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        // A body read until the upstream closes ends here.
+        if parser.closed() != nil { run(machine.responseEnd()) }
         run(machine.channelInactive())
         context.fireChannelInactive()
     }

@@ -107,11 +107,12 @@ public struct UpstreamConnectionStateMachine: Sendable {
         }
     }
 
-    public mutating func responseEnd() -> Action {
+    public mutating func responseEnd(trailingBytes: Bool = false) -> Action {
         switch state {
         case .active(let lease):
-            // An upstream that answered before the request was sent whole may still be reading it: never reuse.
-            if lease.keepAlive && lease.requestSent {
+            // An upstream that answered before the request was sent whole may still be reading it, and one that
+            // sent bytes after its response is out of step: never reuse.
+            if lease.keepAlive && lease.requestSent && !trailingBytes {
                 state = .idle
                 return .forwardEnd(.reusable)
             }

@@ -22,7 +22,8 @@ struct RecordedRequest: Sendable {
 /// back-pressure), `/slow/MS` (answers after MS ms), `/hang` (never answers), `/cut` (promises 100000 bytes,
 /// sends 10, closes), `/status/N`, `/chunked` (a chunked response), `/early` (answers 201 as soon as the
 /// request head arrives, without waiting for the body), `/partial/N` (promises 1000000 bytes, sends N, then
-/// stalls), `/hold/NAME` (answers the echo only when the test calls ``release(_:)`` with NAME), anything
+/// stalls), `/hold/NAME` (answers the echo only when the test calls ``release(_:)`` with NAME), `/hints` (a 103 before
+/// the echo), `/trailing` (200 `ok` with bytes past its Content-Length), anything
 /// else: a JSON echo. Every request head is recorded on arrival in ``heads``; a request is recorded in
 /// ``requests`` once its body ended (an `/early` one as soon as its head arrived).
 final class TestUpstream: Sendable {
@@ -195,6 +196,18 @@ private final class UpstreamHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: h))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "0123456789")))), promise: nil)
             context.close(promise: nil)
+        case "hints":
+            // An interim 103 before the final answer.
+            var h = HTTPHeaders()
+            h.add(name: "Link", value: "</style.css>; rel=preload")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: 103), headers: h))), promise: nil)
+            echo(context, r)
+        case "trailing":
+            // Bytes past the announced length: the connection is out of step after this response.
+            var h = HTTPHeaders()
+            h.add(name: "Content-Length", value: "2")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: h))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "okHTTP/1.1 200 OK\r\n\r\n")))), promise: nil)
         case "chunked":
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "hello ")))), promise: nil)

@@ -1,0 +1,106 @@
+// libFuzzer target for HTTPWire's parsers (`make fuzz`; `make test` runs it for a bounded time).
+// Built with the parsers' sources alone: swiftc -parse-as-library -sanitize=fuzzer,address Sources/HTTPWire/*.swift this
+//
+// The first input byte picks the parser (request, or response to a GET or a HEAD), a split point and a header limit;
+// the rest is the byte stream. Checked on every input: no trap (bounds, overflow), every call uses the input up,
+// body ranges lie inside it, and feeding the stream in one read, in two reads and one byte per read gives the same
+// events.
+
+struct Trace: Equatable {
+    var events: [String] = []
+    var body: [UInt8] = []
+
+    mutating func flushBody() {
+        if !body.isEmpty {
+            events.append("body \(body)")
+            body = []
+        }
+    }
+}
+
+func run(_ chunks: [ArraySlice<UInt8>], maxHeaderBytes: Int, response: Int) -> Trace {
+    if response > 0 { return runResponse(chunks, maxHeadBytes: maxHeaderBytes, toHead: response == 2) }
+    var parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: maxHeaderBytes, maxHeaderFields: 16))
+    var trace = Trace()
+    for chunk in chunks {
+        Array(chunk).withUnsafeBytes { bytes in
+            var offset = 0
+            while let event = parser.next(bytes, &offset) {
+                precondition(offset <= bytes.count)
+                switch event {
+                case .body(let r):
+                    precondition(!r.isEmpty && r.lowerBound >= 0 && r.upperBound <= bytes.count)
+                    trace.body += bytes[r]
+                case .head(let h, let f):
+                    trace.flushBody()
+                    trace.events.append("head \(h.method) \(h.target) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(f)")
+                case .chunkDeclared(let t):
+                    precondition(t > 0)
+                    trace.flushBody()
+                    trace.events.append("declared \(t)")
+                case .end:
+                    trace.flushBody()
+                    trace.events.append("end")
+                case .error(let e):
+                    trace.flushBody()
+                    trace.events.append("error \(e)")
+                }
+            }
+            precondition(offset == bytes.count, "input left unused")
+        }
+    }
+    trace.flushBody()
+    return trace
+}
+
+func runResponse(_ chunks: [ArraySlice<UInt8>], maxHeadBytes: Int, toHead: Bool) -> Trace {
+    var parser = HTTP1ResponseParser(maxHeadBytes: maxHeadBytes, maxHeaderFields: 16)
+    parser.expectResponse(toHead: toHead)
+    var trace = Trace()
+    for chunk in chunks {
+        Array(chunk).withUnsafeBytes { bytes in
+            var offset = 0
+            while let event = parser.next(bytes, &offset) {
+                precondition(offset <= bytes.count)
+                switch event {
+                case .body(let r):
+                    precondition(!r.isEmpty && r.lowerBound >= 0 && r.upperBound <= bytes.count)
+                    trace.body += bytes[r]
+                case .head(let h):
+                    trace.flushBody()
+                    trace.events.append("head \(h.status) \(h.reason) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(h.reusable)")
+                case .end:
+                    trace.flushBody()
+                    trace.events.append("end")
+                    // The next response, as for a following request on the same connection.
+                    parser.expectResponse(toHead: toHead)
+                case .error(let e):
+                    trace.flushBody()
+                    trace.events.append("error \(e)")
+                }
+            }
+            precondition(offset == bytes.count, "input left unused")
+        }
+    }
+    if parser.closed() != nil { trace.events.append("end at close") }
+    trace.flushBody()
+    return trace
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    guard size > 1 else { return 0 }
+    let control = Int(data[0])
+    let input = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    let limit = 32 + (control & 0x0f) * 64
+    let response = (control >> 4) % 3
+    let whole = run([input[...]], maxHeaderBytes: limit, response: response)
+    let cut = (control * 7919) % (input.count + 1)
+    let two = run([input[..<cut], input[cut...]], maxHeaderBytes: limit, response: response)
+    precondition(whole == two, "split at \(cut) changed the events")
+    if input.count <= 512 {
+        let dribbled = run(input.indices.map { input[$0...$0] }, maxHeaderBytes: limit, response: response)
+        precondition(whole == dribbled, "one byte per read changed the events")
+    }
+    return 0
+}
