@@ -87,6 +87,8 @@ public struct HTTP1RequestParser: Sendable {
                     if skippedEmptyLines > limits.maxHeaderBytes { return fail(.headTooLarge) }
                 }
                 guard offset < bytes.count else { return nil }
+                // Not a method's first byte (TLS on the plain port, binary junk): refused at once.
+                guard Self.isMethodByte(bytes[offset]) else { return fail(.malformed("invalid method")) }
                 skippedEmptyLines = 0
                 state = .head
             case .head:
@@ -149,17 +151,26 @@ public struct HTTP1RequestParser: Sendable {
         }
     }
 
+    static let maxMethodBytes = 24
+
+    /// `A`-`Z`, `-` and `_`: the bytes of registered methods (`M-SEARCH`, `BASELINE-CONTROL`).
+    static func isMethodByte(_ b: UInt8) -> Bool {
+        (b >= 65 && b <= 90) || b == 45 || b == 95
+    }
+
     /// Parses a complete head (from its request line through the empty line).
     static func parseHead(_ b: UnsafeRawBufferPointer, limits: Limits) -> Result<Head, ParseError> {
         var i = 0
         let n = b.count
-        // Request line: method SP request-target SP HTTP-version CRLF.
-        while i < n, ASCII.isTokenByte(b[i]) { i += 1 }
-        guard i > 0, i < n, b[i] == 32 else { return .failure(.malformed("invalid method")) }
+        // Request line: method SP request-target SP HTTP-version CRLF. Methods are case-sensitive: only upper-case
+        // ones (every registered method) are taken, so `delete` can never pass for DELETE anywhere downstream.
+        while i < n, i <= maxMethodBytes, isMethodByte(b[i]) { i += 1 }
+        guard i > 0, i <= maxMethodBytes, i < n, b[i] == 32 else { return .failure(.malformed("invalid method")) }
         let methodEnd = i
         i += 1
+        // The target in visible ASCII: nothing a string conversion could alter on the way upstream.
         let targetStart = i
-        while i < n, b[i] > 32, b[i] != 127 { i += 1 }
+        while i < n, b[i] > 32, b[i] < 127 { i += 1 }
         guard i > targetStart, i < n, b[i] == 32 else { return .failure(.malformed("invalid request target")) }
         let targetEnd = i
         if targetEnd - targetStart > limits.maxHeaderBytes { return .failure(.headTooLarge) }

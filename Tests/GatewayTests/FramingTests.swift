@@ -31,6 +31,10 @@ import Testing
         ("encoded dot segments", "GET /a/%2e%2e/admin HTTP/1.1\r\nHost: gw\r\n\r\n"),
         ("HTTP/2 version", "GET / HTTP/2.0\r\nHost: gw\r\n\r\n"),
         ("garbage", "\u{1}\u{2}\u{3} nonsense\r\n\r\n"),
+        ("TRACE with a body", "TRACE / HTTP/1.1\r\nHost: gw\r\nContent-Length: 35\r\n\r\nGET /victim HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        ("CONNECT", "CONNECT /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello"),
+        ("lower-case method", "delete /x HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        ("non-ASCII target", "GET /a\u{C0}\u{AF} HTTP/1.1\r\nHost: gw\r\n\r\n"),
         ("space in header name", "GET / HTTP/1.1\r\nHost: gw\r\nX Bad: 1\r\n\r\n"),
     ]
 

@@ -110,11 +110,21 @@ func merged(_ events: [Seen]) -> [Seen] {
             ("GET / HTTP/11\r\nHost: gw\r\n\r\n", .malformed("invalid HTTP version")),
             ("G(T / HTTP/1.1\r\nHost: gw\r\n\r\n", .malformed("invalid method")),
             ("\u{1}\u{2}\u{3} nonsense\r\n\r\n", .malformed("invalid method")),
+            ("delete /x HTTP/1.1\r\nHost: gw\r\n\r\n", .malformed("invalid method")),
+            ("Post /x HTTP/1.1\r\nHost: gw\r\n\r\n", .malformed("invalid method")),
+            (String(repeating: "A", count: 25) + " / HTTP/1.1\r\nHost: gw\r\n\r\n", .malformed("invalid method")),
+            ("GET /a\u{C0}\u{AF} HTTP/1.1\r\nHost: gw\r\n\r\n", .malformed("invalid request target")),
         ]
         for (text, error) in cases {
             let seen = parse(text + "GET /next HTTP/1.1\r\nHost: gw\r\n\r\n")
             #expect(seen == [.error(error)], "\(text.debugDescription)")
         }
+    }
+
+    @Test func junkIsRefusedAtItsFirstByte() {
+        // A TLS ClientHello on the plain port: no CRLF will ever come, the first byte is enough.
+        #expect(parse([[0x16, 0x03, 0x01, 0x02, 0x00]]) == [.error(.malformed("invalid method"))])
+        #expect(parse("M-SEARCH * HTTP/1.1\r\n\r\n") == [.head("M-SEARCH", "*", 1, [], "none"), .end])
     }
 
     @Test func chunkFramingErrors() {

@@ -24,6 +24,10 @@ enum RequestValidation {
         guard head.version.major == 1, head.version.minor <= 1 else {
             return .failure(.badRequest("Unsupported HTTP version."))
         }
+        // TRACE reflects the request (credentials included) and CONNECT opens a tunnel: neither is proxied.
+        if head.method == .TRACE || head.method == .CONNECT {
+            return .failure(.badRequest("Method \(head.method.rawValue) is not supported by the gateway."))
+        }
         if head.uri.utf8.count > maxHeaderBytes {
             return .failure(.headersTooLarge(limit: maxHeaderBytes))
         }
