@@ -41,13 +41,9 @@ extension ProxyHandler: UpstreamResponseDelegate {
         case .none:
             return
         case .chunked:
-            guard buffer.readableBytes > 0 else { return }
-            var prefix = context.channel.allocator.buffer(capacity: 12)
-            prefix.writeString(String(buffer.readableBytes, radix: 16))
-            prefix.writeStaticString("\r\n")
-            context.write(wrapOutboundOut(prefix), promise: nil)
-            context.write(wrapOutboundOut(buffer), promise: nil)
-            context.write(wrapOutboundOut(Self.crlf), promise: nil)
+            ChunkedEncoding.frame(buffer, allocator: context.channel.allocator) {
+                context.write(wrapOutboundOut($0), promise: nil)
+            }
         case .contentLength, .closeDelimited:
             context.write(wrapOutboundOut(buffer), promise: nil)
         }
@@ -61,7 +57,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
     func upstreamResponseEnd() {
         guard let ctx = current, ctx.connection != nil else { return }
         if case .chunked = responseFraming {
-            context.write(wrapOutboundOut(Self.lastChunk), promise: nil)
+            context.write(wrapOutboundOut(ChunkedEncoding.lastChunk), promise: nil)
         }
         // The lease is over (the connection goes back to its pool as this returns): forget it, and end the
         // exchange, before the flush (a failing flush re-enters this handler).
@@ -88,9 +84,6 @@ extension ProxyHandler: UpstreamResponseDelegate {
     }
 
     // MARK: Serialisation
-
-    static let crlf: ByteBuffer = ByteBuffer(staticString: "\r\n")
-    static let lastChunk: ByteBuffer = ByteBuffer(staticString: "0\r\n\r\n")
 
     func writeStatusLine(_ buffer: inout ByteBuffer, version: HTTPVersion, status: HTTPResponseStatus) {
         buffer.writeStaticString(version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")

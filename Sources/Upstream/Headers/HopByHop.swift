@@ -1,3 +1,4 @@
+import HTTPWire
 import NIOHTTP1
 
 /// Hop-by-hop header handling (RFC 9110 §7.6.1), shared by both directions of the proxy.
@@ -17,19 +18,10 @@ public enum HopByHop {
         }
     }
 
-    /// ASCII case-insensitive comparison against a lowercase literal.
+    /// ASCII case-insensitive comparison against a lowercase literal (``ASCII/equalsLower(_:_:)``).
     @inlinable
     public static func equalsLower<C: Collection>(_ bytes: C, _ lower: StaticString) -> Bool where C.Element == UInt8 {
-        guard bytes.count == lower.utf8CodeUnitCount else { return false }
-        return lower.withUTF8Buffer { l in
-            var i = 0
-            for b in bytes {
-                let folded = (b >= 65 && b <= 90) ? b | 0x20 : b
-                if folded != l[i] { return false }
-                i += 1
-            }
-            return true
-        }
+        ASCII.equalsLower(bytes, lower)
     }
 
     /// The lowercased header names listed in every `Connection` header (they are hop-by-hop too).

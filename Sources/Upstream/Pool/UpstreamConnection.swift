@@ -83,12 +83,9 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     public func sendBody(_ buffer: ByteBuffer) {
         guard let context, delegate != nil, buffer.readableBytes > 0 else { return }
         if chunked {
-            var size = context.channel.allocator.buffer(capacity: 20)
-            size.writeString(String(buffer.readableBytes, radix: 16))
-            size.writeStaticString("\r\n")
-            context.write(wrapOutboundOut(size), promise: nil)
-            context.write(wrapOutboundOut(buffer), promise: nil)
-            context.write(wrapOutboundOut(Self.crlf), promise: nil)
+            ChunkedEncoding.frame(buffer, allocator: context.channel.allocator) {
+                context.write(wrapOutboundOut($0), promise: nil)
+            }
         } else {
             context.write(wrapOutboundOut(buffer), promise: nil)
         }
@@ -97,12 +94,9 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     public func sendEnd() {
         guard let context, delegate != nil else { return }
         machine.requestEndSent(now: .now())
-        if chunked { context.write(wrapOutboundOut(Self.lastChunk), promise: nil) }
+        if chunked { context.write(wrapOutboundOut(ChunkedEncoding.lastChunk), promise: nil) }
         context.flush()
     }
-
-    static let crlf = ByteBuffer(staticString: "\r\n")
-    static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
 
     public func flush() { context?.flush() }
 
