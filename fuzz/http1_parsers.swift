@@ -18,32 +18,27 @@ struct Trace: Equatable {
     }
 }
 
-func run(_ chunks: [ArraySlice<UInt8>], maxHeaderBytes: Int, response: Int) -> Trace {
-    if response > 0 { return runResponse(chunks, maxHeadBytes: maxHeaderBytes, toHead: response == 2) }
-    var parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: maxHeaderBytes, maxHeaderFields: 16))
+/// What either parser reports, as one kind of record; `body` is a range of the read.
+enum Seen {
+    case body(Range<Int>)
+    case event(String)
+}
+
+/// Feeds each chunk as one read, checking that every call uses the input up and body ranges lie inside it.
+func feed(_ chunks: [ArraySlice<UInt8>], _ next: (UnsafeRawBufferPointer, inout Int) -> Seen?) -> Trace {
     var trace = Trace()
     for chunk in chunks {
         Array(chunk).withUnsafeBytes { bytes in
             var offset = 0
-            while let event = parser.next(bytes, &offset) {
+            while let seen = next(bytes, &offset) {
                 precondition(offset <= bytes.count)
-                switch event {
+                switch seen {
                 case .body(let r):
                     precondition(!r.isEmpty && r.lowerBound >= 0 && r.upperBound <= bytes.count)
                     trace.body += bytes[r]
-                case .head(let h, let f):
+                case .event(let text):
                     trace.flushBody()
-                    trace.events.append("head \(h.method) \(h.target) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(f)")
-                case .chunkDeclared(let t):
-                    precondition(t > 0)
-                    trace.flushBody()
-                    trace.events.append("declared \(t)")
-                case .end:
-                    trace.flushBody()
-                    trace.events.append("end")
-                case .error(let e):
-                    trace.flushBody()
-                    trace.events.append("error \(e)")
+                    trace.events.append(text)
                 }
             }
             precondition(offset == bytes.count, "input left unused")
@@ -53,37 +48,41 @@ func run(_ chunks: [ArraySlice<UInt8>], maxHeaderBytes: Int, response: Int) -> T
     return trace
 }
 
+func run(_ chunks: [ArraySlice<UInt8>], maxHeaderBytes: Int, response: Int) -> Trace {
+    if response > 0 { return runResponse(chunks, maxHeadBytes: maxHeaderBytes, toHead: response == 2) }
+    var parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: maxHeaderBytes, maxHeaderFields: 16))
+    return feed(chunks) { bytes, offset in
+        switch parser.next(bytes, &offset) {
+        case nil: return nil
+        case .body(let r): return .body(r)
+        case .head(let h, let f):
+            return .event("head \(h.method) \(h.target) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(f)")
+        case .chunkDeclared(let t):
+            precondition(t > 0)
+            return .event("declared \(t)")
+        case .end: return .event("end")
+        case .error(let e): return .event("error \(e)")
+        }
+    }
+}
+
 func runResponse(_ chunks: [ArraySlice<UInt8>], maxHeadBytes: Int, toHead: Bool) -> Trace {
     var parser = HTTP1ResponseParser(maxHeadBytes: maxHeadBytes, maxHeaderFields: 16)
     parser.expectResponse(toHead: toHead)
-    var trace = Trace()
-    for chunk in chunks {
-        Array(chunk).withUnsafeBytes { bytes in
-            var offset = 0
-            while let event = parser.next(bytes, &offset) {
-                precondition(offset <= bytes.count)
-                switch event {
-                case .body(let r):
-                    precondition(!r.isEmpty && r.lowerBound >= 0 && r.upperBound <= bytes.count)
-                    trace.body += bytes[r]
-                case .head(let h):
-                    trace.flushBody()
-                    trace.events.append("head \(h.status) \(h.reason) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(h.reusable)")
-                case .end:
-                    trace.flushBody()
-                    trace.events.append("end")
-                    // The next response, as for a following request on the same connection.
-                    parser.expectResponse(toHead: toHead)
-                case .error(let e):
-                    trace.flushBody()
-                    trace.events.append("error \(e)")
-                }
-            }
-            precondition(offset == bytes.count, "input left unused")
+    var trace = feed(chunks) { bytes, offset in
+        switch parser.next(bytes, &offset) {
+        case nil: return nil
+        case .body(let r): return .body(r)
+        case .head(let h):
+            return .event("head \(h.status) \(h.reason) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(h.reusable)")
+        case .end:
+            // The next response, as for a following request on the same connection.
+            parser.expectResponse(toHead: toHead)
+            return .event("end")
+        case .error(let e): return .event("error \(e)")
         }
     }
     if parser.closed() != nil { trace.events.append("end at close") }
-    trace.flushBody()
     return trace
 }
 
