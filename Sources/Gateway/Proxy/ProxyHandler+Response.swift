@@ -1,3 +1,4 @@
+import HTTPWire
 import NIOCore
 import NIOHTTP1
 import Policy
@@ -5,11 +6,11 @@ import Upstream
 
 /// The response half of ``ProxyHandler``: upstream responses streamed back, re-framed by the gateway.
 extension ProxyHandler: UpstreamResponseDelegate {
-    func upstreamResponseHead(_ head: HTTPResponseHead) {
+    func upstreamResponseHead(_ head: HTTP1ResponseParser.Head) {
         guard let ctx = current, ctx.connection != nil else { return }
-        let code = Int(head.status.code)
-        var buffer = context.channel.allocator.buffer(capacity: 512)
-        writeStatusLine(&buffer, version: ctx.head.version, status: head.status)
+        let code = head.status
+        var buffer = context.channel.allocator.buffer(capacity: 1024)
+        writeStatusLine(&buffer, version: ctx.head.version, code: code, reason: head.reason)
         let contentLength = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
             writeHeader(&buffer, name, value)
         }
@@ -85,11 +86,12 @@ extension ProxyHandler: UpstreamResponseDelegate {
 
     // MARK: Serialisation
 
-    func writeStatusLine(_ buffer: inout ByteBuffer, version: HTTPVersion, status: HTTPResponseStatus) {
+    func writeStatusLine(_ buffer: inout ByteBuffer, version: HTTPVersion, code: Int, reason: String) {
         buffer.writeStaticString(version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        buffer.writeString(String(status.code))
+        buffer.writeString(String(code))
         buffer.writeStaticString(" ")
-        buffer.writeString(status.reasonPhrase.isEmpty ? "Unknown" : status.reasonPhrase)
+        let phrase = reason.isEmpty ? HTTPResponseStatus(statusCode: code).reasonPhrase : reason
+        buffer.writeString(phrase.isEmpty ? "Unknown" : phrase)
         buffer.writeStaticString("\r\n")
     }
 
@@ -121,7 +123,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
         keepAlive: Bool
     ) {
         var buffer = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
-        writeStatusLine(&buffer, version: ctx.head.version, status: HTTPResponseStatus(statusCode: status))
+        writeStatusLine(&buffer, version: ctx.head.version, code: status, reason: "")
         writeHeader(&buffer, "Content-Type", contentType)
         writeHeader(&buffer, "Content-Length", String(body.utf8.count))
         for (name, value) in headers { writeHeader(&buffer, name, value) }

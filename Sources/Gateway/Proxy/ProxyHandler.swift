@@ -407,7 +407,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.pool = pool
         ctx.attempts += 1
         machine.acquiring()
-        switch pool.acquire({ [self] result in self.acquired(ctx, pool, result) }) {
+        switch pool.acquire({ { [self] result in self.acquired(ctx, pool, result) } }) {
         case .ready(let conn): attach(ctx, conn)
         case .waiting(let waiter): ctx.waiter = waiter
         case .failed(let error): upstreamFailed(ctx, error)

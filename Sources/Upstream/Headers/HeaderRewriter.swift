@@ -136,7 +136,18 @@ public struct HeaderRewriter: Sendable {
     public static func forEachClientResponseHeader(
         _ upstream: HTTPHeaders, _ body: (String, String) -> Void
     ) -> Int? {
-        let listed = HopByHop.connectionListed(upstream)
+        forEach(clientResponseHeaderOf: upstream, listed: HopByHop.connectionListed(upstream), body)
+    }
+
+    public static func forEachClientResponseHeader(
+        _ upstream: [(name: String, value: String)], _ body: (String, String) -> Void
+    ) -> Int? {
+        forEach(clientResponseHeaderOf: upstream, listed: HopByHop.connectionListed(upstream), body)
+    }
+
+    private static func forEach<S: Sequence>(
+        clientResponseHeaderOf upstream: S, listed: [String], _ body: (String, String) -> Void
+    ) -> Int? where S.Element == (name: String, value: String) {
         var contentLength: Int? = nil
         var lengths = 0
         for (name, value) in upstream {

@@ -28,14 +28,28 @@ public enum HopByHop {
     /// `close` and `keep-alive` are left out (they name no header that could otherwise pass), so the
     /// common case allocates nothing.
     public static func connectionListed(_ headers: HTTPHeaders) -> [String] {
+        listed(in: headers)
+    }
+
+    public static func connectionListed(_ headers: [(name: String, value: String)]) -> [String] {
+        listed(in: headers)
+    }
+
+    private static func listed<S: Sequence>(in headers: S) -> [String] where S.Element == (name: String, value: String) {
         var names: [String] = []
         for (name, value) in headers where name.utf8.count == 10 && equalsLower(name.utf8, "connection") {
-            for token in value.utf8.split(separator: UInt8(ascii: ",")) {
-                var t = token[...]
+            // Comma-separated tokens, walked in place (no array of pieces).
+            let bytes = value.utf8
+            var start = bytes.startIndex
+            while start < bytes.endIndex {
+                let end = bytes[start...].firstIndex(of: UInt8(ascii: ",")) ?? bytes.endIndex
+                var t = bytes[start..<end]
                 while let f = t.first, f == 32 || f == 9 { t = t.dropFirst() }
                 while let l = t.last, l == 32 || l == 9 { t = t.dropLast() }
-                if t.isEmpty || equalsLower(t, "close") || equalsLower(t, "keep-alive") { continue }
-                names.append(String(decoding: t.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self))
+                if !t.isEmpty && !equalsLower(t, "close") && !equalsLower(t, "keep-alive") {
+                    names.append(String(decoding: t.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self))
+                }
+                start = end < bytes.endIndex ? bytes.index(after: end) : end
             }
         }
         return names

@@ -51,7 +51,7 @@ public final class TargetPool {
     public var inFlight: Int { machine.load }
 
     /// A connection for one exchange: an idle one at once, or the next one opened or released.
-    public func acquire(_ callback: @escaping Acquired) -> Acquisition {
+    public func acquire(_ makeCallback: () -> Acquired) -> Acquisition {
         nextID += 1
         let waiter = nextID
         switch machine.request(waiter, deadline: .now() + connectTimeout) {
@@ -62,7 +62,7 @@ public final class TargetPool {
             }
             return .ready(conn)
         case .wait(let connect):
-            waiters[waiter] = callback
+            waiters[waiter] = makeCallback()
             // Started on the next tick: a connect that fails at once (no descriptors) must not call back before
             // this returns the waiter's id.
             if connect { eventLoop.assumeIsolated().execute { [self] in self.connect() } }

@@ -4,7 +4,7 @@ import NIOHTTP1
 
 /// Receives one exchange's response from an ``UpstreamConnection``; all calls arrive on the connection's loop.
 public protocol UpstreamResponseDelegate: AnyObject {
-    func upstreamResponseHead(_ head: HTTPResponseHead)
+    func upstreamResponseHead(_ head: HTTP1ResponseParser.Head)
     func upstreamResponseBody(_ buffer: ByteBuffer)
     /// The response is complete. The delegate's lease has ended (the connection goes back to its pool, or is
     /// closed, right after this returns): the delegate must not touch the connection any more.
@@ -56,7 +56,8 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         guard let context, machine.begin(responseTimeout: responseTimeout) == .writeHead else { return false }
         self.delegate = delegate
         parser.expectResponse(toHead: head.method == .HEAD)
-        var buffer = context.channel.allocator.buffer(capacity: 256)
+        // Room for a typical head with the forwarding and identity headers, so it is written without a regrowth.
+        var buffer = context.channel.allocator.buffer(capacity: 1024)
         chunked = Self.write(head, to: &buffer)
         context.write(wrapOutboundOut(buffer), promise: nil)
         return true
@@ -136,11 +137,7 @@ public final class UpstreamConnection: ChannelDuplexHandler {
                 case .head(let parsed):
                     switch machine.responseHead(keepAlive: parsed.reusable) {
                     case .forwardHead:
-                        let head = HTTPResponseHead(
-                            version: HTTPVersion(major: 1, minor: parsed.versionMinor),
-                            status: HTTPResponseStatus(statusCode: parsed.status, reasonPhrase: parsed.reason),
-                            headers: HTTPHeaders(parsed.headers.map { ($0.name, $0.value) }))
-                        delegate?.upstreamResponseHead(head)
+                        delegate?.upstreamResponseHead(parsed)
                     case let other: run(other)
                     }
                 case .body(let range):
