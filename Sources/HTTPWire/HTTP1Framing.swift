@@ -9,9 +9,11 @@ public enum HTTP1Framing: Equatable, Sendable {
     case length(Int)
     case chunked
 
+    /// A head's framing, or why it is refused.
+    public typealias Decision = Result<HTTP1Framing, Refusal>
+
     /// The framing of a request with these headers, or why it is refused.
-    public static func decide<Headers: Sequence>(versionMinor: Int, headers: Headers) -> Result<HTTP1Framing, Refusal>
-    where Headers.Element == (name: String, value: String) {
+    public static func decide(versionMinor: Int, headers: [(name: String, value: String)]) -> Decision {
         var contentLength: Substring?
         var contentLengths = 0
         var transferEncodings = 0

@@ -15,8 +15,6 @@ public enum HTTP1ParseError: Error, Equatable, Sendable {
 struct HeadGatherer: Sendable {
     private var pending: [UInt8] = []
 
-    var isEmpty: Bool { pending.isEmpty }
-
     mutating func reset() { pending = [] }
 
     enum Outcome {

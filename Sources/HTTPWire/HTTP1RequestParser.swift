@@ -30,7 +30,7 @@ public struct HTTP1RequestParser: Sendable {
 
     public enum Event: Sendable {
         /// A request head, with its framing or why that framing is refused (then the parser stops).
-        case head(Head, Result<HTTP1Framing, HTTP1Framing.Refusal>)
+        case head(Head, HTTP1Framing.Decision)
         /// Body bytes: a range of the bytes passed to ``next(_:_:)``.
         case body(Range<Int>)
         /// A chunk was announced; `total` is the sum of the sizes the request's chunks declared so far.
@@ -59,12 +59,6 @@ public struct HTTP1RequestParser: Sendable {
 
     public init(limits: Limits) {
         self.limits = limits
-    }
-
-    /// Whether the parser has stopped (after an error or a refused framing).
-    public var isStopped: Bool {
-        if case .stopped = state { return true }
-        return false
     }
 
     /// The next event from `bytes`, starting at `offset` (advanced past what was used); nil when `bytes` is used

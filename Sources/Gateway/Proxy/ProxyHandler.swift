@@ -20,14 +20,17 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Input held behind the running exchange, in arrival order.
     enum Queued {
-        case part(HTTPServerRequestPart)
+        /// A head, with the framing the parser read its body by (``RequestValidation`` refuses a refused one).
+        case head(HTTPRequestHead, HTTP1Framing.Decision)
+        case body(ByteBuffer)
+        case end
         case malformed(Denial)
 
         var input: ClientConnectionStateMachine.Input {
             switch self {
-            case .part(.head): .head
-            case .part(.body(let b)): .body(b.readableBytes)
-            case .part(.end): .end
+            case .head: .head
+            case .body(let b): .body(b.readableBytes)
+            case .end: .end
             case .malformed: .malformed
             }
         }
@@ -107,19 +110,19 @@ final class ProxyHandler: ChannelDuplexHandler {
             var offset = 0
             while let event = parser.next(bytes, &offset) {
                 switch event {
-                case .head(let parsed, _):
+                case .head(let parsed, let framing):
                     headsParsed += 1
                     let head = HTTPRequestHead(
                         version: HTTPVersion(major: parsed.versionMajor, minor: parsed.versionMinor),
                         method: HTTPMethod(rawValue: parsed.method), uri: parsed.target,
                         headers: HTTPHeaders(parsed.headers.map { ($0.name, $0.value) }))
-                    route(.part(.head(head)))
+                    route(.head(head, framing))
                 case .body(let range):
-                    route(.part(.body(buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!)))
+                    route(.body(buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!))
                 case .chunkDeclared(let total):
                     chunkDeclared(request: headsParsed - 1, total: total)
                 case .end:
-                    route(.part(.end(nil)))
+                    route(.end)
                 case .error(.headTooLarge):
                     route(.malformed(.headersTooLarge(limit: loop.snapshot.config.server.maxHeaderBytes)))
                 case .error(.malformed(let why)):
@@ -158,9 +161,9 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     private func handle(_ item: Queued) {
         switch item {
-        case .part(.head(let head)): startRequest(head)
-        case .part(.body(let buffer)): receiveBody(buffer)
-        case .part(.end): receiveEnd()
+        case .head(let head, let framing): startRequest(head, framing)
+        case .body(let buffer): receiveBody(buffer)
+        case .end: receiveEnd()
         case .malformed(let denial): malformed(denial)
         }
     }
@@ -206,11 +209,11 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     // MARK: Requests
 
-    private func startRequest(_ head: HTTPRequestHead) {
+    private func startRequest(_ head: HTTPRequestHead, _ framing: HTTP1Framing.Decision) {
         let now = NIODeadline.now()
         let clientID = head.headers.first(name: "x-request-id")
         let requestID = clientID.flatMap { RequestTarget.isValidRequestID($0) ? $0 : nil } ?? loop.nextRequestID()
-        let ctx = RequestContext(requestID: requestID, head: head, start: now)
+        let ctx = RequestContext(requestID: requestID, head: head, parsedFraming: framing, start: now)
         ctx.ordinal = requestsStarted
         requestsStarted += 1
         current = ctx
@@ -386,7 +389,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     /// A denial for input that never became a request (no head could be read): method and path are "-".
     private func denyNew(_ denial: Denial) {
         let head = HTTPRequestHead(version: .http1_1, method: .RAW(value: "-"), uri: "-")
-        let ctx = RequestContext(requestID: loop.nextRequestID(), head: head, start: .now())
+        let ctx = RequestContext(requestID: loop.nextRequestID(), head: head, parsedFraming: .success(.none), start: .now())
         current = ctx
         machine.startExchange(now: .now(), keepAlive: false, hasBody: false, chunked: false, upgrade: false)
         loop.metrics.exchangesInFlight += 1

@@ -1,3 +1,4 @@
+import HTTPWire
 import NIOCore
 import NIOHTTP1
 import Policy
@@ -15,6 +16,8 @@ final class RequestContext {
     let requestID: String
     let start: NIODeadline
     let head: HTTPRequestHead
+    /// How the parser framed the body (or why it refused to); `validate` turns it into ``framing`` or a 400.
+    let parsedFraming: HTTP1Framing.Decision
     /// Its place among the connection's requests (0-based); -1 for input that never became a request.
     var ordinal = -1
     var phase: Phase = .validate
@@ -76,9 +79,10 @@ final class RequestContext {
         return t
     }
 
-    init(requestID: String, head: HTTPRequestHead, start: NIODeadline) {
+    init(requestID: String, head: HTTPRequestHead, parsedFraming: HTTP1Framing.Decision, start: NIODeadline) {
         self.requestID = requestID
         self.head = head
+        self.parsedFraming = parsedFraming
         self.start = start
     }
 

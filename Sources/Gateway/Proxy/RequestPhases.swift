@@ -40,7 +40,7 @@ struct RequestPhases {
     /// Framing and request line (smuggling defences), then the body limit's first check.
     func validate(_ ctx: RequestContext) -> Outcome {
         let snapshot = loop.snapshot
-        switch RequestValidation.check(ctx.head, maxHeaderBytes: snapshot.config.server.maxHeaderBytes) {
+        switch RequestValidation.check(ctx.head, framing: ctx.parsedFraming, maxHeaderBytes: snapshot.config.server.maxHeaderBytes) {
         case .failure(let denial):
             return .deny(denial)
         case .success(let checked):

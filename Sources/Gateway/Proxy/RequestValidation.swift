@@ -20,7 +20,9 @@ enum RequestValidation {
         var upgrade: Bool
     }
 
-    static func check(_ head: HTTPRequestHead, maxHeaderBytes: Int) -> Result<Checked, Denial> {
+    /// `framing` is the parser's decision for this head (``HTTP1Framing/decide(versionMinor:headers:)``): the
+    /// body was read by it, so it is the one taken, never decided a second time.
+    static func check(_ head: HTTPRequestHead, framing parsed: HTTP1Framing.Decision, maxHeaderBytes: Int) -> Result<Checked, Denial> {
         guard head.version.major == 1, head.version.minor <= 1 else {
             return .failure(.badRequest("Unsupported HTTP version."))
         }
@@ -48,12 +50,12 @@ enum RequestValidation {
                 host = value
             case 7 where HopByHop.equalsLower(name.utf8, "upgrade"):
                 // No route carries WebSocket yet; `h2c` is ignored (served over HTTP/1.1, not forwarded).
-                if !HopByHop.equalsLower(value.trimmingSpaces().utf8, "h2c") {
+                if !HopByHop.equalsLower(ASCII.trimmed(Substring(value)).utf8, "h2c") {
                     return .failure(.badRequest("Upgrade to '\(value)' is not supported on this route."))
                 }
                 upgrade = true
             case 6 where HopByHop.equalsLower(name.utf8, "expect"):
-                if HopByHop.equalsLower(value.trimmingSpaces().utf8, "100-continue") {
+                if HopByHop.equalsLower(ASCII.trimmed(Substring(value)).utf8, "100-continue") {
                     expectContinue = true
                 } else {
                     return .failure(.badRequest("Unsupported Expect header."))
@@ -70,9 +72,9 @@ enum RequestValidation {
         if let h = host, h.isEmpty || !h.utf8.allSatisfy(isHostByte) {
             return .failure(.badRequest("Invalid Host header."))
         }
-        // The parser framed the body by this same rule; a refusal here is the 400 for a head it stopped after.
+        // A refusal is the 400 for a head the parser stopped after.
         let framing: HeaderRewriter.BodyFraming
-        switch HTTP1Framing.decide(versionMinor: head.version.minor, headers: head.headers.lazy.map { (name: $0.name, value: $0.value) }) {
+        switch parsed {
         case .failure(let refusal): return .failure(.badRequest(refusal.detail))
         case .success(.none): framing = .none
         case .success(.length(let n)): framing = .contentLength(n)
@@ -89,14 +91,5 @@ enum RequestValidation {
     private static func isHostByte(_ b: UInt8) -> Bool {
         TenantID.isIDByte(b) || b == UInt8(ascii: ":") || b == UInt8(ascii: "[") || b == UInt8(ascii: "]")
             || b == UInt8(ascii: "~") || b == UInt8(ascii: "%")
-    }
-}
-
-extension String {
-    func trimmingSpaces() -> Substring {
-        var s = Substring(self)
-        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
-        while s.last == " " || s.last == "\t" { s = s.dropLast() }
-        return s
     }
 }
