@@ -79,6 +79,18 @@ public enum ASCII {
         return s
     }
 
+    /// Calls `body` with each piece of a comma-separated list (RFC 9110 §5.6.1) that is not empty between its
+    /// commas, trimmed (so one of only spaces comes out empty); walked in place, without an array of pieces
+    /// (field values like `Connection: keep-alive` come with every response).
+    public static func forEachListElement(_ value: String, _ body: (Substring) -> Void) {
+        var rest = Substring(value)
+        while !rest.isEmpty {
+            let comma = rest.utf8.firstIndex(of: UInt8(ascii: ",")) ?? rest.endIndex
+            if comma > rest.startIndex { body(trimmed(rest[..<comma])) }
+            rest = comma < rest.endIndex ? rest[rest.utf8.index(after: comma)...] : rest[rest.endIndex...]
+        }
+    }
+
     /// RFC 9110 `tchar`: the bytes of a method or a header name.
     @inlinable
     public static func isTokenByte(_ b: UInt8) -> Bool {

@@ -139,13 +139,13 @@ public struct HTTP1ResponseParser: Sendable {
     /// The body's framing; nil for a response without one.
     private func framing(_ head: Head) -> Result<(HTTP1BodyReader.Framing?, ambiguous: Bool), HTTP1ParseError> {
         if headRequest || head.status == 204 || head.status == 304 { return .success((nil, false)) }
-        var transferEncoding: Substring?
+        var transferEncoding: String?
         var length: Int?
         for (name, value) in head.headers {
             switch name.utf8.count {
             case 17 where ASCII.equalsLower(name.utf8, "transfer-encoding"):
                 // Codings accumulate across fields; only the last one matters for framing.
-                transferEncoding = Substring(value)
+                transferEncoding = value
             case 14 where ASCII.equalsLower(name.utf8, "content-length"):
                 let digits = ASCII.trimmed(Substring(value))
                 guard !digits.isEmpty, digits.utf8.count <= 18, digits.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
@@ -158,7 +158,8 @@ public struct HTTP1ResponseParser: Sendable {
             }
         }
         if let te = transferEncoding {
-            let last = te.split(separator: ",").last.map { ASCII.trimmed($0) } ?? ""
+            var last: Substring = ""
+            ASCII.forEachListElement(te) { last = $0 }
             return .success((ASCII.equalsLower(last.utf8, "chunked") ? .chunked : .untilClose, length != nil))
         }
         if let length { return .success((.length(length), false)) }
@@ -190,8 +191,7 @@ public struct HTTP1ResponseParser: Sendable {
         case .success(let headers):
             var close = minor == 0
             for (name, value) in headers where name.utf8.count == 10 && ASCII.equalsLower(name.utf8, "connection") {
-                for token in value.split(separator: ",") {
-                    let t = ASCII.trimmed(token)
+                ASCII.forEachListElement(value) { t in
                     if ASCII.equalsLower(t.utf8, "close") { close = true }
                     if minor == 0 && ASCII.equalsLower(t.utf8, "keep-alive") { close = false }
                 }

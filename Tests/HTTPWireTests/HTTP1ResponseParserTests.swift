@@ -124,3 +124,18 @@ func parseResponse(_ text: String, toHead: Bool = false, closeAtEnd: Bool = fals
         #expect(seen.count == 1 && seen[0].hasPrefix("error"))
     }
 }
+
+@Suite struct ASCIIListTests {
+    @Test func listElementsAreThePiecesBetweenCommasTrimmed() {
+        func elements(_ v: String) -> [String] {
+            var out: [String] = []
+            ASCII.forEachListElement(v) { out.append(String($0)) }
+            return out
+        }
+        #expect(elements("keep-alive") == ["keep-alive"])
+        #expect(elements(" close , X-Foo,,\tbar\t") == ["close", "X-Foo", "bar"])
+        // A piece of only spaces comes out empty (the caller decides); nothing between two commas is no piece.
+        #expect(elements("gzip, chunked, ") == ["gzip", "chunked", ""])
+        #expect(elements("") == [])
+    }
+}

@@ -38,18 +38,10 @@ public enum HopByHop {
     private static func listed<S: Sequence>(in headers: S) -> [String] where S.Element == (name: String, value: String) {
         var names: [String] = []
         for (name, value) in headers where name.utf8.count == 10 && equalsLower(name.utf8, "connection") {
-            // Comma-separated tokens, walked in place (no array of pieces).
-            let bytes = value.utf8
-            var start = bytes.startIndex
-            while start < bytes.endIndex {
-                let end = bytes[start...].firstIndex(of: UInt8(ascii: ",")) ?? bytes.endIndex
-                var t = bytes[start..<end]
-                while let f = t.first, f == 32 || f == 9 { t = t.dropFirst() }
-                while let l = t.last, l == 32 || l == 9 { t = t.dropLast() }
-                if !t.isEmpty && !equalsLower(t, "close") && !equalsLower(t, "keep-alive") {
-                    names.append(String(decoding: t.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self))
+            ASCII.forEachListElement(value) { t in
+                if !t.isEmpty && !equalsLower(t.utf8, "close") && !equalsLower(t.utf8, "keep-alive") {
+                    names.append(String(decoding: t.utf8.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self))
                 }
-                start = end < bytes.endIndex ? bytes.index(after: end) : end
             }
         }
         return names
