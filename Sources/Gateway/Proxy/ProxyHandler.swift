@@ -61,20 +61,26 @@ final class ProxyHandler: ChannelDuplexHandler {
         case none, contentLength, chunked, closeDelimited
     }
 
-    init(loop: LoopState) {
+    /// The connection came through the TLS listener: `X-Forwarded-Proto: https`, and the header deadline runs
+    /// from accept (the handshake counts against `header_timeout`).
+    let tls: Bool
+
+    init(loop: LoopState, tls: Bool = false) {
         self.loop = loop
+        self.tls = tls
         self.machine = ClientConnectionStateMachine(configuration: loop.connectionConfiguration, now: .now())
         self.parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: loop.snapshot.config.server.maxHeaderBytes))
     }
 
     /// The request phases, bound to this connection's loop and peer.
-    private(set) lazy var phases = RequestPhases(loop: loop, clientAddress: clientAddress)
+    private(set) lazy var phases = RequestPhases(loop: loop, clientAddress: clientAddress, scheme: tls ? "https" : "http")
 
     // MARK: Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = ip }
+        if tls { machine.bytesArrived(now: .now()) }
         loop.register(self)
     }
 

@@ -23,6 +23,8 @@ struct RequestPhases {
 
     let loop: LoopState
     let clientAddress: String
+    /// `http`, or `https` on the TLS listener (`X-Forwarded-Proto`).
+    let scheme: String
 
     /// Runs `ctx.phase`; a phase that awaits finishes through `resumer` (on the loop).
     func run(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
@@ -221,7 +223,7 @@ struct RequestPhases {
         var head = HTTPRequestHead(version: .http1_1, method: ctx.head.method, uri: path + ctx.query)
         let forwarding = HeaderRewriter.Forwarding(
             clientAddress: ctx.clientAddress ?? clientAddress, peerAddress: clientAddress, peerTrusted: ctx.peerTrusted,
-            host: ctx.host, requestID: ctx.requestID)
+            proto: scheme, host: ctx.host, requestID: ctx.requestID)
         let policy = HeaderRewriter.Policy(
             dropUnderscores: loop.snapshot.config.server.dropUnderscoreHeaders,
             allowMethodOverride: route.allowMethodOverride)

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Policy
 import Synchronization
 import Upstream
@@ -53,6 +54,7 @@ public final class GatewayServer: Sendable {
         let tenants = TenantDirectory(seeds: config.tenants)
         self.tenants = tenants
         let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
+        Self.warnInsecure(snapshot, logger)
         self.current = Mutex(snapshot)
         let threads = config.server.threads ?? System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -178,6 +180,7 @@ public final class GatewayServer: Sendable {
     private func bindProxy(_ server: ServerConfig) async throws -> Channel {
         let maxConnections = server.maxConnections
         let loops = self.loops
+        let tls = server.tls != nil
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -187,9 +190,13 @@ public final class GatewayServer: Sendable {
                 guard self.proxyConnections.admit(channel, limit: maxConnections) else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
                     let state = loops[ObjectIdentifier(channel.eventLoop)]!.value
-                    let proxy = ProxyHandler(loop: state)
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(proxy)
+                    if tls {
+                        // The certificates of the config loaded last: a reload changes them for new connections only.
+                        guard let context = state.snapshot.serverTLS else { throw ChannelError.inappropriateOperationForState }
+                        try sync.addHandler(NIOSSLServerHandler(context: context))
+                    }
+                    try sync.addHandler(ProxyHandler(loop: state, tls: tls))
                 }
             }
             .bind(host: server.listen.host, port: server.listen.port)
@@ -244,9 +251,14 @@ public final class GatewayServer: Sendable {
     public func reload() async -> [String] {
         let path = configPath
         let tenants = self.tenants
+        let running = snapshot.config
         let result: Result<RuntimeSnapshot, Error> = await Task.detached {
             do {
                 let config = try ConfigLoader().load(path: path)
+                if (config.server.tls == nil) != (running.server.tls == nil) {
+                    throw TLSFileError(
+                        "server.tls: TLS on the proxy listener is turned on or off only by a restart (certificates reload)")
+                }
                 let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
                 tenants.reseed(config.tenants)
                 return .success(snapshot)
@@ -260,6 +272,7 @@ public final class GatewayServer: Sendable {
             logger.error("config reload rejected", metadata: ["gh-problems": "\(problems.joined(separator: "; "))"])
             return problems
         case .success(let snapshot):
+            Self.warnInsecure(snapshot, logger)
             current.withLock { $0 = snapshot }
             for loop in group.makeIterator() {
                 let state = loops[ObjectIdentifier(loop)]!
@@ -279,6 +292,14 @@ public final class GatewayServer: Sendable {
             oldJWKS?.stop()
             logger.info("config reloaded", metadata: ["gh-routes": "\(snapshot.config.routes.count)"])
             return []
+        }
+    }
+
+    /// `insecure_skip_verify` is allowed, and said out loud at every load.
+    static func warnInsecure(_ snapshot: RuntimeSnapshot, _ logger: Logger) {
+        for name in snapshot.upstreams.insecureUpstreams {
+            logger.warning(
+                "upstream TLS certificates are not verified (insecure_skip_verify)", metadata: ["gh-upstream": "\(name)"])
         }
     }
 

@@ -1,3 +1,4 @@
+import NIOSSL
 import Policy
 import Upstream
 
@@ -14,6 +15,8 @@ public final class RuntimeSnapshot: Sendable {
     public let verifier: JWTVerifier
     /// Each issuer's leeway in seconds, for the token cache.
     public let leeways: [String: Double]
+    /// The proxy listener's TLS context (certificates loaded from this config); nil for plain HTTP.
+    public let serverTLS: NIOSSLContext?
     /// Identity headers only the gateway may set; client-sent copies are removed before forwarding.
     public static let identityHeaders: Set<String> = ["x-tenant-id", "x-user-id", "x-plan", "x-roles"]
 
@@ -32,6 +35,7 @@ public final class RuntimeSnapshot: Sendable {
         // The audit log reads its key at start; a reload that names a variable that is not there is refused
         // like any other config error, rather than accepted and then failing at the next start.
         _ = try config.audit?.hmacKey()
+        self.serverTLS = try config.server.tls.map { try ListenerTLS.makeContext($0) }
         self.leeways = Dictionary(
             config.identity.issuers.map { ($0.issuer, Double($0.leeway) / 1e9) }, uniquingKeysWith: { a, _ in a })
     }

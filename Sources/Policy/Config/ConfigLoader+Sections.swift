@@ -15,7 +15,7 @@ extension ConfigLoader {
                     "listen", "threads", "admin_listen", "admin_token_env", "max_header_bytes", "max_body_bytes",
                     "idle_timeout", "header_timeout", "request_timeout", "send_timeout", "drain_timeout",
                     "max_connections", "max_pipelined_requests", "max_read_ahead_bytes", "underscores_in_headers",
-                    "trusted_proxies", "admin_max_connections",
+                    "trusted_proxies", "admin_max_connections", "tls",
                 ])
         else { return nil }
         var s = ServerConfig()
@@ -64,10 +64,84 @@ extension ConfigLoader {
                 }
             }
         }
+        if let v = f["tls"] { s.tls = parseServerTLS(v, r) }
         if let admin = s.adminListen, admin == s.listen, admin.port != 0 {
             r.problem(f["admin_listen"]!, "server.admin_listen must differ from server.listen")
         }
         return s
+    }
+
+    /// `server.tls`: PEM certificate chains and keys (the first is the default, the others chosen by SNI),
+    /// `min_version`, `client_ca_file`. The files are read and parsed when the listener is built.
+    func parseServerTLS(_ at: Located, _ r: YAMLReader) -> ServerTLSConfig? {
+        guard let f = r.fields(at, "server.tls", allowed: ["certificates", "min_version", "client_ca_file"]) else {
+            return nil
+        }
+        var certificates: [ServerTLSConfig.Certificate] = []
+        var seen: Set<String> = []
+        for item in f["certificates"].flatMap({ r.sequence($0, "server.tls.certificates") }) ?? [] {
+            guard let c = r.fields(item, "server.tls.certificates entry", allowed: ["cert_file", "key_file", "server_names"])
+            else { continue }
+            guard let certAt = c["cert_file"], let cert = r.nonEmptyString(certAt, "cert_file"),
+                let keyAt = c["key_file"], let key = r.nonEmptyString(keyAt, "key_file")
+            else {
+                if c["cert_file"] == nil || c["key_file"] == nil {
+                    r.problem(item, "a server.tls certificate needs cert_file and key_file")
+                }
+                continue
+            }
+            var entry = ServerTLSConfig.Certificate(certFile: cert, keyFile: key)
+            for name in c["server_names"].flatMap({ r.locatedStringList($0, "server_names") }) ?? [] {
+                let lower = name.value.lowercased()
+                let bare = lower.hasPrefix("*.") ? String(lower.dropFirst(2)) : lower
+                let valid = !bare.isEmpty && !bare.hasPrefix(".") && !bare.hasSuffix(".") && !bare.contains("..")
+                    && bare.utf8.allSatisfy { ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 46 }
+                if !valid {
+                    r.problem(name.at, "server_names: '\(name.value)' is not a host name or a *. wildcard")
+                } else if !seen.insert(lower).inserted {
+                    r.problem(name.at, "server_names: '\(name.value)' is served by two certificates")
+                } else {
+                    entry.serverNames.append(name.value)
+                }
+            }
+            certificates.append(entry)
+        }
+        if certificates.isEmpty {
+            r.problem(f["certificates"] ?? at, "server.tls needs at least one certificate")
+            return nil
+        }
+        var tls = ServerTLSConfig(certificates: certificates)
+        if let v = f["min_version"], let m = r.oneOf(v, "server.tls.min_version", ServerTLSConfig.MinVersion.self, [.v12, .v13]) {
+            tls.minVersion = m
+        }
+        if let v = f["client_ca_file"] { tls.clientCAFile = r.nonEmptyString(v, "server.tls.client_ca_file") }
+        return tls
+    }
+
+    /// The client side of TLS (`upstreams.*.tls`): `ca_file`, `server_name`, `cert_file` with `key_file`,
+    /// `insecure_skip_verify`.
+    func parseClientTLS(_ at: Located, _ what: String, _ r: YAMLReader) -> ClientTLSConfig? {
+        guard let f = r.fields(at, what, allowed: ["ca_file", "server_name", "cert_file", "key_file", "insecure_skip_verify"])
+        else { return nil }
+        var t = ClientTLSConfig()
+        if let v = f["ca_file"] { t.caFile = r.nonEmptyString(v, "\(what).ca_file") }
+        if let v = f["server_name"], let name = r.nonEmptyString(v, "\(what).server_name") {
+            if name.utf8.allSatisfy({ TenantID.isIDByte($0) }) {
+                t.serverName = name
+            } else {
+                r.problem(v, "\(what).server_name: '\(name)' is not a host name")
+            }
+        }
+        if let v = f["cert_file"] { t.certFile = r.nonEmptyString(v, "\(what).cert_file") }
+        if let v = f["key_file"] { t.keyFile = r.nonEmptyString(v, "\(what).key_file") }
+        if (f["cert_file"] == nil) != (f["key_file"] == nil) {
+            r.problem(at, "\(what): cert_file and key_file go together (a client certificate)")
+        }
+        if let v = f["insecure_skip_verify"], let b = r.bool(v, "\(what).insecure_skip_verify") {
+            t.insecureSkipVerify = b
+            if b && t.caFile != nil { r.problem(v, "\(what): insecure_skip_verify and ca_file contradict each other") }
+        }
+        return t
     }
 
     func parseStore(_ at: Located, _ r: YAMLReader) -> StoreConfig? {
@@ -142,6 +216,7 @@ extension ConfigLoader {
                 allowed: [
                     "issuer", "audiences", "algorithms", "jwks_file", "jwks_url", "secret_env", "secret_file",
                     "public_key_file", "tenant_claim", "user_claim", "roles_claim", "leeway", "jwks_refresh",
+                    "discovery", "ca_file", "jwks_refetch_cooldown",
                 ])
         else { return nil }
         guard let issAt = f["issuer"], let iss = r.nonEmptyString(issAt, "issuer") else {
@@ -168,7 +243,18 @@ extension ConfigLoader {
         c.jwksFile = f["jwks_file"].flatMap { r.nonEmptyString($0, "jwks_file") }
         c.jwksURL = f["jwks_url"].flatMap { r.nonEmptyString($0, "jwks_url") }
         if let url = c.jwksURL, let at = f["jwks_url"], JWKSURL.parse(url) == nil {
-            r.problem(at, "jwks_url must be an http://host:port/path URL (TLS is not supported by the fetcher)")
+            r.problem(at, "jwks_url must be an http:// or https:// URL")
+        }
+        if let v = f["discovery"], let b = r.bool(v, "discovery") {
+            c.discovery = b
+            if b && c.jwksURL != nil { r.problem(v, "discovery and jwks_url exclude each other (discovery finds the URL)") }
+            if b && JWKSURL.discovery(issuer: iss) == nil {
+                r.problem(v, "discovery needs an issuer that is an http:// or https:// URL")
+            }
+        }
+        if let v = f["ca_file"] { c.caFile = r.nonEmptyString(v, "ca_file") }
+        if let v = f["jwks_refetch_cooldown"], let d = r.duration(v, "jwks_refetch_cooldown") {
+            if d < 1_000_000_000 { r.problem(v, "jwks_refetch_cooldown must be at least 1s") } else { c.jwksRefetchCooldown = d }
         }
         if let v = f["jwks_refresh"], let d = r.duration(v, "jwks_refresh") {
             if d < 1_000_000_000 { r.problem(v, "jwks_refresh must be at least 1s") } else { c.jwksRefresh = d }
@@ -177,12 +263,12 @@ extension ConfigLoader {
         c.secretFile = f["secret_file"].flatMap { r.nonEmptyString($0, "secret_file") }
         c.publicKeyFile = f["public_key_file"].flatMap { r.nonEmptyString($0, "public_key_file") }
         let secretSources = [c.secretEnv, c.secretFile].compactMap { $0 }.count
-        let keySources = [c.jwksFile, c.jwksURL, c.publicKeyFile].compactMap { $0 }.count
+        let keySources = [c.jwksFile, c.jwksURL, c.publicKeyFile, c.discovery ? "discovery" : nil].compactMap { $0 }.count
         if hmac && (secretSources != 1 || keySources != 0) {
             r.problem(at, "HS* algorithms need exactly one of secret_env or secret_file")
         }
         if asymmetric && (keySources == 0 || secretSources != 0) {
-            r.problem(at, "RS*/ES* algorithms need jwks_file, jwks_url or public_key_file, and no secret")
+            r.problem(at, "RS*/ES* algorithms need jwks_file, jwks_url, discovery or public_key_file, and no secret")
         }
         if let v = f["tenant_claim"], let s = r.nonEmptyString(v, "tenant_claim") { c.tenantClaim = s }
         if let v = f["user_claim"], let s = r.nonEmptyString(v, "user_claim") { c.userClaim = s }
@@ -338,7 +424,7 @@ extension ConfigLoader {
                 at, "upstream '\(name)'",
                 allowed: [
                     "targets", "balance", "health_check", "connect_timeout", "response_timeout", "retries",
-                    "max_connections_per_target", "keepalive_timeout",
+                    "max_connections_per_target", "keepalive_timeout", "tls",
                 ])
         else { return nil }
         guard let targetsAt = f["targets"] else {
@@ -384,6 +470,7 @@ extension ConfigLoader {
             u.maxConnectionsPerTarget = n
         }
         if let v = f["keepalive_timeout"], let d = r.duration(v, "keepalive_timeout") { u.keepaliveTimeout = d }
+        if let v = f["tls"] { u.tls = parseClientTLS(v, "upstreams.\(name).tls", r) }
         return u
     }
 

@@ -100,6 +100,66 @@ public struct ServerConfig: Sendable {
     public var dropUnderscoreHeaders = true
     /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
     public var trustedProxies: [CIDR] = []
+    /// TLS on the proxy listener; nil: plain HTTP.
+    public var tls: ServerTLSConfig? = nil
+
+    public init() {}
+}
+
+/// `server.tls`: the proxy listener's certificates (PEM files), chosen by SNI.
+public struct ServerTLSConfig: Sendable {
+    public struct Certificate: Sendable {
+        public var certFile: String
+        public var keyFile: String
+        /// Exact names and `*.` wildcards (one label deep) this certificate serves; the first certificate also
+        /// serves every name no certificate lists, and clients that send no SNI.
+        public var serverNames: [String] = []
+
+        public init(certFile: String, keyFile: String, serverNames: [String] = []) {
+            self.certFile = certFile
+            self.keyFile = keyFile
+            self.serverNames = serverNames
+        }
+    }
+    public enum MinVersion: String, Sendable { case v12 = "1.2", v13 = "1.3" }
+    public var certificates: [Certificate]
+    public var minVersion: MinVersion = .v12
+    /// Client certificates are required and verified against these CAs (mTLS); nil: none asked for.
+    public var clientCAFile: String? = nil
+
+    public init(certificates: [Certificate]) {
+        self.certificates = certificates
+    }
+
+    /// The certificate for an SNI name: an exact name first, then the longest matching `*.` wildcard, else the
+    /// first certificate. Names compare case-insensitively; a wildcard covers exactly one label.
+    public func certificateIndex(serverName: String?) -> Int {
+        guard let raw = serverName, !raw.isEmpty else { return 0 }
+        let name = raw.lowercased()
+        for (i, c) in certificates.enumerated() where c.serverNames.contains(where: { $0.lowercased() == name }) {
+            return i
+        }
+        guard let dot = name.firstIndex(of: ".") else { return 0 }
+        let parent = name[name.index(after: dot)...]
+        for (i, c) in certificates.enumerated()
+        where c.serverNames.contains(where: { $0.hasPrefix("*.") && $0.dropFirst(2).lowercased() == parent }) {
+            return i
+        }
+        return 0
+    }
+}
+
+/// The client side of a TLS connection the gateway opens: an https upstream or key-set URL.
+public struct ClientTLSConfig: Sendable, Equatable {
+    /// PEM CA certificates to trust; nil: the system's trust store.
+    public var caFile: String? = nil
+    /// The name sent as SNI and verified in the certificate; nil: the host the gateway connects to.
+    public var serverName: String? = nil
+    /// A client certificate and key (mTLS).
+    public var certFile: String? = nil
+    public var keyFile: String? = nil
+    /// No verification at all (logged as a warning at every load).
+    public var insecureSkipVerify = false
 
     public init() {}
 }
@@ -136,6 +196,12 @@ public struct IssuerConfig: Sendable {
     public var jwksURL: String? = nil
     /// How often a `jwks_url` is fetched again; on failure the last good key set stays.
     public var jwksRefresh: Int64 = 300_000_000_000
+    /// `jwks_url` is found through `{issuer}.well-known/openid-configuration` (its `jwks_uri`).
+    public var discovery = false
+    /// PEM CAs trusted for https key-set and discovery URLs; nil: the system's trust store.
+    public var caFile: String? = nil
+    /// A token with an unknown `kid` fetches the key set again at most once per this long (ns).
+    public var jwksRefetchCooldown: Int64 = 30_000_000_000
     public var secretEnv: String? = nil
     public var secretFile: String? = nil
     public var publicKeyFile: String? = nil
@@ -249,6 +315,8 @@ public struct UpstreamConfig: Sendable {
     public var maxConnectionsPerTarget = 256
     /// An idle pooled upstream connection is closed after this long (ns).
     public var keepaliveTimeout: Int64 = 30_000_000_000
+    /// HTTPS to the targets (requests and health checks); nil: plain HTTP.
+    public var tls: ClientTLSConfig? = nil
 }
 
 /// One route: what it matches, where it goes and what it demands.

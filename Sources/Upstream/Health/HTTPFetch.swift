@@ -15,9 +15,10 @@ public enum HTTPFetch {
         public init(description: String) { self.description = description }
     }
 
+    /// With `tls`, the GET goes over TLS (verified as `tls` says); the timeout covers the handshake too.
     public static func get(
         address: SocketAddress, hostHeader: String, path: String, on loop: EventLoop, timeout: TimeAmount,
-        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse"
+        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil
     ) -> EventLoopFuture<Response> {
         let promise = loop.makePromise(of: Response.self)
         let timer = loop.scheduleTask(in: timeout) { promise.fail(Failure(description: "timed out after \(timeout)")) }
@@ -26,6 +27,7 @@ public enum HTTPFetch {
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(try tls.makeHandler()) }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(FetchHandler(promise: promise, maxBytes: maxBytes))
                 }

@@ -28,12 +28,13 @@ public final class HealthChecker: Sendable {
         var started: [RepeatedTask] = []
         for (name, entry) in registry.upstreams {
             guard let hc = entry.config.healthCheck else { continue }
-            for target in entry.targets {
+            for (i, target) in entry.targets.enumerated() {
+                let tls = registry.tls[name]?[i]
                 let machine = Mutex(HealthStateMachine(unhealthyAfter: hc.unhealthyAfter, healthyAfter: hc.healthyAfter))
                 let task = eventLoop.scheduleRepeatedAsyncTask(
                     initialDelay: .zero, delay: .nanoseconds(hc.interval)
                 ) { [logger, onChange] _ in
-                    Self.probe(target: target, check: hc, on: self.eventLoop).map { ok in
+                    Self.probe(target: target, check: hc, tls: tls, on: self.eventLoop).map { ok in
                         let action = machine.withLock { ok ? $0.probeSucceeded() : $0.probeFailed() }
                         switch action {
                         case .none: break
@@ -64,12 +65,13 @@ public final class HealthChecker: Sendable {
     }
 
     /// One GET of the health path; true for a 2xx or 3xx status within the timeout.
-    static func probe(target: UpstreamRegistry.Target, check: UpstreamConfig.HealthCheck, on loop: EventLoop)
-        -> EventLoopFuture<Bool>
-    {
+    /// Uses the upstream's TLS settings when it is https.
+    static func probe(
+        target: UpstreamRegistry.Target, check: UpstreamConfig.HealthCheck, tls: ClientTLS?, on loop: EventLoop
+    ) -> EventLoopFuture<Bool> {
         HTTPFetch.get(
             address: target.address, hostHeader: target.hostPort.description, path: check.path, on: loop,
-            timeout: .nanoseconds(check.timeout), maxBytes: 64 * 1024, userAgent: "gatehouse-health-check"
+            timeout: .nanoseconds(check.timeout), maxBytes: 64 * 1024, userAgent: "gatehouse-health-check", tls: tls
         )
         .map { (200..<400).contains($0.status) }
         .recover { _ in false }

@@ -26,6 +26,8 @@ public final class TargetPool {
     let address: SocketAddress
     let eventLoop: EventLoop
     let connectTimeout: TimeAmount
+    /// HTTPS to this target: each connection is ready once its handshake (within the connect timeout) is done.
+    let tls: ClientTLS?
     private var machine: TargetPoolStateMachine
     private var connections: [TargetPoolStateMachine.ConnectionID: UpstreamConnection] = [:]
     private var waiters: [TargetPoolStateMachine.WaiterID: Acquired] = [:]
@@ -33,8 +35,9 @@ public final class TargetPool {
 
     init(
         target: HostPort, address: SocketAddress, health: TargetHealth, eventLoop: EventLoop, maxConnections: Int,
-        connectTimeout: TimeAmount, keepaliveTimeout: TimeAmount
+        connectTimeout: TimeAmount, keepaliveTimeout: TimeAmount, tls: ClientTLS? = nil
     ) {
+        self.tls = tls
         self.target = target
         self.address = address
         self.health = health
@@ -91,19 +94,47 @@ public final class TargetPool {
 
     private func connect() {
         let target = self.target
+        let tls = self.tls
         nextID += 1
         let id = nextID
+        let started = NIODeadline.now()
+        let handshake = eventLoop.makePromise(of: Void.self)
         let future = ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls {
+                        try sync.addHandler(try tls.makeHandler())
+                        try sync.addHandler(TLSHandshakeWaiter(promise: handshake))
+                    }
                     // One handler: it writes requests and parses responses itself (HTTPWire).
-                    try channel.pipeline.syncOperations.addHandler(UpstreamConnection(id: id))
+                    try sync.addHandler(UpstreamConnection(id: id))
                 }
             }
             .connect(to: address)
-        future.assumeIsolated().whenComplete { [weak self] result in
+        // With TLS the connection is usable once its handshake is done; the connect timeout covers both.
+        let ready: EventLoopFuture<Channel>
+        if tls != nil {
+            ready = future.flatMap { channel in
+                let timer = channel.eventLoop.scheduleTask(deadline: started + self.connectTimeout) {
+                    handshake.fail(ChannelError.connectTimeout(self.connectTimeout))
+                }
+                return handshake.futureResult.map { _ -> Channel in
+                    timer.cancel()
+                    return channel
+                }.flatMapErrorThrowing { error in
+                    timer.cancel()
+                    channel.close(promise: nil)
+                    throw error
+                }
+            }
+        } else {
+            handshake.succeed(())
+            ready = future
+        }
+        ready.assumeIsolated().whenComplete { [weak self] result in
             switch result {
             case .success(let channel):
                 guard let self, let conn = try? channel.pipeline.syncOperations.handler(type: UpstreamConnection.self)
@@ -120,6 +151,8 @@ public final class TargetPool {
                 let failure: UpstreamError
                 if let e = error as? ChannelError, case .connectTimeout = e {
                     failure = .connectTimeout(message)
+                } else if tls != nil, !(error is ChannelError) {
+                    failure = .connectFailed("\(target): TLS handshake failed: \(error)")
                 } else {
                     failure = .connectFailed(message)
                 }

@@ -73,10 +73,15 @@ public final class UpstreamRegistry: Sendable {
     }
 
     public let upstreams: [String: (config: UpstreamConfig, targets: [Target])]
+    /// Each https upstream's TLS client, per target (SNI and verification name may differ by target host).
+    let tls: [String: [ClientTLS]]
+    /// Upstreams configured with `insecure_skip_verify` (warned about at every load).
+    public let insecureUpstreams: [String]
 
     /// Resolves every target address. Blocking (DNS): call at start-up or reload, never on an event loop.
     public init(upstreams: [String: UpstreamConfig]) throws {
         var result: [String: (config: UpstreamConfig, targets: [Target])] = [:]
+        var tls: [String: [ClientTLS]] = [:]
         for (name, upstream) in upstreams {
             var targets: [Target] = []
             for hp in upstream.targets {
@@ -84,8 +89,13 @@ public final class UpstreamRegistry: Sendable {
                 targets.append(Target(hostPort: hp, address: address, health: TargetHealth()))
             }
             result[name] = (upstream, targets)
+            if let config = upstream.tls {
+                tls[name] = try upstream.targets.map { try ClientTLS(config, host: $0.host, what: "upstreams.\(name).tls") }
+            }
         }
         self.upstreams = result
+        self.tls = tls
+        self.insecureUpstreams = upstreams.values.filter { $0.tls?.insecureSkipVerify == true }.map(\.name).sorted()
     }
 
     /// Builds one loop's groups. Each target's connection cap is shared out among `loopCount` loops.
@@ -93,11 +103,11 @@ public final class UpstreamRegistry: Sendable {
         var groups: [String: UpstreamGroup] = [:]
         for (name, entry) in upstreams {
             let perLoop = max(1, (entry.config.maxConnectionsPerTarget + loopCount - 1) / loopCount)
-            let pools = entry.targets.map { t in
+            let pools = entry.targets.enumerated().map { i, t in
                 TargetPool(
                     target: t.hostPort, address: t.address, health: t.health, eventLoop: eventLoop,
                     maxConnections: perLoop, connectTimeout: .nanoseconds(entry.config.connectTimeout),
-                    keepaliveTimeout: .nanoseconds(entry.config.keepaliveTimeout))
+                    keepaliveTimeout: .nanoseconds(entry.config.keepaliveTimeout), tls: tls[name]?[i])
             }
             groups[name] = UpstreamGroup(name: name, config: entry.config, pools: pools)
         }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// What a test upstream received.
@@ -37,6 +38,9 @@ final class TestUpstream: Sendable {
     /// What `/jwks.json` serves (503 while nil), and how often it was fetched.
     let jwks = Mutex<String?>(nil)
     let jwksFetches = Atomic<Int>(0)
+    /// What `/.well-known/openid-configuration` serves (404 while nil), and how often it was fetched.
+    let discovery = Mutex<String?>(nil)
+    let discoveryFetches = Atomic<Int>(0)
 
     struct State {
         var requests: [RecordedRequest] = []
@@ -48,7 +52,8 @@ final class TestUpstream: Sendable {
         var released: Set<String> = []
     }
 
-    init() throws {
+    /// With `tls`, the upstream speaks HTTPS only .
+    init(tls: NIOSSLContext? = nil) throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.group = group
         let box = Mutex<TestUpstream?>(nil)
@@ -63,6 +68,7 @@ final class TestUpstream: Sendable {
                         return s.connections
                     }
                     channel.closeFuture.whenComplete { _ in upstream.state.withLock { $0.closedConnections += 1 } }
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler(upstream: upstream, connection: id))
                 }
@@ -183,6 +189,13 @@ private final class UpstreamHandler: ChannelInboundHandler {
             send(context, status: upstream.healthy.load(ordering: .relaxed) ? .ok : .serviceUnavailable, body: "ok")
         case "hang":
             return
+        case "openid-configuration":
+            upstream.discoveryFetches.add(1, ordering: .relaxed)
+            if let body = upstream.discovery.withLock({ $0 }) {
+                send(context, status: .ok, body: body, contentType: "application/json")
+            } else {
+                send(context, status: .notFound, body: "none")
+            }
         case "jwks.json":
             upstream.jwksFetches.add(1, ordering: .relaxed)
             if let body = upstream.jwks.withLock({ $0 }) {
