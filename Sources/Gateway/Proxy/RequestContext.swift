@@ -31,6 +31,8 @@ final class RequestContext {
     /// peer is a trusted proxy.
     var clientAddress: String?
     var peerTrusted = false
+    /// The token named a `kid` its issuer's key set lacked, and the set was fetched again for it (once).
+    var keysRefetched = false
     /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
     var upgrade = false
     /// Endpoints the gateway answers itself on the proxy listener.

@@ -31,7 +31,7 @@ struct RequestPhases {
         switch ctx.phase {
         case .validate: return validate(ctx)
         case .route: return route(ctx)
-        case .authenticate: return ctx.local == nil ? authenticate(ctx) : .next
+        case .authenticate: return ctx.local == nil ? authenticate(ctx, resumer: resumer) : .next
         case .gate: return ctx.local == nil ? gate(ctx) : bodyFits(ctx)
         case .charge: return ctx.local == nil ? charge(ctx, resumer: resumer) : .next
         case .reserveAudit: return reserveAudit(ctx, resumer: resumer)
@@ -84,7 +84,7 @@ struct RequestPhases {
     }
 
     /// Credentials (bearer token or API key), then the tenant they name, then the route's roles.
-    func authenticate(_ ctx: RequestContext) -> Outcome {
+    func authenticate(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         guard let route = ctx.route else { return .deny(.routeNotFound()) }
         let snapshot = loop.snapshot
         let identity = snapshot.identity
@@ -94,11 +94,31 @@ struct RequestPhases {
             tenantHeader: headers[identity.config.tenantHeader])
         let cache = loop.tokenCache
         let now = ctx.wallNow(loop.clock)
+        var keyMissingFor: String? = nil
         let result = identity.resolve(input, route: route) { token in
-            cache.verify(token, now: now, leeway: { snapshot.leeways[$0] ?? 0 }) { snapshot.verifier.verify($0, now: now) }
+            let verified = cache.verify(token, now: now, leeway: { snapshot.leeways[$0] ?? 0 }) {
+                snapshot.verifier.verify($0, now: now)
+            }
+            if case .failure(let error) = verified { keyMissingFor = error.keyMissingFor }
+            return verified
         }
         switch result {
-        case .failure(let denial): return .deny(denial)
+        case .failure(let denial):
+            // A `kid` the issuer's remote key set lacks: wait for one early refetch (or the one running), then
+            // verify again, once. Within the issuer's cooldown the token is refused at once.
+            if let issuer = keyMissingFor, !ctx.keysRefetched {
+                ctx.keysRefetched = true
+                let eventLoop = loop.eventLoop
+                let bound = NIOLoopBound((ctx, resumer, self), eventLoop: eventLoop)
+                let waiting = loop.keyRefetch.keyMissing(issuer: issuer) { _ in
+                    eventLoop.execute {
+                        let (ctx, resumer, phases) = bound.value
+                        resumer.resume(ctx, phases.authenticate(ctx, resumer: resumer))
+                    }
+                }
+                if waiting { return .await }
+            }
+            return .deny(denial)
         case .success(let caller):
             ctx.caller = caller
             return .next

@@ -45,10 +45,14 @@ public final class GatewayServer: Sendable {
     /// Wall-clock time for the admin API, the billing webhook, the rate limiters and the heartbeat.
     public let clock: WallClock
     private let heartbeat = Mutex<RepeatedTask?>(nil)
+    /// The running key-set fetcher, as the request phases see it (for early refetches).
+    let keyRefetch: KeyRefetch
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
     public init(configPath: String, config: GatewayConfig, logger: Logger, clock: WallClock = .system) throws {
         self.configPath = configPath
+        let keyRefetch = KeyRefetch()
+        self.keyRefetch = keyRefetch
         self.logger = logger
         self.clock = clock
         let tenants = TenantDirectory(seeds: config.tenants)
@@ -100,7 +104,8 @@ public final class GatewayServer: Sendable {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
-                        limits: limits, audit: audit, billingWebhook: billingWebhook, clock: clock), eventLoop: loop)
+                        limits: limits, audit: audit, billingWebhook: billingWebhook, clock: clock,
+                        keyRefetch: keyRefetch), eventLoop: loop)
             }.wait()
             loops[ObjectIdentifier(loop)] = state
         }
@@ -152,6 +157,7 @@ public final class GatewayServer: Sendable {
         checker.start()
         let jwks = try makeRefresher(for: snapshot)
         await jwks.start()
+        keyRefetch.install(jwks)
         listeners.withLock {
             $0.proxy = proxy
             $0.admin = admin
@@ -252,7 +258,7 @@ public final class GatewayServer: Sendable {
         let path = configPath
         let tenants = self.tenants
         let running = snapshot.config
-        let result: Result<RuntimeSnapshot, Error> = await Task.detached {
+        let result: Result<(RuntimeSnapshot, JWKSRefresher), Error> = await Task.detached { [self] in
             do {
                 let config = try ConfigLoader().load(path: path)
                 if (config.server.tls == nil) != (running.server.tls == nil) {
@@ -260,8 +266,10 @@ public final class GatewayServer: Sendable {
                         "server.tls: TLS on the proxy listener is turned on or off only by a restart (certificates reload)")
                 }
                 let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
+                // Built before anything is swapped: an unreadable issuer ca_file refuses the reload.
+                let jwks = try self.makeRefresher(for: snapshot)
                 tenants.reseed(config.tenants)
-                return .success(snapshot)
+                return .success((snapshot, jwks))
             } catch {
                 return .failure(error)
             }
@@ -271,8 +279,19 @@ public final class GatewayServer: Sendable {
             let problems = (error as? ConfigError)?.problems.map(\.description) ?? ["\(error)"]
             logger.error("config reload rejected", metadata: ["gh-problems": "\(problems.joined(separator: "; "))"])
             return problems
-        case .success(let snapshot):
+        case .success(let (snapshot, jwks)):
             Self.warnInsecure(snapshot, logger)
+            // Remote key sets: the last good set of an issuer whose source did not change, then a fetch, both
+            // before the new config serves (a failed fetch keeps the last good keys across a reload too).
+            let old = self.snapshot
+            for issuer in snapshot.config.identity.issuers where issuer.jwksURL != nil || issuer.discovery {
+                guard let was = old.config.identity.issuers.first(where: { $0.issuer == issuer.issuer }),
+                    was.jwksURL == issuer.jwksURL, was.discovery == issuer.discovery,
+                    let keys = old.verifier.keys(issuer: issuer.issuer)
+                else { continue }
+                snapshot.verifier.updateKeys(issuer: issuer.issuer, keys)
+            }
+            await jwks.start()
             current.withLock { $0 = snapshot }
             for loop in group.makeIterator() {
                 let state = loops[ObjectIdentifier(loop)]!
@@ -280,8 +299,7 @@ public final class GatewayServer: Sendable {
             }
             let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
             checker.start()
-            let jwks = try? makeRefresher(for: snapshot)
-            await jwks?.start()
+            keyRefetch.install(jwks)
             let (oldChecker, oldJWKS) = listeners.withLock { l -> (HealthChecker?, JWKSRefresher?) in
                 let old = (l.healthChecker, l.jwks)
                 l.healthChecker = checker
@@ -318,6 +336,7 @@ public final class GatewayServer: Sendable {
         try? await proxy?.close()
         checker?.stop()
         jwks?.stop()
+        keyRefetch.install(nil)
         for loop in group.makeIterator() {
             let state = loops[ObjectIdentifier(loop)]!
             try? await loop.submit { state.value.beginDrain() }.get()

@@ -23,6 +23,8 @@ final class LoopState {
     let metrics = LoopMetrics()
     /// Verified tokens, so repeated tokens skip signature checks (per loop: no lock).
     let tokenCache = TokenCache()
+    /// Early key-set refetches for tokens with an unknown `kid` (shared by every loop).
+    let keyRefetch: KeyRefetch
     /// The audit log (shared by every loop), when configured.
     let audit: AuditLog?
     /// Serves `billing.webhook_path` on the proxy listener.
@@ -38,8 +40,9 @@ final class LoopState {
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
         limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?,
-        billingWebhook: BillingWebhookHandler? = nil, clock: WallClock
+        billingWebhook: BillingWebhookHandler? = nil, clock: WallClock, keyRefetch: KeyRefetch = KeyRefetch()
     ) {
+        self.keyRefetch = keyRefetch
         self.eventLoop = eventLoop
         self.clock = clock
         self.connectionConfiguration = Self.connectionConfiguration(snapshot.config.server)

@@ -161,7 +161,9 @@ public struct ClientTLSConfig: Sendable, Equatable {
     /// No verification at all (logged as a warning at every load).
     public var insecureSkipVerify = false
 
-    public init() {}
+    public init(caFile: String? = nil) {
+        self.caFile = caFile
+    }
 }
 
 /// `store:`: where tenant records and counters live.

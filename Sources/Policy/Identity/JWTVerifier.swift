@@ -10,9 +10,13 @@ public struct JWTError: Error, Sendable, Equatable, CustomStringConvertible {
     }
     private let code: Code
     public let detail: String
-    private init(_ code: Code, _ detail: String) {
+    /// For `unknown_key`: the (configured) issuer whose key set has no key for the token, so a remote key set
+    /// can be fetched again at once.
+    public let keyMissingFor: String?
+    private init(_ code: Code, _ detail: String, issuer: String? = nil) {
         self.code = code
         self.detail = detail
+        self.keyMissingFor = issuer
     }
     public var name: String { code.rawValue }
     public var description: String { "\(code.rawValue): \(detail)" }
@@ -22,6 +26,9 @@ public struct JWTError: Error, Sendable, Equatable, CustomStringConvertible {
     static func algorithm(_ d: String) -> Self { .init(.algorithm, d) }
     static let unknownIssuer = Self(.unknownIssuer, "the token's issuer is not trusted")
     static let unknownKey = Self(.unknownKey, "no key of this issuer matches the token's kid and algorithm")
+    static func unknownKey(issuer: String) -> Self {
+        .init(.unknownKey, "no key of this issuer matches the token's kid and algorithm", issuer: issuer)
+    }
     static let signature = Self(.signature, "the signature does not verify")
     static let expired = Self(.expired, "the token has expired")
     static let notYetValid = Self(.notYetValid, "the token is not valid yet (nbf)")
@@ -135,6 +142,11 @@ public final class JWTVerifier: Sendable {
         self.issuers = issuers
     }
 
+    /// An issuer's current key set.
+    public func keys(issuer: String) -> JWKSet? {
+        issuers[issuer]?.keys.withLock { $0 }
+    }
+
     /// Replaces an issuer's key set (a refreshed `jwks_url`).
     public func updateKeys(issuer: String, _ keys: JWKSet) {
         issuers[issuer]?.keys.withLock { $0 = keys }
@@ -175,7 +187,9 @@ public final class JWTVerifier: Sendable {
         } else {
             let kid = header["kid"]?.string
             if header["kid"] != nil && kid == nil { return .failure(.malformed("kid must be a string")) }
-            guard let key = issuer.keys.withLock({ $0.key(kid: kid, algorithm: alg) }) else { return .failure(.unknownKey) }
+            guard let key = issuer.keys.withLock({ $0.key(kid: kid, algorithm: alg) }) else {
+                return .failure(.unknownKey(issuer: iss))
+            }
             var sig = signature
             if let width = JWSSignature.ecdsaWidth(alg) {
                 guard let der = JWSSignature.ecdsaDER(signature, width: width) else { return .failure(.signature) }

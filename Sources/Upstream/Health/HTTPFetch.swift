@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Policy
 
 /// A one-shot HTTP/1.1 GET with `Connection: close`, bounded in time and size: health probes and key-set
 /// fetches. Never on the request path.
@@ -13,6 +14,22 @@ public enum HTTPFetch {
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
         public init(description: String) { self.description = description }
+    }
+
+    /// A GET of `url`: its host is resolved on NIO's thread pool (never on an event loop); an https URL needs
+    /// `tls` (whose context verifies the server as `url`'s host).
+    public static func get(
+        url: JWKSURL, tls: ClientTLS?, on loop: EventLoop, timeout: TimeAmount, maxBytes: Int = 1 << 20,
+        userAgent: String = "gatehouse"
+    ) -> EventLoopFuture<Response> {
+        if url.tls && tls == nil { return loop.makeFailedFuture(Failure(description: "\(url): no TLS settings")) }
+        return NIOThreadPool.singleton.runIfActive(eventLoop: loop) {
+            try SocketAddress.makeAddressResolvingHost(url.host, port: url.port)
+        }.flatMap { address in
+            get(
+                address: address, hostHeader: url.hostHeader, path: url.path, on: loop, timeout: timeout,
+                maxBytes: maxBytes, userAgent: userAgent, tls: url.tls ? tls?.naming(url.host) : nil)
+        }
     }
 
     /// With `tls`, the GET goes over TLS (verified as `tls` says); the timeout covers the handshake too.

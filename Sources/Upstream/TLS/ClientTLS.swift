@@ -41,6 +41,17 @@ public struct ClientTLS: Sendable {
         }
     }
 
+    private init(context: NIOSSLContext, serverName: String?, insecure: Bool) {
+        self.context = context
+        self.serverName = serverName
+        self.insecure = insecure
+    }
+
+    /// The same trust and client certificate, verifying `host` instead (a key-set URL on another host).
+    public func naming(_ host: String) -> ClientTLS {
+        ClientTLS(context: context, serverName: Self.isIPAddress(host) ? nil : host, insecure: insecure)
+    }
+
     /// A handler for a new connection (one per connection: it holds the connection's TLS state).
     public func makeHandler() throws -> NIOSSLClientHandler {
         try NIOSSLClientHandler(context: context, serverHostname: serverName)
