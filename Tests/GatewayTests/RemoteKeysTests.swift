@@ -66,6 +66,31 @@ import Testing
         #expect(app.requests.count == 1)
     }
 
+    @Test func aDiscoveryDocumentForAnotherIssuerOrPointingToPlainHTTPIsRefused() throws {
+        let (certs, idp, issuer) = try Self.provider()
+        defer { idp.stop() }
+        let app = try TestUpstream()
+        defer { app.stop() }
+        idp.jwks.withLock { $0 = Self.keys.jwks }
+        let plainKeys = "http://127.0.0.1:\(app.port)/jwks.json"
+        app.jwks.withLock { $0 = Self.keys.jwks }
+        let token = Tok.signed(Tok.claims(iss: issuer), alg: "RS256", pem: Self.keys.rsaPrivate, kid: "rsa-1")
+        for document in [
+            #"{"issuer":"https://evil.test/","jwks_uri":"\#(issuer)jwks.json"}"#,
+            #"{"issuer":"\#(issuer)","jwks_uri":"\#(plainKeys)"}"#,
+        ] {
+            idp.discovery.withLock { $0 = document }
+            let gw = try GatewayProcess(
+                yaml: Self.config(app: app.port, issuer: issuer, keys: "discovery: true, ca_file: \(certs.path("idp.pem"))"))
+            #expect(gw.log.contains { $0.contains("jwks fetch failed") })
+            #expect(try get(gw, token).status == 401)
+            gw.stop()
+        }
+        #expect(idp.jwksFetches.load(ordering: .relaxed) == 0)
+        #expect(app.jwksFetches.load(ordering: .relaxed) == 0)
+        #expect(app.requests.isEmpty)
+    }
+
     @Test func anUntrustedProviderCertificateYieldsNoKeys() throws {
         let (_, idp, issuer) = try Self.provider()
         defer { idp.stop() }

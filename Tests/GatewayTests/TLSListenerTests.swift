@@ -153,21 +153,30 @@ import Testing
         #expect(up.requests.map(\.uri) == ["/1", "/2", "/3", "/4", "/5"])
     }
 
-    @Test func aStalledHandshakeIsClosedByTheHeaderTimeout() throws {
+    @Test func aStalledHandshakeIsClosedByTheHeaderTimeoutAndAnIdleOneIsNot() throws {
         let c = try Self.certs()
         let up = try TestUpstream()
         defer { up.stop() }
         let server = Self.tlsServer(c) + "\n  header_timeout: 300ms\n  idle_timeout: 60s"
-        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port]], routes: catchAllRoute, server: server))
+        let gw = try GatewayProcess(
+            yaml: testConfig(upstreams: ["app": [up.port]], routes: catchAllRoute, server: server),
+            environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
         defer { gw.stop() }
+        // A client that finished its handshake and has not asked anything yet is idle (idle_timeout), not late.
+        let idle = try TLSClient(port: gw.port, .init(serverName: "api.test", trust: try c.certificates("ca")))
         // A client that connects and never finishes a ClientHello is cut by header_timeout, not idle_timeout.
+        // (The read timeout, 20 s, is far below idle_timeout: only header_timeout can close it in time.)
         let stalled = try RawConnection(port: gw.port, timeout: 20)
         try stalled.send([0x16, 0x03, 0x01, 0x00, 0x40])  // a record header, then nothing
-        // (The read timeout, 20 s, is far below idle_timeout: only header_timeout can close it in time.)
         #expect(stalled.waitForClose())
         let silent = try RawConnection(port: gw.port, timeout: 20)
         #expect(silent.waitForClose())
-        #expect(up.requests.isEmpty)
+        // Both were closed after header_timeout had passed for the idle client too: it is still served.
+        #expect(try idle.get("/after").status == 200)
+        #expect(up.requests.map(\.uri) == ["/after"])
+        // Closing a handshake that never finished answers nothing and records no denial.
+        let metrics = try request(port: gw.adminPort!, "GET", "/metrics").text
+        #expect(!metrics.contains("request_timeout"), "\(metrics)")
     }
 
     @Test func startRefusesUnusableCertificates() throws {

@@ -57,6 +57,12 @@ import Testing
               u:
                 targets: [127.0.0.1:1]
                 tls: {cert_file: c.pem, insecure_skip_verify: true, ca_file: ca.pem}
+              v:
+                targets: [127.0.0.1:2]
+                tls: {server_name: 10.0.0.7}
+              w:
+                targets: [127.0.0.1:3]
+                tls: {server_name: "::1"}
             identity:
               jwt:
                 issuers:
@@ -73,6 +79,8 @@ import Testing
             "server.tls.min_version",
             "upstreams.u.tls: cert_file and key_file go together",
             "upstreams.u.tls: insecure_skip_verify and ca_file contradict each other",
+            "upstreams.v.tls.server_name: '10.0.0.7' is an IP address",
+            "upstreams.w.tls.server_name: '::1' is an IP address",
             "discovery and jwks_url exclude each other",
             "discovery needs an issuer that is an http:// or https:// URL",
             "jwks_url must be an http:// or https:// URL",
@@ -98,9 +106,11 @@ import Testing
         #expect(tls.certificateIndex(serverName: "shop.eu.example.com") == 2)
         #expect(tls.certificateIndex(serverName: "a.b.eu.example.com") == 0)
         #expect(tls.certificateIndex(serverName: "eu.example.com.evil") == 0)
+        // The default certificate's own names count like any other's.
         tls.certificates[0].serverNames = ["*.example.com"]
+        tls.certificates[1].serverNames = ["eu.example.com"]
         #expect(tls.certificateIndex(serverName: "eu.example.com") == 1)
-        #expect(tls.certificateIndex(serverName: "www.example.com") == 0)
+        #expect(tls.certificateIndex(serverName: "x.eu.example.com") == 0)
     }
 
     @Test func discoveryURLs() {

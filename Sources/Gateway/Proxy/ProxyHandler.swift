@@ -1,6 +1,7 @@
 import HTTPWire
 import Logging
 import NIOCore
+import NIOTLS
 import NIOHTTP1
 import Policy
 import Upstream
@@ -61,9 +62,10 @@ final class ProxyHandler: ChannelDuplexHandler {
         case none, contentLength, chunked, closeDelimited
     }
 
-    /// The connection came through the TLS listener: `X-Forwarded-Proto: https`, and the header deadline runs
-    /// from accept (the handshake counts against `header_timeout`).
+    /// The connection came through the TLS listener: `X-Forwarded-Proto: https`, and the handshake must end
+    /// within `header_timeout` of accept (else the connection is closed, silently: nothing was asked yet).
     let tls: Bool
+    private var handshakeDeadline: NIODeadline?
 
     init(loop: LoopState, tls: Bool = false) {
         self.loop = loop
@@ -80,8 +82,13 @@ final class ProxyHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = ip }
-        if tls { machine.bytesArrived(now: .now()) }
+        if tls { handshakeDeadline = .now() + loop.connectionConfiguration.headerTimeout }
         loop.register(self)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls { handshakeDeadline = nil }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -190,6 +197,11 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Called by the loop's sweeper.
     func checkTimeouts(now: NIODeadline) {
+        if let deadline = handshakeDeadline, now >= deadline {
+            handshakeDeadline = nil
+            context.close(promise: nil)
+            return
+        }
         switch machine.sweep(now: now) {
         case .none:
             break

@@ -47,6 +47,8 @@ public final class GatewayServer: Sendable {
     private let heartbeat = Mutex<RepeatedTask?>(nil)
     /// The running key-set fetcher, as the request phases see it (for early refetches).
     let keyRefetch: KeyRefetch
+    /// The last reload asked for (reloads run one after another).
+    private let reloads = Mutex<Task<[String], Never>?>(nil)
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
     public init(configPath: String, config: GatewayConfig, logger: Logger, clock: WallClock = .system) throws {
@@ -255,6 +257,21 @@ public final class GatewayServer: Sendable {
     /// Re-reads the config file; a config that fails validation is rejected and the old one keeps serving.
     /// Returns the problems (empty on success).
     public func reload() async -> [String] {
+        // One at a time: a reload runs after the one before it has swapped everything in (SIGHUP and the admin
+        // API may ask at once).
+        let next = reloads.withLock { last -> Task<[String], Never> in
+            let previous = last
+            let task = Task { [self] in
+                _ = await previous?.value
+                return await self.reloadNow()
+            }
+            last = task
+            return task
+        }
+        return await next.value
+    }
+
+    private func reloadNow() async -> [String] {
         let path = configPath
         let tenants = self.tenants
         let running = snapshot.config
@@ -286,7 +303,7 @@ public final class GatewayServer: Sendable {
             let old = self.snapshot
             for issuer in snapshot.config.identity.issuers where issuer.jwksURL != nil || issuer.discovery {
                 guard let was = old.config.identity.issuers.first(where: { $0.issuer == issuer.issuer }),
-                    was.jwksURL == issuer.jwksURL, was.discovery == issuer.discovery,
+                    was.jwksURL == issuer.jwksURL, was.discovery == issuer.discovery, was.caFile == issuer.caFile,
                     let keys = old.verifier.keys(issuer: issuer.issuer)
                 else { continue }
                 snapshot.verifier.updateKeys(issuer: issuer.issuer, keys)

@@ -131,7 +131,22 @@ final class JWKSRefresher: Sendable {
         }
     }
 
+    /// One fetch of `source`'s key set, DNS and discovery included, bounded as a whole by twice the per-GET
+    /// limit; true when the key set was replaced.
     private func fetch(_ source: Source) -> EventLoopFuture<Bool> {
+        let promise = eventLoop.makePromise(of: Bool.self)
+        let timer = eventLoop.scheduleTask(in: Self.fetchTimeout + Self.fetchTimeout) {
+            self.logger.warning("jwks fetch timed out; keeping the last good key set", metadata: ["gh-issuer": "\(source.issuer)"])
+            promise.succeed(false)
+        }
+        fetchOnce(source).whenComplete { result in
+            timer.cancel()
+            promise.completeWith(result)
+        }
+        return promise.futureResult
+    }
+
+    private func fetchOnce(_ source: Source) -> EventLoopFuture<Bool> {
         let keysURL: EventLoopFuture<JWKSURL>
         switch source.location {
         case .keys(let url):
@@ -140,6 +155,10 @@ final class JWKSRefresher: Sendable {
             keysURL = get(url, source).flatMapThrowing { body in
                 guard case .object(let doc)? = JSONValue.parse(body), let text = doc["jwks_uri"]?.string else {
                     throw HTTPFetch.Failure(description: "\(url): no jwks_uri in the discovery document")
+                }
+                // OpenID Connect Discovery 1.0, 4.3: the document must name the issuer it was fetched for.
+                guard doc["issuer"]?.string == source.issuer else {
+                    throw HTTPFetch.Failure(description: "\(url): the document's issuer is not \(source.issuer)")
                 }
                 guard let keys = JWKSURL.parse(text) else {
                     throw HTTPFetch.Failure(description: "\(url): jwks_uri '\(text)' is not an http(s) URL")

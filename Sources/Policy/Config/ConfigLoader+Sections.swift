@@ -126,7 +126,10 @@ extension ConfigLoader {
         var t = ClientTLSConfig()
         if let v = f["ca_file"] { t.caFile = r.nonEmptyString(v, "\(what).ca_file") }
         if let v = f["server_name"], let name = r.nonEmptyString(v, "\(what).server_name") {
-            if name.utf8.allSatisfy({ TenantID.isIDByte($0) }) {
+            // An IPv4 literal is digits and dots; an IPv6 one has colons.
+            if name.contains(":") || name.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || $0 == 46 }) {
+                r.problem(v, "\(what).server_name: '\(name)' is an IP address (SNI carries names only; leave server_name out to verify the IP)")
+            } else if name.utf8.allSatisfy({ TenantID.isIDByte($0) }) {
                 t.serverName = name
             } else {
                 r.problem(v, "\(what).server_name: '\(name)' is not a host name")

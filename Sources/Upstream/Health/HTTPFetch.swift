@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Policy
 
 /// A one-shot HTTP/1.1 GET with `Connection: close`, bounded in time and size: health probes and key-set
@@ -101,6 +102,8 @@ private final class FetchHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // No close_notify before the close: the decoder ends a body read to the close, or channelInactive fails.
+        if let tls = error as? NIOSSLError, case .uncleanShutdown = tls { return }
         promise.fail(HTTPFetch.Failure(description: "\(error)"))
         context.close(promise: nil)
     }

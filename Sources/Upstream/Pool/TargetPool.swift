@@ -117,6 +117,8 @@ public final class TargetPool {
         // With TLS the connection is usable once its handshake is done; the connect timeout covers both.
         let ready: EventLoopFuture<Channel>
         if tls != nil {
+            // The promise must end on every path: a connect that fails before or in the initializer too.
+            future.whenFailure { handshake.fail($0) }
             ready = future.flatMap { channel in
                 let timer = channel.eventLoop.scheduleTask(deadline: started + self.connectTimeout) {
                     handshake.fail(ChannelError.connectTimeout(self.connectTimeout))

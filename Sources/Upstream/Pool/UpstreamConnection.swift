@@ -1,5 +1,6 @@
 import HTTPWire
 import NIOCore
+import NIOSSL
 import NIOHTTP1
 
 /// Receives one exchange's response from an ``UpstreamConnection``; all calls arrive on the connection's loop.
@@ -166,6 +167,9 @@ public final class UpstreamConnection: ChannelDuplexHandler {
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A TLS peer that closes without close_notify: an end of input like any other (channelInactive follows
+        // and decides whether the response was whole), not a broken response.
+        if let tls = error as? NIOSSLError, case .uncleanShutdown = tls { return }
         run(machine.errorCaught("\(error)"))
     }
 

@@ -63,11 +63,6 @@ final class TLSClient {
         return try inbox.nextResponse(timeout: 10)
     }
 
-    /// True once the server closed the connection (waits up to `timeout` for it).
-    func waitForClose(timeout: TimeInterval = 10) -> Bool {
-        (try? channel.closeFuture.wait()) != nil || !channel.isActive
-    }
-
     final class Inbox: Sendable {
         private let state = Mutex<(bytes: [UInt8], closed: Bool)>(([], false))
         private let signal = DispatchSemaphore(value: 0)

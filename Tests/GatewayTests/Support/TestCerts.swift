@@ -1,5 +1,6 @@
 import Foundation
 import NIOSSL
+import Synchronization
 
 /// Certificates made for one test by the `openssl` command line: certificate authorities, and leaf certificates
 /// they sign (server and client use, with the subject alternative names a test asks for). P-256 keys, valid
@@ -64,18 +65,30 @@ final class TestCerts {
     }
 
     private func openssl(_ arguments: [String]) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        p.arguments = arguments
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        let message = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw RawClientError(
-                description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: message, as: UTF8.self))")
-        }
+        _ = try runOpenSSL(arguments)
     }
+}
+
+/// Runs the `openssl` command line; its standard output, or an error carrying what it wrote to standard error.
+func runOpenSSL(_ arguments: [String]) throws -> Data {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+    p.arguments = arguments
+    let out = Pipe()
+    let err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // Both pipes are drained while it runs (a full pipe would block it).
+    let errors = Mutex(Data())
+    let drained = DispatchGroup()
+    DispatchQueue.global().async(group: drained) { errors.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
+    let output = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    drained.wait()
+    guard p.terminationStatus == 0 else {
+        let message = errors.withLock { String(decoding: $0, as: UTF8.self) }
+        throw RawClientError(description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(message)")
+    }
+    return output
 }

@@ -181,6 +181,18 @@ private final class UpstreamHandler: ChannelInboundHandler {
         }
     }
 
+    /// A JSON document the test sets (`otherwise` while it is nil); every fetch is counted.
+    private func serveDocument(
+        _ context: ChannelHandlerContext, _ document: borrowing Mutex<String?>, counted: borrowing Atomic<Int>, otherwise: HTTPResponseStatus
+    ) {
+        counted.add(1, ordering: .relaxed)
+        if let body = document.withLock({ $0 }) {
+            send(context, status: .ok, body: body, contentType: "application/json")
+        } else {
+            send(context, status: otherwise, body: "none")
+        }
+    }
+
     private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ r: RecordedRequest) {
         let path = head.uri.split(separator: "?")[0]
         let parts = path.split(separator: "/")
@@ -190,19 +202,9 @@ private final class UpstreamHandler: ChannelInboundHandler {
         case "hang":
             return
         case "openid-configuration":
-            upstream.discoveryFetches.add(1, ordering: .relaxed)
-            if let body = upstream.discovery.withLock({ $0 }) {
-                send(context, status: .ok, body: body, contentType: "application/json")
-            } else {
-                send(context, status: .notFound, body: "none")
-            }
+            serveDocument(context, upstream.discovery, counted: upstream.discoveryFetches, otherwise: .notFound)
         case "jwks.json":
-            upstream.jwksFetches.add(1, ordering: .relaxed)
-            if let body = upstream.jwks.withLock({ $0 }) {
-                send(context, status: .ok, body: body, contentType: "application/json")
-            } else {
-                send(context, status: .serviceUnavailable, body: "down")
-            }
+            serveDocument(context, upstream.jwks, counted: upstream.jwksFetches, otherwise: .serviceUnavailable)
         case "cut":
             var h = HTTPHeaders()
             h.add(name: "Content-Length", value: "100000")

@@ -15,19 +15,7 @@ final class TestKeys: Sendable {
     init() throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("gh-keys-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        func openssl(_ args: [String]) throws -> Data {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-            p.arguments = args
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else { throw RawClientError(description: "openssl \(args) failed") }
-            return data
-        }
+        let openssl = runOpenSSL
         let rsa = dir.appendingPathComponent("rsa.pem").path
         let other = dir.appendingPathComponent("other.pem").path
         let ec = dir.appendingPathComponent("ec.pem").path
