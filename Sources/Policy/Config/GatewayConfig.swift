@@ -131,7 +131,7 @@ public struct ServerTLSConfig: Sendable {
         self.certificates = certificates
     }
 
-    /// The certificate for an SNI name: an exact name first, then the longest matching `*.` wildcard, else the
+    /// The certificate for an SNI name: an exact name first, then a `*.` wildcard for its parent domain, else the
     /// first certificate. Names compare case-insensitively; a wildcard covers exactly one label.
     public func certificateIndex(serverName: String?) -> Int {
         guard let raw = serverName, !raw.isEmpty else { return 0 }

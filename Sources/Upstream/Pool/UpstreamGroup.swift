@@ -89,8 +89,11 @@ public final class UpstreamRegistry: Sendable {
                 targets.append(Target(hostPort: hp, address: address, health: TargetHealth()))
             }
             result[name] = (upstream, targets)
-            if let config = upstream.tls {
-                tls[name] = try upstream.targets.map { try ClientTLS(config, host: $0.host, what: "upstreams.\(name).tls") }
+            if let config = upstream.tls, let first = upstream.targets.first {
+                // One context per upstream (its files read once); each target is verified under its own host
+                // unless `server_name` names one for all.
+                let base = try ClientTLS(config, host: first.host, what: "upstreams.\(name).tls")
+                tls[name] = upstream.targets.map { config.serverName == nil ? base.naming($0.host) : base }
             }
         }
         self.upstreams = result
