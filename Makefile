@@ -40,7 +40,7 @@ test: build
 	timeout 1500 swift test --skip-build   # a hung test fails the run instead of stalling CI
 	$(MAKE) fuzz FUZZ_SECONDS=$${FUZZ_SECONDS:-60}
 
-## fuzz: libFuzzer on the HTTP/1 request and response parsers (Sources/HTTPWire) for FUZZ_SECONDS (default 300), seeded from
+## fuzz: libFuzzer on the HTTP/1 request and response parsers and the PROXY header parser (Sources/HTTPWire) for FUZZ_SECONDS (default 300), seeded from
 ## fuzz/corpus; a finding fails the run and leaves the input in .build/fuzz/.
 FUZZ_SECONDS ?= 300
 fuzz:

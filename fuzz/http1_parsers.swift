@@ -4,7 +4,8 @@
 // The first input byte picks the parser (request, or response to a GET or a HEAD), a split point and a header limit;
 // the rest is the byte stream. Checked on every input: no trap (bounds, overflow), every call uses the input up,
 // body ranges lie inside it, and feeding the stream in one read, in two reads and one byte per read gives the same
-// events.
+// events. The same bytes also go to the PROXY protocol parser, which must wait on every proper prefix of a header
+// it accepts, accept that prefix alone the same way, and never accept what a prefix of it refused.
 
 struct Trace: Equatable {
     var events: [String] = []
@@ -97,9 +98,29 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let cut = (control * 7919) % (input.count + 1)
     let two = run([input[..<cut], input[cut...]], maxHeaderBytes: limit, response: response)
     precondition(whole == two, "split at \(cut) changed the events")
+    checkProxyHeader(input)
     if input.count <= 512 {
         let dribbled = run(input.indices.map { input[$0...$0] }, maxHeaderBytes: limit, response: response)
         precondition(whole == dribbled, "one byte per read changed the events")
     }
     return 0
+}
+
+/// The PROXY protocol parser's outcome does not depend on how much of the stream has arrived.
+func checkProxyHeader(_ input: [UInt8]) {
+    let whole = input.withUnsafeBytes { ProxyProtocol.parse($0) }
+    switch whole {
+    case .header(_, let consumed):
+        precondition(consumed > 0 && consumed <= input.count)
+        for n in stride(from: 0, to: consumed, by: max(1, consumed / 64)) {
+            let prefix = Array(input[..<n]).withUnsafeBytes { ProxyProtocol.parse($0) }
+            precondition(prefix == .needMore, "a proper prefix of \(n) bytes was not left waiting")
+        }
+        let exact = Array(input[..<consumed]).withUnsafeBytes { ProxyProtocol.parse($0) }
+        precondition(exact == whole, "the header alone parsed differently")
+    case .needMore:
+        precondition(input.count < 16 + ProxyProtocol.maxV2Length, "waited past the largest header")
+    case .invalid:
+        break
+    }
 }

@@ -90,6 +90,17 @@ import Testing
         #expect(problems(["gw.yaml": "server:\n  tls: {certificates: []}\n" + minimal]).contains { $0.contains("at least one certificate") })
     }
 
+    @Test func proxyProtocolNeedsTrustedBalancers() throws {
+        #expect(
+            problems(["gw.yaml": "server:\n  proxy_protocol: true\n" + minimal]).contains {
+                $0.contains("server.proxy_protocol needs server.trusted_proxies")
+            })
+        #expect(problems(["gw.yaml": "server:\n  proxy_protocol: yes please\n" + minimal]).contains { $0.contains("server.proxy_protocol") })
+        let config = try load(["gw.yaml": "server:\n  trusted_proxies: [10.0.0.0/8]\n  proxy_protocol: true\n" + minimal]).get()
+        #expect(config.server.proxyProtocol)
+        #expect(try !load(["gw.yaml": minimal]).get().server.proxyProtocol)
+    }
+
     @Test func certificateChoiceBySNI() {
         var tls = ServerTLSConfig(certificates: [
             .init(certFile: "default", keyFile: "k"),

@@ -62,32 +62,49 @@ final class ProxyHandler: ChannelDuplexHandler {
         case none, contentLength, chunked, closeDelimited
     }
 
-    /// The connection came through the TLS listener: `X-Forwarded-Proto: https`, and the handshake must end
-    /// within `header_timeout` of accept (else the connection is closed, silently: nothing was asked yet).
-    let tls: Bool
-    private var handshakeDeadline: NIODeadline?
+    /// What must happen before the client's first request: the PROXY header (`server.proxy_protocol`), then
+    /// the TLS handshake. Both within `header_timeout` of accept, else the connection is closed, silently:
+    /// nothing was asked yet.
+    private var awaitingProxyHeader: Bool
+    private var awaitingHandshake: Bool
+    private var preludeDeadline: NIODeadline?
+    /// `https` on the TLS listener, or when a PROXY v2 header says the balancer received the client over TLS.
+    private var scheme: String
 
-    init(loop: LoopState, tls: Bool = false) {
+    init(loop: LoopState, tls: Bool = false, proxyProtocol: Bool = false) {
         self.loop = loop
-        self.tls = tls
+        self.awaitingProxyHeader = proxyProtocol
+        self.awaitingHandshake = tls
+        self.scheme = tls ? "https" : "http"
         self.machine = ClientConnectionStateMachine(configuration: loop.connectionConfiguration, now: .now())
         self.parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: loop.snapshot.config.server.maxHeaderBytes))
     }
 
-    /// The request phases, bound to this connection's loop and peer.
-    private(set) lazy var phases = RequestPhases(loop: loop, clientAddress: clientAddress, scheme: tls ? "https" : "http")
+    /// The request phases, bound to this connection's loop and client (made at the first request, after the
+    /// prelude named the client).
+    private(set) lazy var phases = RequestPhases(loop: loop, clientAddress: clientAddress, scheme: scheme)
 
     // MARK: Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if let ip = context.channel.remoteAddress?.ipAddress { clientAddress = ip }
-        if tls { handshakeDeadline = .now() + loop.connectionConfiguration.headerTimeout }
+        if awaitingProxyHeader || awaitingHandshake {
+            preludeDeadline = .now() + loop.connectionConfiguration.headerTimeout
+        }
         loop.register(self)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls { handshakeDeadline = nil }
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
+            awaitingHandshake = false
+        } else if let origin = event as? ProxyOrigin {
+            // The balancer's word for who the client is (the peer itself when the header names no one).
+            awaitingProxyHeader = false
+            if let source = origin.header.source { clientAddress = source.ip }
+            if origin.header.clientTLS { scheme = "https" }
+        }
+        if !awaitingProxyHeader && !awaitingHandshake { preludeDeadline = nil }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -197,8 +214,8 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Called by the loop's sweeper.
     func checkTimeouts(now: NIODeadline) {
-        if let deadline = handshakeDeadline, now >= deadline {
-            handshakeDeadline = nil
+        if let deadline = preludeDeadline, now >= deadline {
+            preludeDeadline = nil
             context.close(promise: nil)
             return
         }

@@ -199,12 +199,24 @@ public final class GatewayServer: Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     let state = loops[ObjectIdentifier(channel.eventLoop)]!.value
                     let sync = channel.pipeline.syncOperations
+                    // Behind an L4 balancer: only the balancers may connect, and each connection must begin with
+                    // a PROXY header naming the client (read before TLS, which it precedes).
+                    let server = state.snapshot.config.server
+                    let proxyProtocol = server.proxyProtocol
+                    if proxyProtocol {
+                        let peer = channel.remoteAddress?.ipAddress ?? ""
+                        guard server.trustedProxies.contains(where: { $0.contains(peer) }) else {
+                            state.metrics.connectionsRefused[ProxyProtocolHandler.refusedPeer, default: 0] += 1
+                            throw ChannelError.inappropriateOperationForState
+                        }
+                        try sync.addHandler(ProxyProtocolHandler(metrics: state.metrics))
+                    }
                     if tls {
                         // The certificates of the config loaded last: a reload changes them for new connections only.
                         guard let context = state.snapshot.serverTLS else { throw ChannelError.inappropriateOperationForState }
                         try sync.addHandler(NIOSSLServerHandler(context: context))
                     }
-                    try sync.addHandler(ProxyHandler(loop: state, tls: tls))
+                    try sync.addHandler(ProxyHandler(loop: state, tls: tls, proxyProtocol: proxyProtocol))
                 }
             }
             .bind(host: server.listen.host, port: server.listen.port)

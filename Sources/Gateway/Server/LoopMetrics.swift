@@ -44,6 +44,8 @@ final class LoopMetrics {
     var failOpenAdmitted = 0
     /// Exchanges started and not yet ended (`gatehouse_exchanges_in_flight`).
     var exchangesInFlight = 0
+    /// Connections closed before any request, by reason (`gatehouse_connections_refused_total`).
+    var connectionsRefused: [String: Int] = [:]
 
     func record(route: String, status: Int, decision: String, code: String, seconds: Double) {
         requests[RequestKey(route: route, status: status, decision: decision, code: code), default: 0] += 1
@@ -61,6 +63,7 @@ final class LoopMetrics {
             ratelimitDenied: ratelimitDenied, storeErrors: storeErrors, storeDurations: storeDurations,
             failOpenAdmitted: failOpenAdmitted, leaseUnits: leaseUnits)
         s.exchangesInFlight = exchangesInFlight
+        s.connectionsRefused = connectionsRefused
         for (key, c) in connections {
             s.idleConnections[key] = c.idle
             s.busyConnections[key] = c.busy
@@ -85,6 +88,7 @@ struct MetricsSnapshot: Sendable {
     var auditQueueDepth = 0
     var auditWritten = 0
     var exchangesInFlight = 0
+    var connectionsRefused: [String: Int] = [:]
     /// Upstream connections by upstream name.
     var idleConnections: [String: Int] = [:]
     var busyConnections: [String: Int] = [:]
@@ -97,6 +101,7 @@ struct MetricsSnapshot: Sendable {
         failOpenAdmitted += other.failOpenAdmitted
         leaseUnits += other.leaseUnits
         exchangesInFlight += other.exchangesInFlight
+        connectionsRefused.merge(other.connectionsRefused, uniquingKeysWith: +)
         idleConnections.merge(other.idleConnections, uniquingKeysWith: +)
         busyConnections.merge(other.busyConnections, uniquingKeysWith: +)
         for (k, v) in other.durations { durations[k, default: .init()].merge(v) }

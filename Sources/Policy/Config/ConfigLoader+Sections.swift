@@ -15,7 +15,7 @@ extension ConfigLoader {
                     "listen", "threads", "admin_listen", "admin_token_env", "max_header_bytes", "max_body_bytes",
                     "idle_timeout", "header_timeout", "request_timeout", "send_timeout", "drain_timeout",
                     "max_connections", "max_pipelined_requests", "max_read_ahead_bytes", "underscores_in_headers",
-                    "trusted_proxies", "admin_max_connections", "tls",
+                    "trusted_proxies", "proxy_protocol", "admin_max_connections", "tls",
                 ])
         else { return nil }
         var s = ServerConfig()
@@ -62,6 +62,12 @@ extension ConfigLoader {
                 } else {
                     r.problem(entry.at, "server.trusted_proxies: '\(entry.value)' is not an address or CIDR")
                 }
+            }
+        }
+        if let v = f["proxy_protocol"], let on = r.bool(v, "server.proxy_protocol") {
+            s.proxyProtocol = on
+            if on && s.trustedProxies.isEmpty {
+                r.problem(v, "server.proxy_protocol needs server.trusted_proxies: the balancers allowed to send the header")
             }
         }
         if let v = f["tls"] { s.tls = parseServerTLS(v, r) }

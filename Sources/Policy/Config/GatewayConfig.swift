@@ -100,6 +100,9 @@ public struct ServerConfig: Sendable {
     public var dropUnderscoreHeaders = true
     /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
     public var trustedProxies: [CIDR] = []
+    /// Every connection to the proxy listener starts with a PROXY protocol header (v1 or v2) that names the
+    /// client; only peers in `trustedProxies` may connect.
+    public var proxyProtocol = false
     /// TLS on the proxy listener; nil: plain HTTP.
     public var tls: ServerTLSConfig? = nil
 

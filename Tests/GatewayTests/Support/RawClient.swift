@@ -37,9 +37,19 @@ final class RawConnection {
     private var buffer: [UInt8] = []
     private(set) var peerClosed = false
 
-    init(port: Int, timeout: TimeInterval = 10, receiveBuffer: Int? = nil) throws {
+    /// `source`: a loopback address to connect from (127.0.0.2 is a peer other than 127.0.0.1).
+    init(port: Int, timeout: TimeInterval = 10, receiveBuffer: Int? = nil, source: String? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RawClientError(description: "socket failed") }
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else { throw RawClientError(description: "bind to \(source) failed: errno \(errno)") }
+        }
         if let size = receiveBuffer {
             var s = Int32(size)
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &s, socklen_t(MemoryLayout<Int32>.size))

@@ -14,6 +14,8 @@ final class TLSClient {
         var verify = true
         var clientCertificate: (chain: [NIOSSLCertificate], key: NIOSSLPrivateKey)? = nil
         var maxVersion: TLSVersion? = nil
+        /// Bytes sent in the clear before the handshake (a PROXY protocol header).
+        var prelude: [UInt8] = []
     }
 
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -34,15 +36,25 @@ final class TLSClient {
         self.inbox = inbox
         let handshake = group.next().makePromise(of: Void.self)
         do {
+            let prelude = options.prelude
             channel = try ClientBootstrap(group: group)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            NIOSSLClientHandler(context: context, serverHostname: options.serverName))
+                        if prelude.isEmpty {
+                            try channel.pipeline.syncOperations.addHandler(
+                                NIOSSLClientHandler(context: context, serverHostname: options.serverName))
+                        }
                         try channel.pipeline.syncOperations.addHandler(Collector(inbox: inbox, handshake: handshake))
                     }
                 }
                 .connect(host: "127.0.0.1", port: port).wait()
+            if !prelude.isEmpty {
+                // The prelude in the clear, then TLS: the handler starts its handshake as it joins the pipeline.
+                try channel.writeAndFlush(ByteBuffer(bytes: prelude)).wait()
+                try channel.pipeline.addHandler(
+                    try NIOSSLClientHandler(context: context, serverHostname: options.serverName), position: .first
+                ).wait()
+            }
             try handshake.futureResult.wait()
         } catch {
             try? group.syncShutdownGracefully()
