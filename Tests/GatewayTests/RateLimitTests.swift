@@ -6,11 +6,11 @@ import Testing
     static func config(
         upstream: Int, redis: Int?, mode: String = "exact", onFailure: String = "open", timeout: String = "250ms",
         rate: String = "{requests: 1, per: 60s, burst: 50}", quota: String = "unlimited",
-        routeLimits: String = "[tenant]", threads: Int = 1
+        routeLimits: String = "[tenant]", threads: Int = 1, scheme: String = "redis", storeExtra: String = ""
     ) -> String {
         let store =
             redis.map {
-                "store: {redis: \"redis://127.0.0.1:\($0)/0\", timeout: \(timeout), on_failure: \(onFailure), key_prefix: ghtest, rate_limit_mode: \(mode)}"
+                "store: {redis: \"\(scheme)://127.0.0.1:\($0)/0\", timeout: \(timeout), on_failure: \(onFailure), key_prefix: ghtest, rate_limit_mode: \(mode)\(storeExtra)}"
             } ?? ""
         return """
             server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: \(threads)}

@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Policy
+import Upstream
 
 /// Reads the newest record of a `redis_stream` audit sink for `gatehouse audit verify --stream`. Blocking,
 /// on an event loop of its own: for the command line, never for the gateway.
@@ -11,12 +13,20 @@ public enum AuditStreamReader {
     }
 
     /// The newest entry's record line (`XREVRANGE <stream> + - COUNT 1`), nil when the stream is empty or
-    /// missing. `url` is `redis://[user:pass@]host:port/db`, as `store.redis`.
+    /// missing. `url` is `redis://[user:pass@]host:port/db` (or `rediss://`), as `store.redis`.
     public static func newestRecord(url: String, stream: String, timeout: Double = 5) throws -> String? {
         guard var configuration = RedisClient.Configuration(url: url) else {
-            throw Failure(description: "not a redis:// URL: \(url)")
+            throw Failure(description: "not a redis:// or rediss:// URL: \(url)")
         }
         configuration.timeout = .milliseconds(Int64(timeout * 1000))
+        if configuration.wantsTLS {
+            // rediss://: verified against the system's trust store.
+            do {
+                configuration.tls = try ClientTLS(ClientTLSConfig(), host: configuration.host, what: "rediss")
+            } catch {
+                throw Failure(description: "\(error)")
+            }
+        }
         do {
             try configuration.resolve()
         } catch {

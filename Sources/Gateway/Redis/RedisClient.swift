@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Policy
+import Upstream
 
 /// A Redis connection owned by one event loop: NIO owns the socket, hiredis does the protocol.
 ///
@@ -23,16 +25,23 @@ public final class RedisClient: Sendable {
         /// The server's address, resolved off the event loop (``resolve()``); without it the host must be an
         /// IP literal, so connecting never waits on DNS on the loop.
         public var address: SocketAddress?
+        /// The URL is `rediss://`: TLS is required (``tls`` is built from `store.tls` before connecting).
+        public var wantsTLS = false
+        /// The TLS context and verified name; every connection completes its handshake, within
+        /// `connectTimeout`, before AUTH.
+        public var tls: ClientTLS?
 
         /// Resolves `host` (blocking DNS: call off the event loops).
         public mutating func resolve() throws {
             address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         }
 
-        /// Parses `redis://[user:pass@]host:port/db`.
+        /// Parses `redis://[user:pass@]host:port/db` (or `rediss://` for TLS).
         public init?(url: String) {
-            guard url.hasPrefix("redis://") else { return nil }
-            var rest = Substring(url.dropFirst("redis://".count))
+            let scheme = url.hasPrefix("rediss://") ? "rediss://" : "redis://"
+            guard url.hasPrefix(scheme) else { return nil }
+            wantsTLS = scheme == "rediss://"
+            var rest = Substring(url.dropFirst(scheme.count))
             if let at = rest.lastIndex(of: "@") {
                 let credentials = rest[..<at]
                 rest = rest[rest.index(after: at)...]
@@ -61,6 +70,35 @@ public final class RedisClient: Sendable {
             self.port = port
             database = db
             guard !host.isEmpty else { return nil }
+        }
+
+        /// The settings of `store`: its URL, ACL credentials from the environment variables it names, its
+        /// TLS (files read here), and the call timeout. Throws a message for the operator.
+        public init(store: StoreConfig, environment: [String: String]) throws {
+            guard let parsed = Configuration(url: store.redisURL) else {
+                throw RedisSettingsError("store.redis is not a redis:// or rediss:// URL")
+            }
+            self = parsed
+            timeout = .nanoseconds(store.timeout)
+            if let name = store.passwordEnv {
+                guard let value = environment[name], !value.isEmpty else {
+                    throw RedisSettingsError("store.password_env names \(name), which is not set")
+                }
+                password = value
+            }
+            if let name = store.usernameEnv {
+                guard let value = environment[name], !value.isEmpty else {
+                    throw RedisSettingsError("store.username_env names \(name), which is not set")
+                }
+                username = value
+            }
+            if wantsTLS {
+                do {
+                    tls = try ClientTLS(store.tls ?? ClientTLSConfig(), host: host, what: "store.tls")
+                } catch {
+                    throw RedisSettingsError("\(error)")
+                }
+            }
         }
     }
 
@@ -125,6 +163,12 @@ public final class RedisClient: Sendable {
         }
         return true
     }
+}
+
+/// Redis settings that cannot be used (a credential variable not set, a TLS file that cannot be read).
+public struct RedisSettingsError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// The loop-bound state behind a ``RedisClient``.
@@ -218,9 +262,17 @@ private final class Core {
             scheduleReconnect()
             return
         }
+        if config.wantsTLS && config.tls == nil {
+            logger.error("rediss:// without a TLS context: not connecting in the clear", metadata: ["gh-redis": "\(config.host)"])
+            scheduleReconnect()
+            return
+        }
         state = .connecting
         let onPush = self.onPush
-        ClientBootstrap(group: eventLoop)
+        let tls = config.tls
+        let started = NIODeadline.now()
+        let tlsHandshake = eventLoop.makePromise(of: Void.self)
+        let connected = ClientBootstrap(group: eventLoop)
             .connectTimeout(config.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -235,10 +287,19 @@ private final class Core {
                             }
                         }
                     }
+                    try tls?.addHandlers(to: channel.pipeline.syncOperations, handshake: tlsHandshake)
                     try channel.pipeline.syncOperations.addHandler(RedisCommandHandler(onPush: push))
                 }
             }
             .connect(to: target)
+        let ready: EventLoopFuture<Channel>
+        if tls != nil {
+            ready = ClientTLS.handshaken(connected, handshake: tlsHandshake, started: started, timeout: config.connectTimeout)
+        } else {
+            tlsHandshake.succeed(())
+            ready = connected
+        }
+        ready
             .assumeIsolated()
             .flatMap { channel in self.handshake(channel).map { channel } }
             .whenComplete { [self] result in

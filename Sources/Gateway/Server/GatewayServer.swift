@@ -348,6 +348,9 @@ public final class GatewayServer: Sendable {
             logger.warning(
                 "upstream TLS certificates are not verified (insecure_skip_verify)", metadata: ["gh-upstream": "\(name)"])
         }
+        if snapshot.config.store?.tls?.insecureSkipVerify == true {
+            logger.warning("Redis TLS certificates are not verified (store.tls.insecure_skip_verify)")
+        }
     }
 
     func reloadFuture() -> EventLoopFuture<[String]> {

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import Policy
@@ -93,10 +94,7 @@ final class RedisTenantStore: TenantStore {
     private let refreshTask: LockedBox<RepeatedTask?>
 
     init(config: StoreConfig, directory: TenantDirectory, eventLoop: EventLoop, logger: Logger) throws {
-        guard var redis = RedisClient.Configuration(url: config.redisURL) else {
-            throw RedisError.protocolError("invalid store.redis URL")
-        }
-        redis.timeout = .nanoseconds(config.timeout)
+        var redis = try RedisClient.Configuration(store: config, environment: ProcessInfo.processInfo.environment)
         try redis.resolve()  // off the event loops: the server is built before it serves
         self.redisConfiguration = redis
         self.directory = directory

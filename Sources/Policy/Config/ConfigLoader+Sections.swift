@@ -157,17 +157,35 @@ extension ConfigLoader {
         guard
             let f = r.fields(
                 at, "store",
-                allowed: ["redis", "timeout", "on_failure", "key_prefix", "rate_limit_mode", "tenant_cache_ttl"])
+                allowed: [
+                    "redis", "timeout", "on_failure", "key_prefix", "rate_limit_mode", "tenant_cache_ttl", "tls",
+                    "username_env", "password_env",
+                ])
         else { return nil }
         guard let urlAt = f["redis"] else {
             r.problem(at, "store.redis is required (omit the store section for the embedded in-memory store)")
             return nil
         }
         guard let url = r.nonEmptyString(urlAt, "store.redis") else { return nil }
-        if !(url.hasPrefix("redis://") && url.count > "redis://".count) {
-            r.problem(urlAt, "store.redis must be a redis:// URL")
+        let scheme = StoreConfig.isTLSURL(url) ? "rediss://" : "redis://"
+        if !(url.hasPrefix(scheme) && url.count > scheme.count) {
+            r.problem(urlAt, "store.redis must be a redis:// or rediss:// URL")
         }
         var s = StoreConfig(redisURL: url)
+        if let v = f["tls"] {
+            s.tls = parseClientTLS(v, "store.tls", r)
+            if !StoreConfig.isTLSURL(url) { r.problem(v, "store.tls needs a rediss:// URL in store.redis") }
+        } else if StoreConfig.isTLSURL(url) {
+            s.tls = ClientTLSConfig()
+        }
+        if let v = f["username_env"] { s.usernameEnv = r.nonEmptyString(v, "store.username_env") }
+        if let v = f["password_env"] { s.passwordEnv = r.nonEmptyString(v, "store.password_env") }
+        if s.usernameEnv != nil && s.passwordEnv == nil {
+            r.problem(f["username_env"]!, "store.username_env needs store.password_env (an ACL user logs in with both)")
+        }
+        if s.passwordEnv != nil, let rest = url.split(separator: "/", maxSplits: 3).dropFirst().first, rest.contains("@") {
+            r.problem(f["password_env"]!, "store.password_env and credentials in the store.redis URL contradict each other")
+        }
         if let v = f["timeout"], let d = r.duration(v, "store.timeout") { s.timeout = d }
         if let v = f["on_failure"], let m = r.oneOf(v, "store.on_failure", StoreConfig.FailureMode.self, [.open, .closed]) {
             s.onFailure = m

@@ -179,6 +179,15 @@ public struct StoreConfig: Sendable {
     public var keyPrefix = "gh"
     public var rateLimitMode: RateLimitMode = .leased
     public var tenantCacheTTL: Int64 = 30_000_000_000
+    /// TLS to Redis: set for a `rediss://` URL (an empty config: the system's trust store, the URL's host
+    /// verified), from `store.tls`.
+    public var tls: ClientTLSConfig? = nil
+    /// Environment variables holding the ACL user name and password (never in YAML).
+    public var usernameEnv: String? = nil
+    public var passwordEnv: String? = nil
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    public static func isTLSURL(_ url: String) -> Bool { url.hasPrefix("rediss://") }
 }
 
 /// `identity:`: how callers and tenants are recognised.

@@ -105,10 +105,7 @@ public final class TargetPool {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    if let tls {
-                        try sync.addHandler(try tls.makeHandler())
-                        try sync.addHandler(TLSHandshakeWaiter(promise: handshake))
-                    }
+                    try tls?.addHandlers(to: sync, handshake: handshake)
                     // One handler: it writes requests and parses responses itself (HTTPWire).
                     try sync.addHandler(UpstreamConnection(id: id))
                 }
@@ -117,21 +114,7 @@ public final class TargetPool {
         // With TLS the connection is usable once its handshake is done; the connect timeout covers both.
         let ready: EventLoopFuture<Channel>
         if tls != nil {
-            // The promise must end on every path: a connect that fails before or in the initializer too.
-            future.whenFailure { handshake.fail($0) }
-            ready = future.flatMap { channel in
-                let timer = channel.eventLoop.scheduleTask(deadline: started + self.connectTimeout) {
-                    handshake.fail(ChannelError.connectTimeout(self.connectTimeout))
-                }
-                return handshake.futureResult.map { _ -> Channel in
-                    timer.cancel()
-                    return channel
-                }.flatMapErrorThrowing { error in
-                    timer.cancel()
-                    channel.close(promise: nil)
-                    throw error
-                }
-            }
+            ready = ClientTLS.handshaken(future, handshake: handshake, started: started, timeout: connectTimeout)
         } else {
             handshake.succeed(())
             ready = future

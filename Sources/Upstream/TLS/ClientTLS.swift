@@ -57,6 +57,34 @@ public struct ClientTLS: Sendable {
         try NIOSSLClientHandler(context: context, serverHostname: serverName)
     }
 
+    /// Adds a new connection's TLS handler and a ``TLSHandshakeWaiter`` that completes `handshake`.
+    public func addHandlers(to sync: ChannelPipeline.SynchronousOperations, handshake: EventLoopPromise<Void>) throws {
+        try sync.addHandler(try makeHandler())
+        try sync.addHandler(TLSHandshakeWaiter(promise: handshake))
+    }
+
+    /// `connected`'s channel once its handshake is done, both within `timeout` of `started` (the connect
+    /// timeout covers the handshake); otherwise the channel is closed and the future fails.
+    public static func handshaken(
+        _ connected: EventLoopFuture<Channel>, handshake: EventLoopPromise<Void>, started: NIODeadline, timeout: TimeAmount
+    ) -> EventLoopFuture<Channel> {
+        // The promise must end on every path: a connect that fails before or in the initializer too.
+        connected.whenFailure { handshake.fail($0) }
+        return connected.flatMap { channel in
+            let timer = channel.eventLoop.scheduleTask(deadline: started + timeout) {
+                handshake.fail(ChannelError.connectTimeout(timeout))
+            }
+            return handshake.futureResult.map { _ -> Channel in
+                timer.cancel()
+                return channel
+            }.flatMapErrorThrowing { error in
+                timer.cancel()
+                channel.close(promise: nil)
+                throw error
+            }
+        }
+    }
+
     static func isIPAddress(_ host: String) -> Bool {
         (try? SocketAddress(ipAddress: host, port: 0)) != nil
     }

@@ -14,7 +14,14 @@ final class RedisServer: @unchecked Sendable {
         return "/usr/bin/redis-server"
     }
 
-    init() throws {
+    /// Extra `redis-server` options (`--user ...`, `--requirepass ...`).
+    private let extra: [String]
+    /// `tls`: the server speaks TLS only (its plain port is off), with this certificate and key.
+    let tls: (cert: String, key: String)?
+
+    init(tls: (cert: String, key: String)? = nil, arguments: [String] = []) throws {
+        self.tls = tls
+        self.extra = arguments
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw RawClientError(description: "redis-server is not installed: run `make test` (it installs it)")
         }
@@ -28,7 +35,14 @@ final class RedisServer: @unchecked Sendable {
     private func start() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
-        p.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.path]
+        var listen = ["--port", String(port)]
+        if let tls {
+            listen = [
+                "--port", "0", "--tls-port", String(port), "--tls-cert-file", tls.cert, "--tls-key-file", tls.key,
+                "--tls-auth-clients", "no",
+            ]
+        }
+        p.arguments = listen + ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.path] + extra
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
