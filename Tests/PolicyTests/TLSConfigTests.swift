@@ -90,6 +90,26 @@ import Testing
         #expect(problems(["gw.yaml": "server:\n  tls: {certificates: []}\n" + minimal]).contains { $0.contains("at least one certificate") })
     }
 
+    @Test func storeTLSAndCredentials() throws {
+        func store(_ body: String) -> String { "store: {\(body)}\n" + minimal }
+        let tls = try load(["gw.yaml": store("redis: \"rediss://redis.internal:6380/0\", tls: {ca_file: ca.pem}, username_env: U, password_env: P")]).get()
+        #expect(tls.store?.tls == ClientTLSConfig(caFile: "ca.pem"))
+        #expect(tls.store?.usernameEnv == "U" && tls.store?.passwordEnv == "P")
+        // rediss:// alone: TLS with the system's trust store.
+        #expect(try load(["gw.yaml": store("redis: \"rediss://r:6380\"")]).get().store?.tls == ClientTLSConfig())
+        #expect(try load(["gw.yaml": store("redis: \"redis://r:6379\"")]).get().store?.tls == nil)
+        for (body, expected) in [
+            ("redis: \"redis://r:6379\", tls: {ca_file: ca.pem}", "store.tls needs a rediss:// URL"),
+            ("redis: \"http://r:6379\"", "store.redis must be a redis:// or rediss:// URL"),
+            ("redis: \"rediss://\"", "store.redis must be a redis:// or rediss:// URL"),
+            ("redis: \"redis://r:6379\", username_env: U", "store.username_env needs store.password_env"),
+            ("redis: \"redis://u:p@r:6379\", password_env: P", "contradict each other"),
+            ("redis: \"rediss://r:6379\", tls: {server_name: 10.1.1.1}", "store.tls.server_name: '10.1.1.1' is an IP address"),
+        ] {
+            #expect(problems(["gw.yaml": store(body)]).contains { $0.contains(expected) }, "\(body): \(problems(["gw.yaml": store(body)]))")
+        }
+    }
+
     @Test func proxyProtocolNeedsTrustedBalancers() throws {
         #expect(
             problems(["gw.yaml": "server:\n  proxy_protocol: true\n" + minimal]).contains {
