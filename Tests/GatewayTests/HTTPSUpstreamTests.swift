@@ -94,6 +94,55 @@ import Testing
         #expect(gw.log.contains { $0.contains("insecure_skip_verify") && $0.contains("\"gh-upstream\":\"app\"") })
     }
 
+    @Test func anUpstreamThatNeverAnswersTheHandshakeIsAConnectTimeout() throws {
+        let c = try Self.certs()
+        let silent = try RawUpstream(reply: "")  // accepts, reads the ClientHello, never answers
+        defer { silent.stop() }
+        let extra = "    tls: {ca_file: \(c.path("internal.pem")), server_name: backend.internal}\n"
+        let gw = try GatewayProcess(
+            yaml: testConfig(upstreams: ["app": [silent.port]], routes: catchAllRoute, upstreamExtra: extra))
+        defer { gw.stop() }
+        for path in ["/1", "/2"] {
+            let r = try request(port: gw.port, "GET", path)
+            #expect(r.status == 502 && r.json["code"] as? String == "bad_gateway", "\(r.status) \(r.text)")
+        }
+        #expect(silent.connections.load(ordering: .relaxed) >= 2)
+        // Nothing is left busy, and no half-made connection waits in the pool.
+        try gw.waitUntilQuiet()
+        #expect(try gw.metrics().value("gatehouse_upstream_connections", ["upstream": "app", "state": "idle"]) == 0)
+    }
+
+    @Test func aCloseDelimitedResponseEndedWithoutCloseNotifyIsDelivered() throws {
+        // Many servers end a connection without a TLS close_notify; for a response delimited by the close that
+        // is its normal end (as nginx and curl take it), not an error.
+        let c = try Self.certs()
+        let up = try RawUpstream(
+            reply: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthe whole body", tls: try c.serverContext("backend"),
+            raggedClose: true)
+        defer { up.stop() }
+        let extra = "    tls: {ca_file: \(c.path("internal.pem")), server_name: backend.internal}\n"
+        let gw = try GatewayProcess(yaml: testConfig(upstreams: ["app": [up.port]], routes: catchAllRoute, upstreamExtra: extra))
+        defer { gw.stop() }
+        for path in ["/a", "/b"] {
+            let r = try request(port: gw.port, "GET", path)
+            #expect(r.status == 200 && r.text == "the whole body", "\(r.status) \(r.text)")
+        }
+        // A Content-Length response cut short the same way is not passed off as whole.
+        let cut = try RawUpstream(
+            reply: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", tls: try c.serverContext("backend"), raggedClose: true)
+        defer { cut.stop() }
+        let gw2 = try GatewayProcess(yaml: testConfig(upstreams: ["app": [cut.port]], routes: catchAllRoute, upstreamExtra: extra))
+        defer { gw2.stop() }
+        let conn = try RawConnection(port: gw2.port)
+        try conn.send("GET /cut HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        let head = try conn.readHead()
+        #expect(head?.status == 200)
+        let rest = conn.readToEnd()
+        #expect(rest.closed && rest.bytes < 100, "\(rest)")
+        try gw.waitUntilQuiet()
+        try gw2.waitUntilQuiet()
+    }
+
     @Test func clientCertificateForAnUpstreamThatRequiresOne() throws {
         let c = try Self.certs()
         let up = try TestUpstream(tls: try c.serverContext("backend", clientCA: "gwca"))

@@ -318,13 +318,16 @@ final class RawUpstream: Sendable {
     let port: Int
     let connections = Atomic<Int>(0)
 
-    init(reply: String) throws {
+    /// Answers every read with `reply` (an empty one: a server that accepts and never says anything). With
+    /// `tls`, over TLS; `raggedClose`: after the reply the TCP connection is closed without a TLS close_notify.
+    init(reply: String, tls: NIOSSLContext? = nil, raggedClose: Bool = false) throws {
         let box = Mutex<RawUpstream?>(nil)
         channel = try ServerBootstrap(group: group)
             .childChannelInitializer { channel in
                 box.withLock { $0 }?.connections.add(1, ordering: .relaxed)
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RawReply(reply: reply))
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                    try channel.pipeline.syncOperations.addHandler(RawReply(reply: reply, raggedClose: raggedClose))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).wait()
@@ -342,9 +345,18 @@ private final class RawReply: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     let reply: String
-    init(reply: String) { self.reply = reply }
+    let raggedClose: Bool
+    init(reply: String, raggedClose: Bool) {
+        self.reply = reply
+        self.raggedClose = raggedClose
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)), promise: nil)
+        if reply.isEmpty { return }
+        let written = context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)))
+        if raggedClose, let tls = try? context.pipeline.syncOperations.context(handlerType: NIOSSLServerHandler.self) {
+            // Closing from the TLS handler's context passes it by: the socket closes with no close_notify.
+            written.assumeIsolated().whenComplete { _ in tls.close(promise: nil) }
+        }
     }
 }
