@@ -39,6 +39,14 @@ struct Serve: AsyncParsableCommand {
             }
             throw ExitCode(1)
         }
+        let fileProblems = TLSFileCheck.problems(config)
+        if !fileProblems.isEmpty {
+            for problem in fileProblems {
+                logger.error("invalid config", metadata: ["gh-problem": "\(problem)"])
+                FileHandle.standardError.write(Data("\(problem)\n".utf8))
+            }
+            throw ExitCode(1)
+        }
         do {
             try await GatewayService.serve(configPath: options.config, config: config, logger: logger)
         } catch {
@@ -55,14 +63,19 @@ struct Validate: ParsableCommand {
     @OptionGroup var options: ConfigOption
 
     func run() throws {
+        let problems: [ConfigProblem]
         do {
-            _ = try ConfigLoader().load(path: options.config)
-            print("ok")
+            // The config, then the certificate, key and CA files it names.
+            problems = TLSFileCheck.problems(try ConfigLoader().load(path: options.config))
         } catch {
-            for problem in error.problems {
+            problems = error.problems
+        }
+        guard problems.isEmpty else {
+            for problem in problems {
                 FileHandle.standardError.write(Data("\(problem)\n".utf8))
             }
             throw ExitCode(1)
         }
+        print("ok")
     }
 }

@@ -12,23 +12,25 @@ enum ListenerTLS {
         var key: NIOSSLPrivateKey
     }
 
-    static func makeContext(_ config: ServerTLSConfig) throws -> NIOSSLContext {
-        var loaded: [Loaded] = []
-        for (i, c) in config.certificates.enumerated() {
-            let what = "server.tls.certificates[\(i)]"
-            let chain = try ClientTLS.certificates(c.certFile, "\(what).cert_file")
-            let key = try ClientTLS.privateKey(c.keyFile, "\(what).key_file")
-            // A key that does not match its certificate is refused now, not at a client's handshake.
-            var probe = TLSConfiguration.makeServerConfiguration(
-                certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
-            probe.minimumTLSVersion = .tlsv12
-            do {
-                _ = try NIOSSLContext(configuration: probe)
-            } catch {
-                throw TLSFileError("\(what): \(c.keyFile) is not the key of \(c.certFile): \(error)")
-            }
-            loaded.append(Loaded(chain: chain, key: key))
+    /// One certificate's chain and key, read and checked to belong together (refused now, not at a client's
+    /// handshake).
+    static func load(_ c: ServerTLSConfig.Certificate, index: Int) throws -> Loaded {
+        let what = "server.tls.certificates[\(index)]"
+        let chain = try ClientTLS.certificates(c.certFile, "\(what).cert_file")
+        let key = try ClientTLS.privateKey(c.keyFile, "\(what).key_file")
+        var probe = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        probe.minimumTLSVersion = .tlsv12
+        do {
+            _ = try NIOSSLContext(configuration: probe)
+        } catch {
+            throw TLSFileError("\(what): \(c.keyFile) is not the key of \(c.certFile): \(error)")
         }
+        return Loaded(chain: chain, key: key)
+    }
+
+    static func makeContext(_ config: ServerTLSConfig) throws -> NIOSSLContext {
+        let loaded = try config.certificates.enumerated().map { try load($1, index: $0) }
         let first = loaded[0]
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: first.chain.map { .certificate($0) }, privateKey: .privateKey(first.key))
@@ -56,5 +58,41 @@ enum ListenerTLS {
         } catch {
             throw TLSFileError("server.tls: the TLS settings were refused: \(error)")
         }
+    }
+}
+
+/// Opens every certificate, key and CA file a config names (for `validate`, and for `serve` before it binds), so
+/// a file that is missing, is not PEM, or is a key that does not fit its certificate is reported at the line
+/// that names it.
+public enum TLSFileCheck {
+    public static func problems(_ config: GatewayConfig) -> [ConfigProblem] {
+        func located(_ ref: TLSFileReference, _ error: Error) -> ConfigProblem {
+            ConfigProblem(file: ref.file, line: ref.line, column: ref.column, message: "\(error)")
+        }
+        var problems: [ConfigProblem] = []
+        var unusable = Set<String>()
+        for ref in config.tlsFiles {
+            do {
+                switch ref.kind {
+                case .certificates: _ = try ClientTLS.certificates(ref.path, ref.what)
+                case .privateKey: _ = try ClientTLS.privateKey(ref.path, ref.what)
+                }
+            } catch {
+                unusable.insert(ref.what)
+                problems.append(located(ref, error))
+            }
+        }
+        for (index, certificate) in (config.server.tls?.certificates ?? []).enumerated() {
+            let what = "server.tls.certificates[\(index)]"
+            guard !unusable.contains("\(what).cert_file"), !unusable.contains("\(what).key_file"),
+                let keyRef = config.tlsFiles.first(where: { $0.what == "\(what).key_file" })
+            else { continue }
+            do {
+                _ = try ListenerTLS.load(certificate, index: index)
+            } catch {
+                problems.append(located(keyRef, error))
+            }
+        }
+        return problems
     }
 }

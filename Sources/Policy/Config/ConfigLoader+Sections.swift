@@ -85,7 +85,7 @@ extension ConfigLoader {
         }
         var certificates: [ServerTLSConfig.Certificate] = []
         var seen: Set<String> = []
-        for item in f["certificates"].flatMap({ r.sequence($0, "server.tls.certificates") }) ?? [] {
+        for (index, item) in (f["certificates"].flatMap({ r.sequence($0, "server.tls.certificates") }) ?? []).enumerated() {
             guard let c = r.fields(item, "server.tls.certificates entry", allowed: ["cert_file", "key_file", "server_names"])
             else { continue }
             guard let certAt = c["cert_file"], let cert = r.nonEmptyString(certAt, "cert_file"),
@@ -97,6 +97,8 @@ extension ConfigLoader {
                 continue
             }
             var entry = ServerTLSConfig.Certificate(certFile: cert, keyFile: key)
+            r.tlsFile(certAt, cert, .certificates, "server.tls.certificates[\(index)].cert_file")
+            r.tlsFile(keyAt, key, .privateKey, "server.tls.certificates[\(index)].key_file")
             for name in c["server_names"].flatMap({ r.locatedStringList($0, "server_names") }) ?? [] {
                 let lower = name.value.lowercased()
                 let bare = lower.hasPrefix("*.") ? String(lower.dropFirst(2)) : lower
@@ -120,7 +122,10 @@ extension ConfigLoader {
         if let v = f["min_version"], let m = r.oneOf(v, "server.tls.min_version", ServerTLSConfig.MinVersion.self, [.v12, .v13]) {
             tls.minVersion = m
         }
-        if let v = f["client_ca_file"] { tls.clientCAFile = r.nonEmptyString(v, "server.tls.client_ca_file") }
+        if let v = f["client_ca_file"] {
+            tls.clientCAFile = r.nonEmptyString(v, "server.tls.client_ca_file")
+            r.tlsFile(v, tls.clientCAFile, .certificates, "server.tls.client_ca_file")
+        }
         return tls
     }
 
@@ -130,7 +135,10 @@ extension ConfigLoader {
         guard let f = r.fields(at, what, allowed: ["ca_file", "server_name", "cert_file", "key_file", "insecure_skip_verify"])
         else { return nil }
         var t = ClientTLSConfig()
-        if let v = f["ca_file"] { t.caFile = r.nonEmptyString(v, "\(what).ca_file") }
+        if let v = f["ca_file"] {
+            t.caFile = r.nonEmptyString(v, "\(what).ca_file")
+            r.tlsFile(v, t.caFile, .certificates, "\(what).ca_file")
+        }
         if let v = f["server_name"], let name = r.nonEmptyString(v, "\(what).server_name") {
             // An IPv4 literal is digits and dots; an IPv6 one has colons.
             if name.contains(":") || name.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || $0 == 46 }) {
@@ -141,8 +149,14 @@ extension ConfigLoader {
                 r.problem(v, "\(what).server_name: '\(name)' is not a host name")
             }
         }
-        if let v = f["cert_file"] { t.certFile = r.nonEmptyString(v, "\(what).cert_file") }
-        if let v = f["key_file"] { t.keyFile = r.nonEmptyString(v, "\(what).key_file") }
+        if let v = f["cert_file"] {
+            t.certFile = r.nonEmptyString(v, "\(what).cert_file")
+            r.tlsFile(v, t.certFile, .certificates, "\(what).cert_file")
+        }
+        if let v = f["key_file"] {
+            t.keyFile = r.nonEmptyString(v, "\(what).key_file")
+            r.tlsFile(v, t.keyFile, .privateKey, "\(what).key_file")
+        }
         if (f["cert_file"] == nil) != (f["key_file"] == nil) {
             r.problem(at, "\(what): cert_file and key_file go together (a client certificate)")
         }
@@ -279,7 +293,10 @@ extension ConfigLoader {
                 r.problem(v, "discovery needs an issuer that is an http:// or https:// URL")
             }
         }
-        if let v = f["ca_file"] { c.caFile = r.nonEmptyString(v, "ca_file") }
+        if let v = f["ca_file"] {
+            c.caFile = r.nonEmptyString(v, "ca_file")
+            r.tlsFile(v, c.caFile, .certificates, "issuer \(iss) ca_file")
+        }
         if let v = f["jwks_refetch_cooldown"], let d = r.duration(v, "jwks_refetch_cooldown") {
             if d < 1_000_000_000 { r.problem(v, "jwks_refetch_cooldown must be at least 1s") } else { c.jwksRefetchCooldown = d }
         }

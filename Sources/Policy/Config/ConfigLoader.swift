@@ -54,7 +54,9 @@ public struct ConfigLoader {
             }
             throw ConfigError(problems: problems)
         }
-        return config!
+        var loaded = config!
+        loaded.tlsFiles = reader.tlsFiles
+        return loaded
     }
 
     /// Reads one file and, depth first, the files it includes; gathers each top-level section's occurrences.

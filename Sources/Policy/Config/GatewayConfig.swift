@@ -17,6 +17,21 @@ public struct GatewayConfig: Sendable {
     public var audit: AuditConfig?
     /// The files the config was read from, main file first.
     public var files: [String]
+    /// Every certificate, key and CA file the config names, with where it names it.
+    public var tlsFiles: [TLSFileReference] = []
+}
+
+/// A certificate, key or CA file named by the config: `validate` and `serve` open each one and report those
+/// that cannot be used at the line that names them.
+public struct TLSFileReference: Sendable, Hashable {
+    public enum Kind: Sendable, Hashable { case certificates, privateKey }
+    public var path: String
+    public var kind: Kind
+    /// The setting, e.g. `server.tls.certificates[0].key_file`.
+    public var what: String
+    public var file: String
+    public var line: Int
+    public var column: Int
 }
 
 /// A `host:port` listen or target address.

@@ -20,6 +20,14 @@ final class YAMLReader {
         problems.append(ConfigProblem(file: at.file, line: at.line, column: at.column, message: message))
     }
 
+    /// Certificate, key and CA files named so far (opened later, by the module that can parse PEM).
+    private(set) var tlsFiles: [TLSFileReference] = []
+
+    func tlsFile(_ at: Located, _ path: String?, _ kind: TLSFileReference.Kind, _ what: String) {
+        guard let path else { return }
+        tlsFiles.append(TLSFileReference(path: path, kind: kind, what: what, file: at.file, line: at.line, column: at.column))
+    }
+
     func problem(file: String, line: Int, column: Int, _ message: String) {
         problems.append(ConfigProblem(file: file, line: line, column: column, message: message))
     }
