@@ -23,6 +23,10 @@ public struct ClientTLS: Sendable {
             tls.certificateVerification = .none
         } else if let ca = config.caFile {
             tls.trustRoots = .certificates(try Self.certificates(ca, "\(what).ca_file"))
+        } else if let bundle = Self.systemBundle {
+            // The system's roots, read now: the library's default adds the certificate directory, which it
+            // would search file by file during a handshake, on the event loop.
+            tls.trustRoots = .file(bundle)
         }
         if let cert = config.certFile, let key = config.keyFile {
             tls.certificateChain = try Self.certificates(cert, "\(what).cert_file").map { .certificate($0) }
@@ -84,6 +88,12 @@ public struct ClientTLS: Sendable {
             }
         }
     }
+
+    /// The system's CA bundle (Debian/Ubuntu/Alpine, Fedora/RHEL, SUSE), if there is one.
+    static let systemBundle: String? = [
+        "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ].first { FileManager.default.isReadableFile(atPath: $0) }
 
     static func isIPAddress(_ host: String) -> Bool {
         (try? SocketAddress(ipAddress: host, port: 0)) != nil
