@@ -50,10 +50,15 @@ enum ProxyHeader {
         try two.send(Array(header[0..<7]))
         try two.send(Array(header[7...]) + Array("GET /v2 HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
         #expect(try two.readResponse()?.status == 200)
-        // v2 LOCAL (the balancer's health check): the balancer itself is the client.
+        // v2 LOCAL (the balancer's health check) and v1 UNKNOWN: the balancer itself stands for the client, and
+        // the forwarding headers on such a connection are the client's own, not the trusted balancer's.
+        let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Real-IP: 6.6.6.6\r\n"
         let local = try RawConnection(port: gw.port)
-        try local.send(ProxyHeader.v2Local + Array("GET /local HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
+        try local.send(ProxyHeader.v2Local + Array("GET /local HTTP/1.1\r\nHost: a\r\n\(spoof)\r\n".utf8))
         #expect(try local.readResponse()?.status == 200)
+        let unknown = try RawConnection(port: gw.port)
+        try unknown.send("PROXY UNKNOWN\r\nGET /unknown HTTP/1.1\r\nHost: a\r\n\(spoof)\r\n")
+        #expect(try unknown.readResponse()?.status == 200)
 
         let seen = Dictionary(up.requests.map { ($0.uri, $0) }, uniquingKeysWith: { a, _ in a })
         // The client's own X-Forwarded-For is not believed: 198.51.100.7 is not a trusted proxy.
@@ -63,7 +68,11 @@ enum ProxyHeader {
         #expect(seen["/v1-again"]?.header("X-Real-IP") == "198.51.100.7")
         #expect(seen["/v2"]?.header("X-Real-IP") == "203.0.113.9")
         #expect(seen["/v2"]?.header("X-Forwarded-Proto") == "https")
-        #expect(seen["/local"]?.header("X-Real-IP") == "127.0.0.1")
+        for path in ["/local", "/unknown"] {
+            #expect(seen[path]?.header("X-Real-IP") == "127.0.0.1", "\(path)")
+            #expect(seen[path]?.headers("X-Forwarded-For") == ["127.0.0.1"], "\(path)")
+            #expect(seen[path]?.header("X-Forwarded-Proto") == "http", "\(path)")
+        }
         #expect(gw.stop() == 0)
         let clients = Dictionary(
             AuditTests.records(log).compactMap { r in (r["path"] as? String).map { ($0, r["client_ip"] as? String) } },

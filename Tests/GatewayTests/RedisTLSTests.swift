@@ -56,6 +56,14 @@ import Testing
             (try? request(port: b.adminPort!, "GET", "/admin/tenants/initech", headers: RateLimitTests.admin).status) == 200
         }
         #expect(try request(port: b.port, "GET", "/api/x", headers: [("X-Tenant-ID", "initech")]).status == 200)
+
+        // Redis restarts: each instance reconnects over TLS, logs in again, and decides through Redis again.
+        try redis.restart()
+        for gw in [a, b] {
+            try waitUntil(seconds: 10) {
+                (try? request(port: gw.port, "GET", "/api/x", headers: [("X-Tenant-ID", "globex")]).status) == 200
+            }
+        }
     }
 
     @Test func anUntrustedServerOrWrongCredentialsAreNeverUsed() throws {
@@ -76,6 +84,8 @@ import Testing
             let r = try request(port: gw.port, "GET", "/api/x", headers: [("X-Tenant-ID", "acme")])
             #expect(r.status == 503, "\(tls)")
             #expect(r.json["code"] as? String == "store_unavailable")
+            // Said once at warning level, so the cause is in the log and not only in the answers.
+            try waitUntil(seconds: 5) { gw.log.contains { $0.contains("redis connect failed") && $0.contains("\"level\":\"warning\"") } }
             gw.stop()
         }
         #expect(up.requests.isEmpty)

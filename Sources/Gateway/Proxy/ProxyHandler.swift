@@ -70,6 +70,10 @@ final class ProxyHandler: ChannelDuplexHandler {
     private var preludeDeadline: NIODeadline?
     /// `https` on the TLS listener, or when a PROXY v2 header says the balancer received the client over TLS.
     private var scheme: String
+    /// A PROXY header that named no client (v1 `UNKNOWN`, v2 `LOCAL` or a non-IP family): the balancer stands
+    /// in for the client, but the forwarding headers on the connection are the client's own, not the
+    /// balancer's, and are not believed.
+    private var forwardingUntrusted = false
 
     init(loop: LoopState, tls: Bool = false, proxyProtocol: Bool = false) {
         self.loop = loop
@@ -82,7 +86,8 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// The request phases, bound to this connection's loop and client (made at the first request, after the
     /// prelude named the client).
-    private(set) lazy var phases = RequestPhases(loop: loop, clientAddress: clientAddress, scheme: scheme)
+    private(set) lazy var phases = RequestPhases(
+        loop: loop, clientAddress: clientAddress, scheme: scheme, forwardingUntrusted: forwardingUntrusted)
 
     // MARK: Channel events
 
@@ -101,7 +106,11 @@ final class ProxyHandler: ChannelDuplexHandler {
         } else if let origin = event as? ProxyOrigin {
             // The balancer's word for who the client is (the peer itself when the header names no one).
             awaitingProxyHeader = false
-            if let source = origin.header.source { clientAddress = source.ip }
+            if let source = origin.header.source {
+                clientAddress = source.ip
+            } else {
+                forwardingUntrusted = true
+            }
             if origin.header.clientTLS { scheme = "https" }
         }
         if !awaitingProxyHeader && !awaitingHandshake { preludeDeadline = nil }

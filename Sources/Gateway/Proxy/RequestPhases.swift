@@ -25,6 +25,9 @@ struct RequestPhases {
     let clientAddress: String
     /// `http`, or `https` on the TLS listener (`X-Forwarded-Proto`).
     let scheme: String
+    /// The peer is a trusted balancer whose PROXY header named no client: its connection's `X-Forwarded-*`
+    /// headers came from the client through an L4 hop and are replaced, not believed.
+    var forwardingUntrusted = false
 
     /// Runs `ctx.phase`; a phase that awaits finishes through `resumer` (on the loop).
     func run(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
@@ -54,7 +57,7 @@ struct RequestPhases {
             ctx.upgrade = checked.upgrade
             ctx.bodyLimit = snapshot.config.server.maxBodyBytes
             // Who the client is: the peer, or through trusted proxies the rightmost untrusted forwarded address.
-            if !snapshot.config.server.trustedProxies.isEmpty {
+            if !snapshot.config.server.trustedProxies.isEmpty && !forwardingUntrusted {
                 let resolved = ClientAddress.resolve(
                     peer: clientAddress, forwardedFor: ctx.head.headers["x-forwarded-for"],
                     trusted: snapshot.config.server.trustedProxies)

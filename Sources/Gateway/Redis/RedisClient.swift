@@ -187,6 +187,8 @@ private final class Core {
     var state: State = .idle
     var circuit: RedisCircuit
     var backoff: TimeAmount = .milliseconds(50)
+    /// The last connect attempt failed (its failure was logged at warning level).
+    var connectFailing = false
 
     let subscribe: [String]
     let onPush: (@Sendable (String, [UInt8]) -> Void)?
@@ -301,7 +303,7 @@ private final class Core {
         }
         ready
             .assumeIsolated()
-            .flatMap { channel in self.handshake(channel).map { channel } }
+            .flatMap { channel in self.handshake(channel, deadline: started + config.connectTimeout).map { channel } }
             .whenComplete { [self] result in
                 if case .shutdown = state {
                     if case .success(let channel) = result { channel.close(promise: nil) }
@@ -312,6 +314,7 @@ private final class Core {
                     state = .ready(channel)
                     backoff = .milliseconds(50)
                     circuit.succeeded()
+                    connectFailing = false
                     logger.info("connected to redis", metadata: ["gh-redis": "\(config.host):\(config.port)"])
                     onReady?()
                     channel.closeFuture.assumeIsolated().whenComplete { [self] _ in
@@ -321,20 +324,31 @@ private final class Core {
                         }
                     }
                 case .failure(let error):
-                    logger.debug("redis connect failed", metadata: ["gh-error": "\(error)"])
+                    // Once per outage at warning level (a wrong CA, name or password shows in the log, not
+                    // only as store_unavailable answers); each retry after that at debug.
+                    let metadata: Logger.Metadata = ["gh-redis": "\(config.host):\(config.port)", "gh-error": "\(error)"]
+                    if connectFailing {
+                        logger.debug("redis connect failed", metadata: metadata)
+                    } else {
+                        logger.warning("redis connect failed (retrying with backoff)", metadata: metadata)
+                        connectFailing = true
+                    }
                     scheduleReconnect()
                 }
             }
     }
 
-    /// AUTH and SELECT, straight on the new channel.
-    private func handshake(_ channel: Channel) -> EventLoopFuture<Void> {
+    /// AUTH, SELECT and SUBSCRIBE, straight on the new channel, all by `deadline` (the connect timeout covers
+    /// the whole setup: a server that accepts, or finishes TLS, then says nothing is closed and retried).
+    private func handshake(_ channel: Channel, deadline: NIODeadline) -> EventLoopFuture<Void> {
         var steps: [[String]] = []
         if let password = configuration.password {
             steps.append(configuration.username.map { ["AUTH", $0, password] } ?? ["AUTH", password])
         }
         if configuration.database != 0 { steps.append(["SELECT", String(configuration.database)]) }
         if !subscribe.isEmpty { steps.append(["SUBSCRIBE"] + subscribe) }
+        if steps.isEmpty { return eventLoop.makeSucceededVoidFuture() }
+        let timer = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
         var future = eventLoop.makeSucceededVoidFuture()
         for step in steps {
             future = future.flatMap {
@@ -343,7 +357,8 @@ private final class Core {
                 return promise.futureResult.map { _ in }
             }
         }
-        return future.flatMapErrorThrowing { error in
+        return future.map { timer.cancel() }.flatMapErrorThrowing { error in
+            timer.cancel()
             channel.close(promise: nil)
             throw error
         }
