@@ -5,20 +5,7 @@ import Testing
 @Suite(.serialized) struct LifecycleTests {
     static let routes = catchAllRoute
 
-    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: GatewayProcess.binary)
-        p.arguments = args
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
+    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try runGatehouse(args) }
 
     @Test func validateCommand() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gh-validate-\(UUID().uuidString)")

@@ -195,28 +195,12 @@ import Testing
         }
     }
 
-    /// Runs `gatehouse <arguments>`: exit status, stdout and stderr.
-    static func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: GatewayProcess.binary)
-        p.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let outText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, outText, errText)
-    }
-
     @Test func validateOpensEveryCertificateKeyAndCAFileAndSaysWhere() throws {
         let c = try Self.certs()
         try "not a certificate\n".write(toFile: c.path("junk.pem"), atomically: true, encoding: .utf8)
         let good = testConfig(upstreams: ["app": [9]], routes: catchAllRoute, server: Self.tlsServer(c))
         try good.write(toFile: c.path("good.yaml"), atomically: true, encoding: .utf8)
-        let ok = try Self.run(["validate", "--config", c.path("good.yaml")])
+        let ok = try runGatehouse(["validate", "--config", c.path("good.yaml")])
         #expect(ok.status == 0 && ok.out == "ok\n", "\(ok)")
 
         // A key that is not its certificate's, a CA file that is not PEM, an upstream CA file that is missing.
@@ -232,7 +216,7 @@ import Testing
         try bad.write(toFile: c.path("bad.yaml"), atomically: true, encoding: .utf8)
         let lines = bad.split(separator: "\n", omittingEmptySubsequences: false)
         func line(_ needle: String) -> Int { (lines.firstIndex { $0.contains(needle) } ?? -1) + 1 }
-        let result = try Self.run(["validate", "--config", c.path("bad.yaml")])
+        let result = try runGatehouse(["validate", "--config", c.path("bad.yaml")])
         #expect(result.status == 1 && result.out.isEmpty)
         let reported = result.err.split(separator: "\n").map(String.init)
         #expect(reported.count == 3, "\(result.err)")
@@ -244,7 +228,7 @@ import Testing
                 "\(needle): \(reported)")
         }
         // serve refuses the same config with the same lines, before it listens.
-        let serve = try Self.run(["serve", "--config", c.path("bad.yaml")])
+        let serve = try runGatehouse(["serve", "--config", c.path("bad.yaml")])
         #expect(serve.status == 1 && serve.err.contains("is not the key of") && !serve.err.contains("gatehouse listening"))
     }
 }

@@ -69,26 +69,32 @@ final class TestCerts {
     }
 }
 
-/// Runs the `openssl` command line; its standard output, or an error carrying what it wrote to standard error.
-func runOpenSSL(_ arguments: [String]) throws -> Data {
+/// Runs `executable` with `arguments` to its end: exit status, standard output and standard error (both drained
+/// while it runs, so a full pipe cannot block it).
+func runProcess(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: Data, err: Data) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+    p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out
     p.standardError = err
     try p.run()
-    // Both pipes are drained while it runs (a full pipe would block it).
     let errors = Mutex(Data())
     let drained = DispatchGroup()
     DispatchQueue.global().async(group: drained) { errors.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
     let output = out.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     drained.wait()
-    guard p.terminationStatus == 0 else {
-        let message = errors.withLock { String(decoding: $0, as: UTF8.self) }
+    return (p.terminationStatus, output, errors.withLock { $0 })
+}
+
+/// Runs the `openssl` command line; its standard output, or an error carrying what it wrote to standard error.
+func runOpenSSL(_ arguments: [String]) throws -> Data {
+    let result = try runProcess("/usr/bin/openssl", arguments)
+    guard result.status == 0 else {
+        let message = String(decoding: result.err, as: UTF8.self)
         throw RawClientError(description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(message)")
     }
-    return output
+    return result.out
 }
