@@ -294,14 +294,7 @@ private final class Core {
                 }
             }
             .connect(to: target)
-        let ready: EventLoopFuture<Channel>
-        if tls != nil {
-            ready = ClientTLS.handshaken(connected, handshake: tlsHandshake, started: started, timeout: config.connectTimeout)
-        } else {
-            tlsHandshake.succeed(())
-            ready = connected
-        }
-        ready
+        ClientTLS.handshaken(connected, tls: tls, handshake: tlsHandshake, started: started, timeout: config.connectTimeout)
             .assumeIsolated()
             .flatMap { channel in self.handshake(channel, deadline: started + config.connectTimeout).map { channel } }
             .whenComplete { [self] result in

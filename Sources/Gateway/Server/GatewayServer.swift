@@ -205,7 +205,7 @@ public final class GatewayServer: Sendable {
                     let proxyProtocol = server.proxyProtocol
                     if proxyProtocol {
                         let peer = channel.remoteAddress?.ipAddress ?? ""
-                        guard server.trustedProxies.contains(where: { $0.contains(peer) }) else {
+                        guard ClientAddress.isTrusted(peer, server.trustedProxies) else {
                             state.metrics.connectionsRefused[ProxyProtocolHandler.refusedPeer, default: 0] += 1
                             throw ChannelError.inappropriateOperationForState
                         }

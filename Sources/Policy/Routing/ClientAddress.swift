@@ -63,12 +63,17 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
 
 /// Who the client is, from the connection's peer and, when the peer is a trusted proxy, its `X-Forwarded-For`.
 public enum ClientAddress {
+    /// Whether `address` lies in one of the `trusted` networks.
+    public static func isTrusted(_ address: String, _ trusted: [CIDR]) -> Bool {
+        trusted.contains { $0.contains(address) }
+    }
+
     /// The client address: the peer itself unless it is in `trusted`; otherwise the rightmost
     /// `X-Forwarded-For` entry that is not in `trusted` (entries that are not addresses end the walk there),
     /// or the leftmost entry when every one is trusted. `peerTrusted` says whether the peer's forwarding
     /// headers are believed.
     public static func resolve(peer: String, forwardedFor: [String], trusted: [CIDR]) -> (client: String, peerTrusted: Bool) {
-        guard !trusted.isEmpty, trusted.contains(where: { $0.contains(peer) }) else { return (peer, false) }
+        guard isTrusted(peer, trusted) else { return (peer, false) }
         let entries = forwardedFor.flatMap { $0.split(separator: ",") }
         var client = peer
         for entry in entries.reversed() {
@@ -78,7 +83,7 @@ public enum ClientAddress {
             let address = String(item)
             guard CIDR.address(address) != nil else { break }
             client = address
-            if !trusted.contains(where: { $0.contains(address) }) { break }
+            if !isTrusted(address, trusted) { break }
         }
         return (client, true)
     }

@@ -112,13 +112,7 @@ public final class TargetPool {
             }
             .connect(to: address)
         // With TLS the connection is usable once its handshake is done; the connect timeout covers both.
-        let ready: EventLoopFuture<Channel>
-        if tls != nil {
-            ready = ClientTLS.handshaken(future, handshake: handshake, started: started, timeout: connectTimeout)
-        } else {
-            handshake.succeed(())
-            ready = future
-        }
+        let ready = ClientTLS.handshaken(future, tls: tls, handshake: handshake, started: started, timeout: connectTimeout)
         ready.assumeIsolated().whenComplete { [weak self] result in
             switch result {
             case .success(let channel):

@@ -68,10 +68,16 @@ public struct ClientTLS: Sendable {
     }
 
     /// `connected`'s channel once its handshake is done, both within `timeout` of `started` (the connect
-    /// timeout covers the handshake); otherwise the channel is closed and the future fails.
+    /// timeout covers the handshake); otherwise the channel is closed and the future fails. Without `tls` the
+    /// connection is ready once connected (and `handshake`, unused, is completed).
     public static func handshaken(
-        _ connected: EventLoopFuture<Channel>, handshake: EventLoopPromise<Void>, started: NIODeadline, timeout: TimeAmount
+        _ connected: EventLoopFuture<Channel>, tls: ClientTLS?, handshake: EventLoopPromise<Void>, started: NIODeadline,
+        timeout: TimeAmount
     ) -> EventLoopFuture<Channel> {
+        guard tls != nil else {
+            handshake.succeed(())
+            return connected
+        }
         // The promise must end on every path: a connect that fails before or in the initializer too.
         connected.whenFailure { handshake.fail($0) }
         return connected.flatMap { channel in
