@@ -63,7 +63,7 @@ import Testing
     @Test func otherBytesCloseTheConnectionUnanswered() throws {
         for text in ["GET / HTTP/1.1\r\n", "PROXY TCP4 bad\r\n", "\u{16}\u{03}\u{01}"] {
             let (channel, recorder, metrics) = try Self.channel()
-            try? channel.writeInbound(ByteBuffer(string: text))
+            _ = try? channel.writeInbound(ByteBuffer(string: text))
             #expect(!channel.isActive, "\(text.debugDescription)")
             #expect(recorder.origins.isEmpty && recorder.bytes.isEmpty)
             #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)

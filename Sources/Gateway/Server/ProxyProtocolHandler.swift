@@ -17,35 +17,43 @@ final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler
     typealias InboundOut = ByteBuffer
 
     private let metrics: LoopMetrics
-    private var buffered: ByteBuffer?
-    private var done = false
+    private enum State {
+        /// Bytes of an unfinished header, held until it completes.
+        case reading(ByteBuffer?)
+        /// Not a header: the connection is closing, and nothing more is passed on.
+        case refused
+        /// The header was read; what follows is the client's stream (the handler is leaving the pipeline).
+        case passing
+    }
+    private var state = State.reading(nil)
 
     init(metrics: LoopMetrics) {
         self.metrics = metrics
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if done {
+        var input = unwrapInboundIn(data)
+        switch state {
+        case .passing:
             context.fireChannelRead(data)
             return
-        }
-        var input = unwrapInboundIn(data)
-        if var held = buffered {
+        case .refused:
+            return
+        case .reading(var held?):
             held.writeBuffer(&input)
             input = held
+        case .reading(nil):
+            break
         }
-        let outcome = input.withUnsafeReadableBytes { ProxyProtocol.parse($0) }
-        switch outcome {
+        switch input.withUnsafeReadableBytes({ ProxyProtocol.parse($0) }) {
         case .needMore:
-            buffered = input
+            state = .reading(input)
         case .invalid:
-            buffered = nil
-            done = true
+            state = .refused
             metrics.connectionsRefused[ProxyProtocolHandler.refusedHeader, default: 0] += 1
             context.close(promise: nil)
         case .header(let header, let consumed):
-            buffered = nil
-            done = true
+            state = .passing
             input.moveReaderIndex(forwardBy: consumed)
             context.fireUserInboundEventTriggered(ProxyOrigin(header: header))
             if input.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(input)) }
@@ -54,7 +62,7 @@ final class ProxyProtocolHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if done { context.fireChannelReadComplete() }
+        if case .passing = state { context.fireChannelReadComplete() }
     }
 
     /// `gatehouse_connections_refused_total` reasons.
