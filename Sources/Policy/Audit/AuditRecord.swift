@@ -6,7 +6,8 @@ import Foundation
 /// order, without whitespace, and without the final `hash` member:
 /// `{"ts":…,"seq":…,"request_id":…,"tenant":…,"user":…,"method":…,"path":…[,"path_truncated":true],
 /// "route":…,"status":…,"decision":…,"code":…,"latency_ms":…,"client_ip":…,"upstream":…
-/// [,"rate_limit":"fail_open"],"prev_hash":…}`.
+/// [,"bytes_in":…,"bytes_out":…,"duration_ms":…][,"rate_limit":"fail_open"],"prev_hash":…}` (the three
+/// counts on a WebSocket tunnel's record, written when it closes).
 /// The line in the log is that text with `,"hash":"<64 hex>"` inserted before the closing brace, so
 /// anyone can re-verify with a few lines of code (see ``AuditChain/verify(lines:key:)``, and the README's Python).
 public struct AuditRecord: AuditEntry, Sendable, Equatable {
@@ -34,6 +35,20 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
     public var upstream: String?
     /// Admitted by a local bucket while the rate-limit store failed (`on_failure: open`).
     public var failOpen = false
+    /// A WebSocket tunnel's traffic, on the record written when it closes.
+    public struct Tunnel: Sendable, Equatable {
+        /// Bytes from the client towards the upstream, and back, after the handshake.
+        public var bytesIn: Int64
+        public var bytesOut: Int64
+        /// From the upstream's 101 to the close.
+        public var durationMillis: Int64
+        public init(bytesIn: Int64, bytesOut: Int64, durationMillis: Int64) {
+            self.bytesIn = bytesIn
+            self.bytesOut = bytesOut
+            self.durationMillis = durationMillis
+        }
+    }
+    public var tunnel: Tunnel? = nil
 
     public init(
         timeMillis: Int64, requestID: String, tenant: String?, user: String?, method: String, path: String,
@@ -115,6 +130,14 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
         str(clientIP)
         raw(",\"upstream\":")
         str(upstream)
+        if let tunnel {
+            raw(",\"bytes_in\":")
+            int(tunnel.bytesIn)
+            raw(",\"bytes_out\":")
+            int(tunnel.bytesOut)
+            raw(",\"duration_ms\":")
+            int(tunnel.durationMillis)
+        }
         if failOpen { raw(",\"rate_limit\":\"fail_open\"") }
         raw(",\"prev_hash\":\"")
         out.append(contentsOf: prevHash)

@@ -324,7 +324,8 @@ extension ConfigLoader {
     }
 
     func parsePlan(_ at: Located, name: String, _ r: YAMLReader) -> PlanConfig? {
-        guard let f = r.fields(at, "plan '\(name)'", allowed: ["rate", "quota", "features", "max_body_bytes"]) else {
+        guard let f = r.fields(at, "plan '\(name)'", allowed: ["rate", "quota", "features", "max_body_bytes", "max_websockets"])
+        else {
             return nil
         }
         var p = PlanConfig()
@@ -338,6 +339,7 @@ extension ConfigLoader {
         }
         if let v = f["features"] { p.features = r.stringList(v, "plans.\(name).features") ?? [] }
         if let v = f["max_body_bytes"] { p.maxBodyBytes = r.size(v, "plans.\(name).max_body_bytes") }
+        if let v = f["max_websockets"] { p.maxWebsockets = r.int(v, "plans.\(name).max_websockets", min: 0, max: 1_000_000) }
         return p
     }
 
@@ -402,7 +404,8 @@ extension ConfigLoader {
         if t.status == "trialing" && t.trialEnds == nil, let v = f["status"] {
             r.problem(v, "a trialing tenant needs trial_ends")
         }
-        if let v = f["overrides"], let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes"]) {
+        if let v = f["overrides"], let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes", "max_websockets"]) {
+            if let x = o["max_websockets"] { t.maxWebsocketsOverride = r.int(x, "overrides.max_websockets", min: 0, max: 1_000_000) }
             if let x = o["rate"] { t.rateOverride = parseRate(x, "overrides.rate", r) }
             if let x = o["quota"] {
                 if case .scalar = x.node {
@@ -526,7 +529,7 @@ extension ConfigLoader {
                 at, "route",
                 allowed: [
                     "name", "match", "upstream", "strip_prefix", "auth", "min_plan", "feature", "roles", "rate_limits",
-                    "allow_method_override",
+                    "allow_method_override", "websocket", "websocket_idle_timeout",
                 ])
         else { return nil }
         guard let nameAt = f["name"], let name = r.nonEmptyString(nameAt, "route name") else {
@@ -589,6 +592,11 @@ extension ConfigLoader {
         }
         if let v = f["allow_method_override"], let allow = r.bool(v, "allow_method_override") {
             route.allowMethodOverride = allow
+        }
+        if let v = f["websocket"], let on = r.bool(v, "websocket") { route.websocket = on }
+        if let v = f["websocket_idle_timeout"], let d = r.duration(v, "websocket_idle_timeout") {
+            route.websocketIdleTimeout = d
+            if !route.websocket { r.problem(v, "route '\(name)': websocket_idle_timeout needs websocket: true") }
         }
         if let v = f["rate_limits"], let kinds = r.locatedStringList(v, "rate_limits") {
             for k in kinds where !Self.rateLimitKinds.contains(k.value) {

@@ -262,6 +262,8 @@ public struct PlanConfig: Sendable {
     public var quota: Quota = .unlimited
     public var features: [String] = []
     public var maxBodyBytes: Int? = nil
+    /// Concurrent WebSocket tunnels per tenant (fleet-wide with a shared store); nil: no limit.
+    public var maxWebsockets: Int? = nil
 }
 
 /// RFC 3339 timestamps (`2026-12-31T00:00:00Z`, offsets and fractions allowed) as seconds since the epoch.
@@ -364,6 +366,10 @@ public struct RouteConfig: Sendable {
     public var rateLimits: [String] = ["tenant"]
     /// `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override` reach the upstream (default: removed).
     public var allowMethodOverride = false
+    /// `Upgrade: websocket` is carried (default: refused with 400).
+    public var websocket = false
+    /// A tunnel with no byte either way for this long is closed (ns).
+    public var websocketIdleTimeout: Int64 = 300_000_000_000
 }
 
 /// `audit:`: which requests are recorded and where.

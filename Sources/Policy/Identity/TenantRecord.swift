@@ -25,6 +25,8 @@ public struct TenantRecord: Sendable {
     public var maxBodyBytes: Int? = nil
     public var rateOverride: PlanConfig.Rate? = nil
     public var quotaOverride: PlanConfig.Quota? = nil
+    /// Concurrent WebSocket tunnels, instead of the plan's `max_websockets`.
+    public var maxWebsocketsOverride: Int? = nil
     /// `created` of the newest billing event applied (seconds since the epoch): an older event is ignored.
     public var billingEventAt: Double? = nil
     /// SHA-256 hashes of API keys revoked from this tenant: they never authenticate again, even when a YAML

@@ -18,6 +18,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case paymentRequired = "payment_required"
         case rateLimited = "rate_limited"
         case quotaExceeded = "quota_exceeded"
+        case tooManyConnections = "too_many_connections"
         case payloadTooLarge = "payload_too_large"
         case storeUnavailable = "store_unavailable"
         case upstreamUnavailable = "upstream_unavailable"
@@ -65,6 +66,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case .paymentRequired: "Payment required"
         case .rateLimited: "Rate limited"
         case .quotaExceeded: "Quota exceeded"
+        case .tooManyConnections: "Too many connections"
         case .payloadTooLarge: "Payload too large"
         case .storeUnavailable: "Store unavailable"
         case .upstreamUnavailable: "Upstream unavailable"
@@ -131,6 +133,13 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
     public static func quotaExceeded(retryAfter: Int, _ detail: String) -> Denial {
         var d = Denial(.quotaExceeded, 429, detail)
         d.headers = [("Retry-After", String(max(1, retryAfter)))]
+        return d
+    }
+    /// 429 for a WebSocket handshake while the tenant holds its plan's `max_websockets` tunnels.
+    public static func tooManyConnections(limit: Int) -> Denial {
+        var d = Denial(
+            .tooManyConnections, 429, "The tenant already holds its \(limit) concurrent WebSocket connections.")
+        d.extensions = [("limit", String(limit))]
         return d
     }
     /// 413; `close` when unread body bytes remain on the connection.
