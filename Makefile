@@ -1,6 +1,6 @@
 # Gatehouse: the two front-door commands are `make run` and `make test`.
 SHELL := /bin/bash
-APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server python3 curl openssl
+APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server python3 python3-pip curl openssl
 BIN := .build/debug/gatehouse
 
 .PHONY: deps build run test fuzz bench clean
@@ -13,6 +13,9 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+	@# The live WebSocket tests' peers: the Python `websockets` library, 13 or later (its asyncio API).
+	@python3 -c "import websockets.asyncio.server" 2>/dev/null || python3 -m pip install -q --user "websockets>=13" \
+	  || python3 -m pip install -q --user --break-system-packages "websockets>=13"
 
 build: deps
 	swift build

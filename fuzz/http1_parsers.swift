@@ -50,7 +50,9 @@ func feed(_ chunks: [ArraySlice<UInt8>], _ next: (UnsafeRawBufferPointer, inout 
 }
 
 func run(_ chunks: [ArraySlice<UInt8>], maxHeaderBytes: Int, response: Int) -> Trace {
-    if response > 0 { return runResponse(chunks, maxHeadBytes: maxHeaderBytes, toHead: response == 2) }
+    if response > 0 {
+        return runResponse(chunks, maxHeadBytes: maxHeaderBytes, toHead: response == 2, upgrade: response == 3)
+    }
     var parser = HTTP1RequestParser(limits: .init(maxHeaderBytes: maxHeaderBytes, maxHeaderFields: 16))
     return feed(chunks) { bytes, offset in
         switch parser.next(bytes, &offset) {
@@ -63,13 +65,15 @@ func run(_ chunks: [ArraySlice<UInt8>], maxHeaderBytes: Int, response: Int) -> T
             return .event("declared \(t)")
         case .end: return .event("end")
         case .error(let e): return .event("error \(e)")
+        // After a request that switches protocols: joined like body bytes (it follows the request's end).
+        case .tunnel(let r): return .body(r)
         }
     }
 }
 
-func runResponse(_ chunks: [ArraySlice<UInt8>], maxHeadBytes: Int, toHead: Bool) -> Trace {
+func runResponse(_ chunks: [ArraySlice<UInt8>], maxHeadBytes: Int, toHead: Bool, upgrade: Bool) -> Trace {
     var parser = HTTP1ResponseParser(maxHeadBytes: maxHeadBytes, maxHeaderFields: 16)
-    parser.expectResponse(toHead: toHead)
+    parser.expectResponse(toHead: toHead, upgrade: upgrade)
     var trace = feed(chunks) { bytes, offset in
         switch parser.next(bytes, &offset) {
         case nil: return nil
@@ -78,9 +82,10 @@ func runResponse(_ chunks: [ArraySlice<UInt8>], maxHeadBytes: Int, toHead: Bool)
             return .event("head \(h.status) \(h.reason) \(h.versionMinor) \(h.headers.map { "\($0.name)=\($0.value)" }) \(h.reusable)")
         case .end:
             // The next response, as for a following request on the same connection.
-            parser.expectResponse(toHead: toHead)
+            parser.expectResponse(toHead: toHead, upgrade: upgrade)
             return .event("end")
         case .error(let e): return .event("error \(e)")
+        case .tunnel(let r): return .body(r)
         }
     }
     if parser.closed() != nil { trace.events.append("end at close") }
@@ -93,7 +98,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let control = Int(data[0])
     let input = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
     let limit = 32 + (control & 0x0f) * 64
-    let response = (control >> 4) % 3
+    let response = (control >> 4) % 4
     let whole = run([input[...]], maxHeaderBytes: limit, response: response)
     let cut = (control * 7919) % (input.count + 1)
     let two = run([input[..<cut], input[cut...]], maxHeaderBytes: limit, response: response)

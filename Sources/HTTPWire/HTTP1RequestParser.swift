@@ -5,6 +5,10 @@
 /// either. Every size a client controls is bounded: the request line and the header section (``Limits``), the
 /// number of header fields, a chunk-size line and the trailer section. Bytes arrive in any split.
 ///
+/// A request that asks to switch protocols (``switchesProtocol(_:)``: an `Upgrade` other than `h2c`) is the last
+/// one parsed: whatever follows its end belongs to the new protocol (or to nobody, when the switch is refused and
+/// the connection closed) and is handed out as ``Event/tunnel(_:)`` ranges, never read as HTTP.
+///
 /// Pure: bytes in, events out, no I/O. Use: `while let event = parser.next(bytes, &offset) { ... }` for each read,
 /// with `offset` starting at 0; body events are ranges of that read's bytes.
 public struct HTTP1RequestParser: Sendable {
@@ -39,6 +43,8 @@ public struct HTTP1RequestParser: Sendable {
         case end
         /// The input is not HTTP/1.x as accepted here; the parser stops.
         case error(ParseError)
+        /// Bytes after the end of a request that switches protocols: a range of the bytes passed in.
+        case tunnel(Range<Int>)
     }
 
     private enum State: Sendable {
@@ -48,6 +54,8 @@ public struct HTTP1RequestParser: Sendable {
         case body
         /// Stopped: after an error or a refused framing nothing more is parsed.
         case stopped
+        /// After a request that switches protocols: bytes are passed through unparsed.
+        case tunnel
     }
 
     public let limits: Limits
@@ -56,6 +64,8 @@ public struct HTTP1RequestParser: Sendable {
     private var body = HTTP1BodyReader(.length(0), maxTrailerBytes: 0)
     private var endDue = false
     private var skippedEmptyLines = 0
+    /// The request being read switches protocols: its end starts the tunnel.
+    private var tunnelAfterEnd = false
 
     public init(limits: Limits) {
         self.limits = limits
@@ -73,6 +83,10 @@ public struct HTTP1RequestParser: Sendable {
             case .stopped:
                 offset = bytes.count
                 return nil
+            case .tunnel:
+                guard offset < bytes.count else { return nil }
+                defer { offset = bytes.count }
+                return .tunnel(offset..<bytes.count)
             case .start:
                 // Empty lines before a request line are skipped (RFC 9112 §2.2), a bounded number of them.
                 while offset < bytes.count, bytes[offset] == 13 || bytes[offset] == 10 {
@@ -101,7 +115,7 @@ public struct HTTP1RequestParser: Sendable {
                     return .body(r)
                 case .chunkDeclared(let total): return .chunkDeclared(total: total)
                 case .end:
-                    state = .start
+                    state = tunnelAfterEnd ? .tunnel : .start
                     return .end
                 case .error(let e): return fail(e)
                 }
@@ -111,7 +125,7 @@ public struct HTTP1RequestParser: Sendable {
 
     /// A sized body was handed out whole: the next call returns `.end`.
     private mutating func endAfterBody() {
-        state = .start
+        state = tunnelAfterEnd ? .tunnel : .start
         endDue = true
     }
 
@@ -128,11 +142,12 @@ public struct HTTP1RequestParser: Sendable {
             return fail(error)
         case .success(let head):
             let framing = HTTP1Framing.decide(versionMinor: head.versionMinor, headers: head.headers)
+            tunnelAfterEnd = Self.switchesProtocol(head.headers)
             switch framing {
             case .failure:
                 state = .stopped
             case .success(.none):
-                state = .start
+                state = tunnelAfterEnd ? .tunnel : .start
                 endDue = true
             case .success(.length(let n)):
                 state = .body
@@ -146,6 +161,16 @@ public struct HTTP1RequestParser: Sendable {
     }
 
     static let maxMethodBytes = 24
+
+    /// True when a request with these headers asks to switch protocols: an `Upgrade` field with any value but
+    /// `h2c` (which the gateway ignores, RFC 9110 §7.8: it serves the request over HTTP/1.1). Nothing after such
+    /// a request is parsed as HTTP, whether or not the switch is accepted.
+    public static func switchesProtocol(_ headers: [(name: String, value: String)]) -> Bool {
+        for (name, value) in headers where name.utf8.count == 7 && ASCII.equalsLower(name.utf8, "upgrade") {
+            if !ASCII.equalsLower(ASCII.trimmed(Substring(value)).utf8, "h2c") { return true }
+        }
+        return false
+    }
 
     /// `A`-`Z`, `-` and `_`: the bytes of registered methods (`M-SEARCH`, `BASELINE-CONTROL`).
     static func isMethodByte(_ b: UInt8) -> Bool {

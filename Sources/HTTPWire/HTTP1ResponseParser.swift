@@ -2,7 +2,8 @@
 ///
 /// Each response is read for the request that asked for it (``expectResponse(toHead:)``): a response to HEAD,
 /// and 204 and 304, have no body; interim 1xx responses (100, 103) are read and skipped, since the gateway
-/// answers `Expect` itself; 101 is refused (nothing is upgraded on this path). The body is framed as RFC 9112
+/// answers `Expect` itself; 101 ends HTTP on the connection when the request asked to switch protocols (the bytes
+/// after it come out as ``Event/tunnel(_:)``) and is refused otherwise. The body is framed as RFC 9112
 /// §6.3 says: Transfer-Encoding ending in `chunked` wins (and the connection is not reused), another
 /// Transfer-Encoding or no framing at all reads until the upstream closes, else one Content-Length (equal
 /// duplicates are one); differing Content-Lengths are an error. The grammar is the request parser's, as strict.
@@ -21,6 +22,8 @@ public struct HTTP1ResponseParser: Sendable {
         case body(Range<Int>)
         case end
         case error(HTTP1ParseError)
+        /// Bytes after a `101 Switching Protocols`: a range of the bytes passed in.
+        case tunnel(Range<Int>)
     }
 
     private enum State: Sendable {
@@ -29,12 +32,15 @@ public struct HTTP1ResponseParser: Sendable {
         case head
         case body
         case stopped
+        /// After a 101: bytes are passed through unparsed.
+        case tunnel
     }
 
     public let maxHeadBytes: Int
     public let maxHeaderFields: Int
     private var state: State = .idle
     private var headRequest = false
+    private var upgradeRequest = false
     private var gatherer = HeadGatherer()
     private var body = HTTP1BodyReader(.length(0), maxTrailerBytes: 0)
     private var endDue = false
@@ -44,10 +50,12 @@ public struct HTTP1ResponseParser: Sendable {
         self.maxHeaderFields = maxHeaderFields
     }
 
-    /// A request was sent: its response comes next.
-    public mutating func expectResponse(toHead: Bool) {
+    /// A request was sent: its response comes next. `upgrade`: the request asked to switch protocols, so a 101
+    /// may answer it.
+    public mutating func expectResponse(toHead: Bool, upgrade: Bool = false) {
         state = .head
         headRequest = toHead
+        upgradeRequest = upgrade
         endDue = false
         gatherer.reset()
     }
@@ -66,6 +74,10 @@ public struct HTTP1ResponseParser: Sendable {
             case .stopped:
                 offset = bytes.count
                 return nil
+            case .tunnel:
+                guard offset < bytes.count else { return nil }
+                defer { offset = bytes.count }
+                return .tunnel(offset..<bytes.count)
             case .idle:
                 guard offset < bytes.count else { return nil }
                 return fail(.malformed("bytes from the upstream when no response was expected"))
@@ -82,7 +94,12 @@ public struct HTTP1ResponseParser: Sendable {
                 case .failure(let e):
                     return fail(e)
                 case .success(var head):
-                    if head.status == 101 { return fail(.malformed("unexpected 101 Switching Protocols")) }
+                    if head.status == 101 {
+                        guard upgradeRequest else { return fail(.malformed("unexpected 101 Switching Protocols")) }
+                        head.reusable = false
+                        state = .tunnel
+                        return .head(head)
+                    }
                     // Interim responses are dropped; the final one follows.
                     if head.status < 200 { continue }
                     switch framing(head) {

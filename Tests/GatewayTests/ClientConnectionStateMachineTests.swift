@@ -702,6 +702,79 @@ import Testing
         #expect(!m.paused.contains(.upgrade))
     }
 
+    /// A WebSocket handshake attached upstream, its request read whole (reading paused for the answer).
+    static func handshake(_ m: inout Machine) {
+        head(&m, upgrade: true)
+        #expect(m.requestEnd(now: at(0)) == .none)
+        #expect(m.admitted() == .connect)
+        m.acquiring()
+        #expect(m.attached() == true)
+        #expect(!m.readingAllowed)
+    }
+
+    @Test func a101OpensATunnelThatReadsAgainAndIgnoresHTTPEvents() {
+        var m = Self.machine()
+        Self.handshake(&m)
+        #expect(m.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == true)
+        #expect(m.inTunnel && m.readingAllowed)
+        #expect(m.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == false)  // once
+        // Nothing of HTTP applies any more: no second end, no queueing, no drain close, no request timeout.
+        #expect(m.inbound(.head) == .discard)
+        #expect(m.responseEnd(now: Self.at(2)) == nil)
+        #expect(m.denied(status: 500, code: "x", closeConnection: true, now: Self.at(2)) == nil)
+        #expect(m.upstreamFailed(retry: false) == .none)
+        #expect(m.malformed() == .none)
+        #expect(m.beginDrain() == false)
+        #expect(m.sweep(now: Self.at(5.9)) == .none)
+    }
+
+    @Test func aTunnelEndsOnceByEachOfItsEnds() {
+        let tunnelEnd = End(status: 101, code: "", denied: false, upstream: .abandon, next: .close)
+        // The client hangs up.
+        var a = Self.machine()
+        Self.handshake(&a)
+        #expect(a.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == true)
+        #expect(a.clientClosed() == tunnelEnd)
+        #expect(a.clientClosed() == nil)
+        #expect(a.tunnelClosedByUpstream() == nil)
+        // The upstream closes.
+        var b = Self.machine()
+        Self.handshake(&b)
+        #expect(b.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == true)
+        #expect(b.tunnelClosedByUpstream() == tunnelEnd)
+        #expect(b.clientClosed() == nil)
+        #expect(b.sweep(now: Self.at(60)) == .none)
+        // No byte either way for the idle timeout; activity pushes it back; a client that stops reading does not
+        // trip the send timeout (the upstream is paused instead, and the idle timeout ends it).
+        var c = Self.machine()
+        Self.handshake(&c)
+        #expect(c.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == true)
+        c.writabilityChanged(isWritable: false, now: Self.at(1))
+        c.tunnelActivity(now: Self.at(4))
+        #expect(c.sweep(now: Self.at(8.9)) == .none)
+        #expect(c.sweep(now: Self.at(9)) == .ended(End(status: 101, code: "idle_timeout", denied: false, upstream: .abandon, next: .close)))
+        #expect(c.sweep(now: Self.at(20)) == .none)
+        #expect(c.clientClosed() == nil)
+    }
+
+    @Test func noTunnelWithoutAHandshakeOrAfterItsExchangeEnded() {
+        var plain = Self.machine()
+        Self.attachedGET(&plain)
+        #expect(plain.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == false)
+        var gone = Self.machine()
+        Self.handshake(&gone)
+        _ = gone.clientClosed()
+        #expect(gone.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == false)
+        // Back-pressure in the tunnel pauses reading like any upstream back-pressure.
+        var m = Self.machine()
+        Self.handshake(&m)
+        #expect(m.tunnelOpened(now: Self.at(1), idleTimeout: .seconds(5)) == true)
+        m.setPaused(.upstreamBackpressure, true)
+        #expect(!m.readingAllowed)
+        m.setPaused(.upstreamBackpressure, false)
+        #expect(m.readingAllowed)
+    }
+
     // MARK: Drain
 
     @Test func drainWhileIdleClosesAtOnce() {

@@ -9,6 +9,7 @@ enum Seen: Equatable {
     case declared(Int)
     case end
     case error(HTTP1RequestParser.ParseError)
+    case tunnel(String)
 }
 
 /// Feeds `chunks` in order and collects the events, merging consecutive body pieces.
@@ -40,6 +41,13 @@ func parse(_ chunks: [[UInt8]], maxHeaderBytes: Int = 1024, maxFields: Int = 256
                 case .chunkDeclared(let total): seen.append(.declared(total))
                 case .end: seen.append(.end)
                 case .error(let e): seen.append(.error(e))
+                case .tunnel(let r):
+                    let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[r]), as: UTF8.self)
+                    if case .tunnel(let before) = seen.last {
+                        seen[seen.count - 1] = .tunnel(before + text)
+                    } else {
+                        seen.append(.tunnel(text))
+                    }
                 }
             }
             #expect(offset == bytes.count, "input left unused")
@@ -193,5 +201,39 @@ func merged(_ events: [Seen]) -> [Seen] {
         #expect(
             parse("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
                 == [.head("POST", "/", 1, ["Content-Length: 0"], "none"), .end])
+    }
+
+    @Test func nothingAfterARequestThatSwitchesProtocolsIsParsed() {
+        let handshake = "GET /live HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        let lines = ["Host: a", "Connection: Upgrade", "Upgrade: websocket"]
+        // What follows is the tunnel's, even when it looks like a request (a smuggling attempt stays opaque).
+        let after = "GET /admin HTTP/1.1\r\nHost: a\r\n\r\n\u{1}\u{2}"
+        let expected: [Seen] = [.head("GET", "/live", 1, lines, "none"), .end, .tunnel(after)]
+        let bytes = Array((handshake + after).utf8)
+        #expect(parse([bytes]) == expected)
+        for cut in 1..<bytes.count {
+            #expect(parse([Array(bytes[..<cut]), Array(bytes[cut...])]) == expected, "split at \(cut)")
+        }
+        // Any upgrade but h2c switches, whatever the parser's caller decides about it later.
+        #expect(HTTP1RequestParser.switchesProtocol([("upgrade", " IRC/6.9 ")]))
+        #expect(HTTP1RequestParser.switchesProtocol([("Upgrade", "h2c, websocket")]))
+        #expect(!HTTP1RequestParser.switchesProtocol([("Upgrade", " H2C ")]))
+        #expect(!HTTP1RequestParser.switchesProtocol([("Connection", "Upgrade")]))
+    }
+
+    @Test func h2cIsIgnoredAndTheConnectionReadOn() {
+        let first = "GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+        let second = "GET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+        let seen = parse([Array((first + second).utf8)])
+        #expect(seen.count == 4)
+        #expect(seen.last == .end)
+        if case .head(_, let target, _, _, _) = seen[2] { #expect(target == "/b") } else { Issue.record("no second head: \(seen)") }
+    }
+
+    @Test func aSwitchingRequestWithABodyTunnelsAfterTheBody() {
+        let text = "POST /x HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nContent-Length: 2\r\n\r\nokrest"
+        #expect(parse([Array(text.utf8)]) == [
+            .head("POST", "/x", 1, ["Host: a", "Upgrade: foo", "Content-Length: 2"], "length 2"), .body("ok"), .end, .tunnel("rest"),
+        ])
     }
 }

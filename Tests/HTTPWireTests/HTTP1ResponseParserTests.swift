@@ -3,9 +3,9 @@ import Testing
 @testable import HTTPWire
 
 /// Parses `text` (in `chunks` pieces) as the response to one request; events flattened for comparison.
-func parseResponse(_ chunks: [[UInt8]], toHead: Bool = false, closeAtEnd: Bool = false) -> [String] {
+func parseResponse(_ chunks: [[UInt8]], toHead: Bool = false, upgrade: Bool = false, closeAtEnd: Bool = false) -> [String] {
     var parser = HTTP1ResponseParser(maxHeadBytes: 512, maxHeaderFields: 16)
-    parser.expectResponse(toHead: toHead)
+    parser.expectResponse(toHead: toHead, upgrade: upgrade)
     var out: [String] = []
     var body = ""
     func flush() {
@@ -27,6 +27,10 @@ func parseResponse(_ chunks: [[UInt8]], toHead: Bool = false, closeAtEnd: Bool =
                 case .error(let e):
                     flush()
                     out.append("error \(e)")
+                case .tunnel(let r):
+                    flush()
+                    let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[r]), as: UTF8.self)
+                    if let last = out.last, last.hasPrefix("tunnel ") { out[out.count - 1] = last + text } else { out.append("tunnel " + text) }
                 }
             }
             #expect(offset == bytes.count)
@@ -37,12 +41,13 @@ func parseResponse(_ chunks: [[UInt8]], toHead: Bool = false, closeAtEnd: Bool =
     return out
 }
 
-func parseResponse(_ text: String, toHead: Bool = false, closeAtEnd: Bool = false) -> [String] {
+func parseResponse(_ text: String, toHead: Bool = false, upgrade: Bool = false, closeAtEnd: Bool = false) -> [String] {
     let bytes = Array(text.utf8)
-    let whole = parseResponse([bytes], toHead: toHead, closeAtEnd: closeAtEnd)
+    let whole = parseResponse([bytes], toHead: toHead, upgrade: upgrade, closeAtEnd: closeAtEnd)
     // Any split gives the same events.
     for cut in stride(from: 1, to: bytes.count, by: 1) {
-        let split = parseResponse([Array(bytes[..<cut]), Array(bytes[cut...])], toHead: toHead, closeAtEnd: closeAtEnd)
+        let split = parseResponse(
+            [Array(bytes[..<cut]), Array(bytes[cut...])], toHead: toHead, upgrade: upgrade, closeAtEnd: closeAtEnd)
         #expect(split == whole, "split at \(cut) of \(text.debugDescription)")
     }
     return whole
@@ -82,6 +87,21 @@ func parseResponse(_ text: String, toHead: Bool = false, closeAtEnd: Bool = fals
             parseResponse("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
                 == ["head 200 OK 1.1 1 reusable", "body x", "end"])
         #expect(parseResponse("HTTP/1.1 101 Switching Protocols\r\n\r\n") == ["error malformed(\"unexpected 101 Switching Protocols\")"])
+    }
+
+    @Test func switchingProtocolsOpensATunnelOnlyForAnUpgradeRequest() {
+        // After the 101, every byte is the new protocol's: nothing is parsed as HTTP, not even a response line.
+        #expect(
+            parseResponse(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{1}\u{2}hiHTTP/1.1 200 OK\r\n",
+                upgrade: true)
+                == ["head 101 Switching Protocols 1.1 2 close", "tunnel \u{1}\u{2}hiHTTP/1.1 200 OK\r\n"])
+        // An upgrade request the upstream declines gets an ordinary response, read as usual.
+        #expect(
+            parseResponse("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno", upgrade: true)
+                == ["head 403 Forbidden 1.1 1 reusable", "body no", "end"])
+        // A closed tunnel is not a response cut short.
+        #expect(parseResponse("HTTP/1.1 101 Switching Protocols\r\n\r\n", upgrade: true, closeAtEnd: true) == ["head 101 Switching Protocols 1.1 0 close"])
     }
 
     @Test func keepAlive() {

@@ -2,8 +2,8 @@ import NIOCore
 
 /// The life of one client connection and of the exchange it is carrying (STYLE 4, "The lifecycle invariant").
 ///
-/// The connection is idle, reading a request head, carrying an exchange, closing (lingering so the client reads
-/// its last response), or closed. Input that arrives while an exchange's request is complete (pipelined
+/// The connection is idle, reading a request head, carrying an exchange, tunnelling (a WebSocket after the
+/// upstream's 101), closing (lingering so the client reads its last response), or closed. Input that arrives while an exchange's request is complete (pipelined
 /// requests, a malformed request behind a good one) is queued in order and counted; reading pauses when the
 /// queue holds `maxPipelinedRequests` heads or `maxReadAheadBytes` bytes, so a client cannot grow our memory.
 ///
@@ -40,8 +40,8 @@ struct ClientConnectionStateMachine {
         static let upstreamBackpressure = PauseReasons(rawValue: 2)
         /// A chunked body is held (up to `chunkedHoldBytes`) until the upstream connection is ready.
         static let holding = PauseReasons(rawValue: 4)
-        /// An `Upgrade` request ended: the HTTP decoder parses nothing after it, so every further byte would pile
-        /// up unparsed.
+        /// A WebSocket handshake ended: the parser reads nothing after it, so reading waits for the tunnel (or
+        /// the refusal, which closes the connection).
         static let upgrade = PauseReasons(rawValue: 8)
     }
 
@@ -133,7 +133,7 @@ struct ClientConnectionStateMachine {
 
     /// The `code` an ``End`` records, short of a denial's own.
     enum EndReason: Equatable {
-        case none, denied, clientClosed, sendTimeout, requestTimeout, upstreamReset, badRequest
+        case none, denied, clientClosed, sendTimeout, requestTimeout, upstreamReset, badRequest, idleTimeout
 
         var code: String {
             switch self {
@@ -143,14 +143,24 @@ struct ClientConnectionStateMachine {
             case .requestTimeout: "request_timeout"
             case .upstreamReset: "upstream_reset"
             case .badRequest: "bad_request"
+            case .idleTimeout: "idle_timeout"
             }
         }
+    }
+
+    /// A WebSocket tunnel: bytes pass both ways, with back-pressure, until either side closes or none moves for
+    /// `idleTimeout`. The send timeout does not apply: a client that stops reading pauses the upstream, and the
+    /// idle timeout ends that.
+    struct Tunnel: Equatable {
+        var lastActivity: NIODeadline
+        let idleTimeout: TimeAmount
     }
 
     enum State: Equatable {
         case idle(since: NIODeadline)
         case readingHead(since: NIODeadline)
         case exchange(Exchange)
+        case tunnel(Tunnel)
         /// The last response is written; `lingerUntil` is set while input is read and dropped.
         case closing(lingerUntil: NIODeadline?)
         case closed
@@ -192,6 +202,11 @@ struct ClientConnectionStateMachine {
         }
     }
 
+    var inTunnel: Bool {
+        if case .tunnel = state { return true }
+        return false
+    }
+
     // MARK: Input
 
     /// Bytes of a request head are arriving: an idle connection starts its header timer.
@@ -202,7 +217,7 @@ struct ClientConnectionStateMachine {
     /// Where one decoded input goes.
     mutating func inbound(_ input: Input) -> InboundAction {
         switch state {
-        case .closing, .closed:
+        case .closing, .closed, .tunnel:
             return .discard
         case .exchange(let ex) where ex.request == .ended:
             return enqueue(input)
@@ -236,7 +251,7 @@ struct ClientConnectionStateMachine {
         switch state {
         case .idle, .readingHead: return true
         case .exchange(let ex): return ex.request == .receiving
-        case .closing, .closed: return false
+        case .tunnel, .closing, .closed: return false
         }
     }
 
@@ -486,10 +501,48 @@ struct ClientConnectionStateMachine {
         return end(ex, now: now)
     }
 
+    // MARK: Tunnel
+
+    /// The upstream answered a WebSocket handshake with 101: the exchange becomes a tunnel. False when this is not
+    /// the handshake's exchange, or it ended meanwhile (the caller then closes what it holds).
+    mutating func tunnelOpened(now: NIODeadline, idleTimeout: TimeAmount) -> Bool {
+        guard case .exchange(let ex) = state, upgradePending, ex.request == .ended, ex.response == .pending,
+            ex.upstream == .attached
+        else { return false }
+        upgradePending = false
+        state = .tunnel(Tunnel(lastActivity: now, idleTimeout: idleTimeout))
+        paused.remove(.upgrade)
+        paused.remove(.holding)
+        paused.remove(.upstreamBackpressure)
+        unwritableSince = nil
+        return true
+    }
+
+    /// Bytes moved through the tunnel, either way.
+    mutating func tunnelActivity(now: NIODeadline) {
+        guard case .tunnel(var t) = state else { return }
+        t.lastActivity = now
+        state = .tunnel(t)
+    }
+
+    /// The upstream side of the tunnel closed: the tunnel ends, and the client connection with it.
+    mutating func tunnelClosedByUpstream() -> End? {
+        guard case .tunnel = state else { return nil }
+        return endTunnel(.none)
+    }
+
+    private mutating func endTunnel(_ reason: EndReason) -> End {
+        state = .closed
+        paused = []
+        clearQueue()
+        return End(status: 101, code: reason.code, denied: false, upstream: .abandon, next: .close)
+    }
+
     // MARK: Ends
 
     /// The client connection closed.
     mutating func clientClosed() -> End? {
+        if case .tunnel = state { return endTunnel(.none) }
         guard case .exchange(var ex) = state else {
             state = .closed
             return nil
@@ -520,7 +573,7 @@ struct ClientConnectionStateMachine {
             return .ended(end(ex, now: nil, next: .close))
         case .idle, .readingHead:
             return .denyNew
-        case .closing, .closed:
+        case .tunnel, .closing, .closed:
             return .none
         }
     }
@@ -540,6 +593,9 @@ struct ClientConnectionStateMachine {
     /// Checks every deadline at `now`.
     mutating func sweep(now: NIODeadline) -> SweepAction {
         if case .closed = state { return .none }
+        if case .tunnel(let t) = state {
+            return now - t.lastActivity >= t.idleTimeout ? .ended(endTunnel(.idleTimeout)) : .none
+        }
         if let since = unwritableSince, now - since >= configuration.sendTimeout {
             // The client accepts nothing: close it and whatever it holds.
             if case .exchange(var ex) = state {
@@ -569,7 +625,7 @@ struct ClientConnectionStateMachine {
                 state = .closed
                 return .close
             }
-        case .closed:
+        case .tunnel, .closed:
             break
         }
         return .none

@@ -9,6 +9,11 @@ extension ProxyHandler: UpstreamResponseDelegate {
     func upstreamResponseHead(_ head: HTTP1ResponseParser.Head) {
         guard let ctx = current, ctx.connection != nil else { return }
         let code = head.status
+        // Only a handshake's response can be a 101 (the upstream's parser refuses one to anything else).
+        if code == 101 {
+            openTunnel(ctx, head)
+            return
+        }
         var buffer = context.channel.allocator.buffer(capacity: 1024)
         writeStatusLine(&buffer, version: ctx.head.version, code: code, reason: head.reason)
         let contentLength = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
@@ -82,6 +87,21 @@ extension ProxyHandler: UpstreamResponseDelegate {
 
     func upstreamReadComplete() {
         context.flush()
+    }
+
+    func upstreamTunnelData(_ buffer: ByteBuffer) {
+        guard let ctx = current, ctx.connection != nil else { return }
+        ctx.tunnelBytesOut += Int64(buffer.readableBytes)
+        machine.tunnelActivity(now: .now())
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        // The client is not keeping up: stop reading the upstream until it drains (the idle timeout bounds it).
+        if !context.channel.isWritable { ctx.connection?.setReadPaused(true) }
+    }
+
+    func upstreamTunnelClosed() {
+        guard let ctx = current else { return }
+        ctx.connection = nil
+        if let end = machine.tunnelClosedByUpstream() { finish(end, ctx) }
     }
 
     // MARK: Serialisation

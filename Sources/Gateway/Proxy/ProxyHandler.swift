@@ -143,8 +143,12 @@ final class ProxyHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Closing (lingering after the last response): input is read and dropped.
         if machine.isClosing { return }
-        machine.bytesArrived(now: .now())
         let buffer = unwrapInboundIn(data)
+        if machine.inTunnel {
+            tunnelInput(buffer)
+            return
+        }
+        machine.bytesArrived(now: .now())
         buffer.withUnsafeReadableBytes { bytes in
             var offset = 0
             while let event = parser.next(bytes, &offset) {
@@ -166,6 +170,8 @@ final class ProxyHandler: ChannelDuplexHandler {
                     route(.malformed(.headersTooLarge(limit: loop.snapshot.config.server.maxHeaderBytes)))
                 case .error(.malformed(let why)):
                     route(.malformed(.badRequest("Malformed HTTP request (\(why)).")))
+                case .tunnel(let range):
+                    tunnelInput(buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!)
                 }
             }
         }
@@ -276,7 +282,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             case .next:
                 switch ctx.phase {
                 case .validate:
-                    machine.framingKnown(hasBody: ctx.framing != .none, chunked: ctx.framing == .chunked, upgrade: ctx.upgrade)
+                    machine.framingKnown(hasBody: ctx.framing != .none, chunked: ctx.framing == .chunked, upgrade: ctx.websocket)
                     machine.setBodyLimit(ctx.bodyLimit)
                     if !declaredAhead.isEmpty, let total = declaredAhead.removeValue(forKey: ctx.ordinal) {
                         pendingChunkTotal = total
@@ -483,7 +489,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             return
         }
         let timeout = TimeAmount.nanoseconds(ctx.group?.config.responseTimeout ?? 30_000_000_000)
-        guard conn.begin(head: head, delegate: self, responseTimeout: timeout) else {
+        guard conn.begin(head: head, delegate: self, responseTimeout: timeout, upgrade: ctx.websocket) else {
             ctx.pool?.giveBack(conn)
             upstreamFailed(ctx, .connectionClosed("upstream connection is not idle"))
             return
@@ -537,6 +543,69 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    // MARK: WebSocket tunnel
+
+    /// Client bytes after a WebSocket handshake: into the tunnel, or held until the upstream's 101 opens it
+    /// (bounded: reading is paused from the handshake's end, so at most what one read brought is held).
+    private func tunnelInput(_ buffer: ByteBuffer) {
+        guard let ctx = current, ctx.websocket, !ctx.ended else { return }
+        guard machine.inTunnel, let conn = ctx.connection else {
+            ctx.tunnelAheadBytes += buffer.readableBytes
+            if ctx.tunnelAheadBytes > loop.connectionConfiguration.maxReadAheadBytes {
+                context.close(promise: nil)
+            } else {
+                ctx.tunnelAhead.append(buffer)
+            }
+            return
+        }
+        ctx.tunnelBytesIn += Int64(buffer.readableBytes)
+        machine.tunnelActivity(now: .now())
+        conn.sendTunnel(buffer)
+        if !conn.isWritable {
+            // The upstream is not keeping up: stop reading the client until it drains.
+            machine.setPaused(.upstreamBackpressure, true)
+            conn.flush()
+        }
+    }
+
+    /// The upstream answered the handshake with 101: the 101 goes to the client and the exchange becomes a tunnel.
+    func openTunnel(_ ctx: RequestContext, _ head: HTTP1ResponseParser.Head) {
+        var upgrade: String? = nil
+        for (name, value) in head.headers where name.utf8.count == 7 && HopByHop.equalsLower(name.utf8, "upgrade") {
+            upgrade = value
+        }
+        guard let upgrade, HopByHop.equalsLower(ASCII.trimmed(Substring(upgrade)).utf8, "websocket") else {
+            upstreamFailed(ctx, .malformedResponse("101 to a WebSocket handshake without Upgrade: websocket"))
+            return
+        }
+        let idle = TimeAmount.nanoseconds(ctx.route?.websocketIdleTimeout ?? 300_000_000_000)
+        guard machine.tunnelOpened(now: .now(), idleTimeout: idle), let conn = ctx.connection else {
+            upstreamFailed(ctx, .connectionClosed("the handshake's exchange ended before the 101"))
+            return
+        }
+        ctx.tunnelOpened = .now()
+        loop.metrics.websocketsOpen += 1
+        var buffer = context.channel.allocator.buffer(capacity: 512)
+        writeStatusLine(&buffer, version: ctx.head.version, code: 101, reason: head.reason)
+        _ = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in writeHeader(&buffer, name, value) }
+        buffer.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        for (name, value) in ctx.responseHeaders { writeHeader(&buffer, name, value) }
+        writeHeader(&buffer, "X-Request-ID", ctx.requestID)
+        buffer.writeStaticString("\r\n")
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        // What the client sent ahead of the 101 goes first.
+        let ahead = ctx.tunnelAhead
+        ctx.tunnelAhead.removeAll()
+        ctx.tunnelAheadBytes = 0
+        for part in ahead {
+            ctx.tunnelBytesIn += Int64(part.readableBytes)
+            conn.sendTunnel(part)
+        }
+        conn.flush()
+        if !conn.isWritable { machine.setPaused(.upstreamBackpressure, true) }
+        updateReading()
+    }
+
     // MARK: Ending exchanges
 
     /// Answers `ctx` with a problem document (when nothing was answered yet).
@@ -573,6 +642,12 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.waiter = nil
         ctx.held.removeAll()
         pendingChunkTotal = nil
+        if let slot = ctx.tunnelSlot {
+            ctx.tunnelSlot = nil
+            loop.tunnels.release(slot)
+        }
+        if ctx.tunnelOpened != nil { loop.metrics.websocketsOpen -= 1 }
+        ctx.tunnelAhead.removeAll()
         // The response goes out first; the record (audit, metrics) touches only this exchange, whatever the flush
         // sets off.
         defer { record(ctx, end) }
@@ -618,6 +693,11 @@ final class ProxyHandler: ChannelDuplexHandler {
                     decision: decision, code: end.code.isEmpty ? nil : end.code, latencyMicros: elapsed / 1000,
                     clientIP: ctx.clientAddress ?? clientAddress, upstream: !end.denied && ctx.upstreamStart != nil ? ctx.upstreamName : nil)
                 r.failOpen = ctx.failOpen
+                if let opened = ctx.tunnelOpened {
+                    r.tunnel = AuditRecord.Tunnel(
+                        bytesIn: ctx.tunnelBytesIn, bytesOut: ctx.tunnelBytesOut,
+                        durationMillis: (NIODeadline.now() - opened).nanoseconds / 1_000_000)
+                }
                 audit.append(r, reserved: ctx.auditReserved)
                 ctx.auditReserved = false
             }

@@ -10,7 +10,7 @@ import Upstream
 final class RequestContext {
     /// The phases, in the order the request walks them (``RequestPhases``).
     enum Phase: Int {
-        case validate, route, authenticate, gate, charge, reserveAudit, forward
+        case validate, route, authenticate, gate, charge, admitTunnel, reserveAudit, forward
     }
 
     let requestID: String
@@ -33,8 +33,18 @@ final class RequestContext {
     var peerTrusted = false
     /// The token named a `kid` its issuer's key set lacked, and the set was fetched again for it (once).
     var keysRefetched = false
-    /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
-    var upgrade = false
+    /// A WebSocket handshake (set by `validate`): nothing after it is parsed, so the connection ends with it,
+    /// as a tunnel or with its refusal.
+    var websocket = false
+    /// Set by `admitTunnel`: the tenant's place among its open tunnels (`max_websockets`), given back at the end.
+    var tunnelSlot: TunnelSlot?
+    /// Client bytes that came after the handshake, before the tunnel opened (sent upstream when it does).
+    var tunnelAhead: [ByteBuffer] = []
+    var tunnelAheadBytes = 0
+    /// When the upstream's 101 opened the tunnel, and the bytes it carried each way.
+    var tunnelOpened: NIODeadline?
+    var tunnelBytesIn: Int64 = 0
+    var tunnelBytesOut: Int64 = 0
     /// Endpoints the gateway answers itself on the proxy listener.
     enum LocalEndpoint { case billingWebhook }
     /// Set by `route`: the gateway's own endpoint (no route, identity, gate or charge: it has its own checks),
@@ -50,7 +60,7 @@ final class RequestContext {
     var responseHeaders: [(String, String)] = []
     var bodyLimit = Int.max
     /// Set by `charge`: the tenant's plan (for metrics) and whether the local fallback bucket admitted it; while
-    /// the limiter is called, whether its answer came at once, and that answer.
+    /// the limiter (or the tunnel count) is called, whether its answer came at once, and that answer.
     var plan = "-"
     var failOpen = false
     var charging = false

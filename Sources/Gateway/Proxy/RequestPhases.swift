@@ -37,6 +37,7 @@ struct RequestPhases {
         case .authenticate: return ctx.local == nil ? authenticate(ctx, resumer: resumer) : .next
         case .gate: return ctx.local == nil ? gate(ctx) : bodyFits(ctx)
         case .charge: return ctx.local == nil ? charge(ctx, resumer: resumer) : .next
+        case .admitTunnel: return ctx.websocket ? admitTunnel(ctx, resumer: resumer) : .next
         case .reserveAudit: return reserveAudit(ctx, resumer: resumer)
         case .forward: return ctx.local == nil ? forward(ctx) : .next
         }
@@ -54,7 +55,7 @@ struct RequestPhases {
             ctx.path = checked.path
             ctx.query = checked.query
             ctx.expectContinue = checked.expectContinue && ctx.head.version.minor == 1
-            ctx.upgrade = checked.upgrade
+            ctx.websocket = checked.websocket
             ctx.bodyLimit = snapshot.config.server.maxBodyBytes
             // Who the client is: the peer, or through trusted proxies the rightmost untrusted forwarded address.
             if !snapshot.config.server.trustedProxies.isEmpty && !forwardingUntrusted {
@@ -83,6 +84,9 @@ struct RequestPhases {
         ctx.route = route
         ctx.routeName = route.name
         ctx.upstreamName = route.upstream
+        if ctx.websocket && !route.websocket {
+            return .deny(.badRequest("Route '\(route.name)' does not accept WebSocket connections."))
+        }
         return .next
     }
 
@@ -205,10 +209,44 @@ struct RequestPhases {
         }
     }
 
+    /// A WebSocket handshake takes a place among its tenant's open tunnels (plan `max_websockets`, or the
+    /// tenant's override), given back when the tunnel closes or does not open; the tenant at its limit gets 429.
+    func admitTunnel(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
+        guard let tenant = ctx.caller.tenant, let record = ctx.caller.record else { return .next }
+        guard let limit = record.maxWebsocketsOverride ?? loop.snapshot.config.plans[record.plan]?.maxWebsockets else {
+            return .next
+        }
+        ctx.answeredInline = nil
+        ctx.charging = true
+        loop.tunnels.acquire(tenant: tenant, limit: limit, requestID: ctx.requestID) { [loop] verdict in
+            let outcome: Outcome
+            switch verdict {
+            case .granted(let slot):
+                if ctx.ended {
+                    // The exchange ended while the store answered: nothing will give the place back but this.
+                    loop.tunnels.release(slot)
+                    return
+                }
+                ctx.tunnelSlot = slot
+                outcome = .next
+            case .full: outcome = .deny(.tooManyConnections(limit: limit))
+            case .storeUnavailable: outcome = .deny(.storeUnavailable())
+            }
+            if ctx.charging { ctx.answeredInline = outcome } else { resumer.resume(ctx, outcome) }
+        }
+        ctx.charging = false
+        if let outcome = ctx.answeredInline {
+            ctx.answeredInline = nil
+            return outcome
+        }
+        return .await
+    }
+
     /// An audited request holds its record's place before anything goes upstream, waiting (every 5 ms, up to
-    /// `audit.queue_timeout`) while the queue is full: back-pressure, never a lost record.
+    /// `audit.queue_timeout`) while the queue is full: back-pressure, never a lost record. A WebSocket tunnel
+    /// is always audited (one record when it closes).
     func reserveAudit(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
-        guard let audit = loop.audit, audit.audits(method: ctx.head.method.rawValue) else { return .next }
+        guard let audit = loop.audit, ctx.websocket || audit.audits(method: ctx.head.method.rawValue) else { return .next }
         if audit.tryReserve() {
             ctx.auditReserved = true
             return .next
@@ -261,6 +299,11 @@ struct RequestPhases {
         if let user = caller.user { head.headers.add(name: "X-User-ID", value: user) }
         if let plan = caller.plan { head.headers.add(name: "X-Plan", value: plan) }
         if !caller.roles.isEmpty { head.headers.add(name: "X-Roles", value: caller.roles.joined(separator: ",")) }
+        if ctx.websocket {
+            // Hop-by-hop, so dropped above: the handshake asks the upstream for the switch itself.
+            head.headers.add(name: "Connection", value: "Upgrade")
+            head.headers.add(name: "Upgrade", value: "websocket")
+        }
         ctx.upstreamHead = head
         return .next
     }

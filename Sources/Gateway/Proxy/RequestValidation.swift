@@ -16,8 +16,9 @@ enum RequestValidation {
         var path: Substring
         var query: Substring
         var expectContinue: Bool
-        /// `Upgrade: h2c` was sent (every other upgrade is refused here).
-        var upgrade: Bool
+        /// A WebSocket opening handshake (RFC 6455 §4.1), which only a `websocket: true` route takes. Every other
+        /// `Upgrade` is refused here, but `h2c`, which is ignored (served over HTTP/1.1, not forwarded).
+        var websocket: Bool
     }
 
     /// `framing` is the parser's decision for this head (``HTTP1Framing/decide(versionMinor:headers:)``): the
@@ -36,7 +37,10 @@ enum RequestValidation {
         var hosts = 0
         var host: String? = nil
         var expectContinue = false
-        var upgrade = false
+        var upgrades: [String] = []
+        var connectionUpgrade = false
+        var websocketKeys = 0
+        var websocketVersion: String? = nil
         var headerBytes = head.uri.utf8.count + 16
         // Control characters in values (NUL, CR, LF among them) never get here: the parser refuses them
         // (`HeaderFields.parse`), and it is the only source of request heads.
@@ -47,11 +51,13 @@ enum RequestValidation {
                 hosts += 1
                 host = value
             case 7 where HopByHop.equalsLower(name.utf8, "upgrade"):
-                // No route carries WebSocket yet; `h2c` is ignored (served over HTTP/1.1, not forwarded).
-                if !HopByHop.equalsLower(ASCII.trimmed(Substring(value)).utf8, "h2c") {
-                    return .failure(.badRequest("Upgrade to '\(value)' is not supported on this route."))
-                }
-                upgrade = true
+                upgrades.append(value)
+            case 10 where HopByHop.equalsLower(name.utf8, "connection"):
+                ASCII.forEachListElement(value) { if HopByHop.equalsLower($0.utf8, "upgrade") { connectionUpgrade = true } }
+            case 17 where HopByHop.equalsLower(name.utf8, "sec-websocket-key"):
+                websocketKeys += ASCII.trimmed(Substring(value)).isEmpty ? 2 : 1
+            case 21 where HopByHop.equalsLower(name.utf8, "sec-websocket-version"):
+                websocketVersion = value
             case 6 where HopByHop.equalsLower(name.utf8, "expect"):
                 if HopByHop.equalsLower(ASCII.trimmed(Substring(value)).utf8, "100-continue") {
                     expectContinue = true
@@ -81,8 +87,27 @@ enum RequestValidation {
         guard let (path, query) = RequestTarget.split(head.uri) else {
             return .failure(.badRequest("The request target must be an origin-form path without dot segments."))
         }
+        var websocket = false
+        // `h2c` alone is ignored (the parser reads on after it; the header is hop-by-hop, not forwarded). After
+        // any other upgrade the parser reads nothing more: it is one WebSocket handshake or it is refused.
+        let ignored = upgrades.allSatisfy { HopByHop.equalsLower(ASCII.trimmed(Substring($0)).utf8, "h2c") }
+        if !ignored {
+            guard upgrades.count == 1, HopByHop.equalsLower(ASCII.trimmed(Substring(upgrades[0])).utf8, "websocket")
+            else {
+                return .failure(.badRequest("Upgrade to '\(upgrades.joined(separator: ", "))' is not supported."))
+            }
+            guard head.method == .GET, head.version.minor == 1, framing == .none, connectionUpgrade,
+                websocketKeys == 1, websocketVersion.map({ ASCII.trimmed(Substring($0)) == "13" }) == true
+            else {
+                return .failure(.badRequest(
+                    "Invalid WebSocket handshake (GET over HTTP/1.1 without a body, Connection: Upgrade, one "
+                        + "Sec-WebSocket-Key and Sec-WebSocket-Version: 13)."))
+            }
+            websocket = true
+        }
         return .success(Checked(
-                framing: framing, host: host, path: path, query: query, expectContinue: expectContinue, upgrade: upgrade))
+                framing: framing, host: host, path: path, query: query, expectContinue: expectContinue,
+                websocket: websocket))
     }
 
     /// Host header bytes: the reg-name, IPv4, `[IPv6]` and `:port` alphabet.

@@ -93,21 +93,26 @@ public final class GatewayServer: Sendable {
         self.memoryLimits = redisStore == nil ? memoryLimits : nil
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
         var limitClients: [RedisClient] = []
+        let tunnelCounts = TunnelCounts()
+        let instanceID = self.instanceID
         for loop in group.makeIterator() {
             let backend: RateLimiter.Backend
+            let tunnels: TunnelSlots.Backend
             if let redisStore, let storeConfig = config.store {
                 let client = RedisClient(configuration: redisStore.redisConfiguration, eventLoop: loop, logger: logger)
                 limitClients.append(client)
                 backend = .redis(client, leased: storeConfig.rateLimitMode == .leased)
+                tunnels = .redis(client, keys: keys, failOpen: limits.failOpen)
             } else {
                 backend = .memory(memoryLimits)
+                tunnels = .memory(tunnelCounts)
             }
             let state = try loop.submit {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
                         limits: limits, audit: audit, billingWebhook: billingWebhook, clock: clock,
-                        keyRefetch: keyRefetch), eventLoop: loop)
+                        keyRefetch: keyRefetch, tunnels: tunnels, instanceID: instanceID), eventLoop: loop)
             }.wait()
             loops[ObjectIdentifier(loop)] = state
         }

@@ -46,6 +46,8 @@ final class LoopMetrics {
     var exchangesInFlight = 0
     /// Connections closed before any request, by reason (`gatehouse_connections_refused_total`).
     var connectionsRefused: [String: Int] = [:]
+    /// WebSocket tunnels open (`gatehouse_websockets_open`).
+    var websocketsOpen = 0
 
     func record(route: String, status: Int, decision: String, code: String, seconds: Double) {
         requests[RequestKey(route: route, status: status, decision: decision, code: code), default: 0] += 1
@@ -63,6 +65,7 @@ final class LoopMetrics {
             ratelimitDenied: ratelimitDenied, storeErrors: storeErrors, storeDurations: storeDurations,
             failOpenAdmitted: failOpenAdmitted, leaseUnits: leaseUnits)
         s.exchangesInFlight = exchangesInFlight
+        s.websocketsOpen = websocketsOpen
         s.connectionsRefused = connectionsRefused
         for (key, c) in connections {
             s.idleConnections[key] = c.idle
@@ -88,6 +91,7 @@ struct MetricsSnapshot: Sendable {
     var auditQueueDepth = 0
     var auditWritten = 0
     var exchangesInFlight = 0
+    var websocketsOpen = 0
     var connectionsRefused: [String: Int] = [:]
     /// Upstream connections by upstream name.
     var idleConnections: [String: Int] = [:]
@@ -101,6 +105,7 @@ struct MetricsSnapshot: Sendable {
         failOpenAdmitted += other.failOpenAdmitted
         leaseUnits += other.leaseUnits
         exchangesInFlight += other.exchangesInFlight
+        websocketsOpen += other.websocketsOpen
         connectionsRefused.merge(other.connectionsRefused, uniquingKeysWith: +)
         idleConnections.merge(other.idleConnections, uniquingKeysWith: +)
         busyConnections.merge(other.busyConnections, uniquingKeysWith: +)

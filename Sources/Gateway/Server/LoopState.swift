@@ -31,6 +31,8 @@ final class LoopState {
     let billingWebhook: BillingWebhookHandler?
     /// Buckets and quotas (leases are per loop).
     private(set) var limiter: RateLimiter!
+    /// Open WebSocket tunnels per tenant (`max_websockets`).
+    let tunnels: TunnelSlots
     private var lastLimiterSweep = NIODeadline.now()
     private let idPrefix: String
     private var counter: UInt64 = 0
@@ -40,7 +42,8 @@ final class LoopState {
     init(
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
         limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?,
-        billingWebhook: BillingWebhookHandler? = nil, clock: WallClock, keyRefetch: KeyRefetch = KeyRefetch()
+        billingWebhook: BillingWebhookHandler? = nil, clock: WallClock, keyRefetch: KeyRefetch = KeyRefetch(),
+        tunnels: TunnelSlots.Backend = .memory(TunnelCounts()), instanceID: String = "local"
     ) {
         self.keyRefetch = keyRefetch
         self.eventLoop = eventLoop
@@ -55,6 +58,7 @@ final class LoopState {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
         var rng = SystemRandomNumberGenerator()
         self.idPrefix = String(decoding: (0..<12).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
+        self.tunnels = TunnelSlots(backend: tunnels, memberPrefix: instanceID + "-" + idPrefix, logger: logger)
         self.limiter = RateLimiter(backend: limiterBackend, settings: limits, metrics: metrics, logger: logger, clock: clock)
     }
 
@@ -127,6 +131,7 @@ final class LoopState {
         for group in groups.values { group.sweep(now: now) }
         for group in retired { group.sweep(now: now) }
         retired.removeAll { $0.isDrained }
+        tunnels.sweep(now: now)
         if now - lastLimiterSweep >= .seconds(1) {
             lastLimiterSweep = now
             limiter.sweep(now: clock.now())

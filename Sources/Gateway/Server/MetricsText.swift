@@ -25,6 +25,7 @@ enum MetricsText {
         out += single("gatehouse_audit_queue_depth", "gauge", "Audit records queued and not yet written.", m.auditQueueDepth)
         out += single("gatehouse_audit_records_total", "counter", "Audit records written to every sink.", m.auditWritten)
         out += single("gatehouse_exchanges_in_flight", "gauge", "Client exchanges started and not yet ended.", m.exchangesInFlight)
+        out += single("gatehouse_websockets_open", "gauge", "WebSocket tunnels open (upstream answered 101, neither side closed yet).", m.websocketsOpen)
         out += "# HELP gatehouse_connections_refused_total Client connections closed before a request: a peer outside trusted_proxies, or no valid PROXY header, on a proxy_protocol listener.\n"
         out += "# TYPE gatehouse_connections_refused_total counter\n"
         for reason in [ProxyProtocolHandler.refusedPeer, ProxyProtocolHandler.refusedHeader] {

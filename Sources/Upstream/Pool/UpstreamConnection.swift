@@ -16,6 +16,10 @@ public protocol UpstreamResponseDelegate: AnyObject {
     func upstreamWritabilityChanged(isWritable: Bool)
     /// A burst of reads is over: the delegate flushes what it wrote to the client.
     func upstreamReadComplete()
+    /// After a 101 (``upstreamResponseHead(_:)`` with status 101): bytes from the upstream's side of the tunnel.
+    func upstreamTunnelData(_ buffer: ByteBuffer)
+    /// The upstream closed the tunnel (or it failed); the connection is closed.
+    func upstreamTunnelClosed()
 }
 
 /// One keep-alive HTTP/1.1 connection to an upstream target, the only handler of its pipeline: the executor
@@ -24,6 +28,8 @@ public protocol UpstreamResponseDelegate: AnyObject {
 ///
 /// Carries one exchange at a time. Every lease ends exactly once, and its end is reported to the pool then:
 /// reusable after a clean keep-alive response, closed otherwise (failure, timeout, abandonment, early answer).
+/// A 101 to a request that asked to switch protocols ends the lease (the pool forgets the connection) and
+/// turns the connection into a byte tunnel for the delegate, until either side closes it.
 /// Reading can be paused by the delegate for response back-pressure.
 public final class UpstreamConnection: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
@@ -53,10 +59,13 @@ public final class UpstreamConnection: ChannelDuplexHandler {
 
     /// Starts an exchange by writing the request head; false when the connection cannot take it (the delegate
     /// is not called back then).
-    public func begin(head: HTTPRequestHead, delegate: UpstreamResponseDelegate, responseTimeout: TimeAmount) -> Bool {
+    /// `upgrade`: the request asks to switch protocols (a 101 then opens a tunnel).
+    public func begin(
+        head: HTTPRequestHead, delegate: UpstreamResponseDelegate, responseTimeout: TimeAmount, upgrade: Bool = false
+    ) -> Bool {
         guard let context, machine.begin(responseTimeout: responseTimeout) == .writeHead else { return false }
         self.delegate = delegate
-        parser.expectResponse(toHead: head.method == .HEAD)
+        parser.expectResponse(toHead: head.method == .HEAD, upgrade: upgrade)
         // Room for a typical head with the forwarding and identity headers, so it is written without a regrowth.
         var buffer = context.channel.allocator.buffer(capacity: 1024)
         chunked = Self.write(head, to: &buffer)
@@ -91,6 +100,12 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         } else {
             context.write(wrapOutboundOut(buffer), promise: nil)
         }
+    }
+
+    /// Tunnel bytes towards the upstream (after the 101), written as they are.
+    public func sendTunnel(_ buffer: ByteBuffer) {
+        guard let context, delegate != nil else { return }
+        context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     public func sendEnd() {
@@ -136,10 +151,21 @@ public final class UpstreamConnection: ChannelDuplexHandler {
             while let event = parser.next(bytes, &offset) {
                 switch event {
                 case .head(let parsed):
-                    switch machine.responseHead(keepAlive: parsed.reusable) {
+                    switch machine.responseHead(keepAlive: parsed.reusable, switching: parsed.status == 101) {
                     case .forwardHead:
                         delegate?.upstreamResponseHead(parsed)
+                    case .openTunnel:
+                        // Off the pool's books first: the tunnel lives as long as its delegate keeps it.
+                        let pool = self.pool
+                        self.pool = nil
+                        pool?.release(self, reusable: false)
+                        delegate?.upstreamResponseHead(parsed)
                     case let other: run(other)
+                    }
+                case .tunnel(let range):
+                    if machine.tunnelData() == .forwardTunnel {
+                        delegate?.upstreamTunnelData(
+                            buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!)
                     }
                 case .body(let range):
                     switch machine.responseBody() {
@@ -192,8 +218,16 @@ public final class UpstreamConnection: ChannelDuplexHandler {
 
     private func run(_ action: UpstreamConnectionStateMachine.Action) {
         switch action {
-        case .none, .writeHead, .forwardHead, .forwardBody, .refuseBegin:
+        case .none, .writeHead, .forwardHead, .forwardBody, .refuseBegin, .openTunnel, .forwardTunnel:
             break
+        case .endTunnel:
+            let d = delegate
+            delegate = nil
+            context?.close(promise: nil)
+            d?.upstreamTunnelClosed()
+        case .abandonTunnel:
+            delegate = nil
+            context?.close(promise: nil)
         case .forwardEnd(let release):
             // The delegate hears of the end before the pool may hand the connection to the next exchange.
             let d = delegate

@@ -1,6 +1,6 @@
 import NIOCore
 
-/// The life of one upstream connection (STYLE 4): idle in its pool, carrying one exchange, or closed.
+/// The life of one upstream connection (STYLE 4): idle in its pool, carrying one exchange, a tunnel, or closed.
 ///
 /// A lease is the time between ``begin(deadline:)`` and the end of that exchange. Every lease ends exactly
 /// once, in one of two transitions, and each returns the action that tells the pool: `.active → .idle`
@@ -8,6 +8,10 @@ import NIOCore
 /// or `.active → .closed` (anything else: `release(.closed)`). A connection that dies while idle leaves the pool
 /// the same way. Events after `.closed` (the `channelInactive` that follows our own close, a late timer) are
 /// no-ops, so nothing is released twice. No I/O and no clock reads: deadlines come in as values.
+///
+/// A `101 Switching Protocols` to a request that asked for it ends the lease too, in a third way: `.active →
+/// .tunnel`, released as closed (the pool forgets the connection and its slot) while the channel stays open as a
+/// byte tunnel owned by the delegate, until either side closes it (`.tunnel → .closed`).
 public struct UpstreamConnectionStateMachine: Sendable {
     /// How a lease ends for the pool.
     public enum Release: Equatable, Sendable {
@@ -20,6 +24,8 @@ public struct UpstreamConnectionStateMachine: Sendable {
     enum State: Equatable {
         case idle
         case active(Lease)
+        /// After a 101: bytes pass both ways; the pool no longer counts the connection.
+        case tunnel
         case closed
     }
 
@@ -56,6 +62,15 @@ public struct UpstreamConnectionStateMachine: Sendable {
         case closeIdle
         /// The connection is not idle: the delegate's `begin` is refused.
         case refuseBegin
+        /// A 101 answered the request: release the lease as closed without closing the channel, hand the head
+        /// to the delegate; the bytes that follow are the tunnel's.
+        case openTunnel
+        /// Tunnel bytes from the upstream: hand them to the delegate.
+        case forwardTunnel
+        /// The tunnel ended at the upstream's side (closed, reset, error): close the channel, tell the delegate.
+        case endTunnel
+        /// The delegate closes its tunnel: close the channel; the delegate is not called back.
+        case abandonTunnel
     }
 
     private(set) var state: State = .idle
@@ -64,6 +79,7 @@ public struct UpstreamConnectionStateMachine: Sendable {
 
     public var isIdle: Bool { state == .idle }
     public var isClosed: Bool { state == .closed }
+    public var isTunnel: Bool { state == .tunnel }
 
     /// Starts a lease; the response head is due `responseTimeout` after the request's end is sent.
     public mutating func begin(responseTimeout: TimeAmount) -> Action {
@@ -80,9 +96,14 @@ public struct UpstreamConnectionStateMachine: Sendable {
         state = .active(lease)
     }
 
-    public mutating func responseHead(keepAlive: Bool) -> Action {
+    /// A response head arrived; `switching`: it is a 101 to a request that asked to switch protocols.
+    public mutating func responseHead(keepAlive: Bool, switching: Bool = false) -> Action {
         switch state {
         case .active(var lease):
+            if switching {
+                state = .tunnel
+                return .openTunnel
+            }
             lease.headSeen = true
             lease.keepAlive = keepAlive
             lease.deadline = nil
@@ -92,9 +113,14 @@ public struct UpstreamConnectionStateMachine: Sendable {
             // A response nobody asked for: the connection's framing can no longer be trusted.
             state = .closed
             return .closeIdle
-        case .closed:
+        case .tunnel, .closed:
             return .none
         }
+    }
+
+    /// Bytes arrived after the 101.
+    public mutating func tunnelData() -> Action {
+        state == .tunnel ? .forwardTunnel : .none
     }
 
     public mutating func responseBody() -> Action {
@@ -103,7 +129,7 @@ public struct UpstreamConnectionStateMachine: Sendable {
         case .idle:
             state = .closed
             return .closeIdle
-        case .closed: return .none
+        case .tunnel, .closed: return .none
         }
     }
 
@@ -121,7 +147,7 @@ public struct UpstreamConnectionStateMachine: Sendable {
         case .idle:
             state = .closed
             return .closeIdle
-        case .closed:
+        case .tunnel, .closed:
             return .none
         }
     }
@@ -136,6 +162,9 @@ public struct UpstreamConnectionStateMachine: Sendable {
         case .idle:
             state = .closed
             return .closeIdle
+        case .tunnel:
+            state = .closed
+            return .endTunnel
         case .closed:
             return .none
         }
@@ -150,6 +179,9 @@ public struct UpstreamConnectionStateMachine: Sendable {
         case .idle:
             state = .closed
             return .closeIdle
+        case .tunnel:
+            state = .closed
+            return .endTunnel
         case .closed:
             return .none
         }
@@ -164,9 +196,16 @@ public struct UpstreamConnectionStateMachine: Sendable {
 
     /// The delegate leaves (client gone, exchange denied mid-way).
     public mutating func abandon() -> Action {
-        guard case .active = state else { return .none }
-        state = .closed
-        return .abandon
+        switch state {
+        case .active:
+            state = .closed
+            return .abandon
+        case .tunnel:
+            state = .closed
+            return .abandonTunnel
+        case .idle, .closed:
+            return .none
+        }
     }
 
     /// The pool closes an idle connection (kept too long, or the pool is closing).
