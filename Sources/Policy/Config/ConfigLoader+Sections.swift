@@ -525,6 +525,7 @@ extension ConfigLoader {
             let f = r.fields(
                 at, "route",
                 allowed: [
+                    "cors",
                     "name", "match", "upstream", "strip_prefix", "auth", "min_plan", "feature", "roles", "rate_limits",
                     "allow_method_override",
                 ])
@@ -579,6 +580,10 @@ extension ConfigLoader {
             route.minPlan = p
         }
         if let v = f["feature"] { route.feature = r.nonEmptyString(v, "feature") }
+        if let v = f["cors"] {
+            route.cors = parseCORS(v, route: route, r)
+            if route.cors == nil { ok = false }
+        }
         if let v = f["roles"] {
             route.roles = r.stringList(v, "roles")
             // Anonymous callers have no roles to check: roles need authentication.
