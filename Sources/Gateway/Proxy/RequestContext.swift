@@ -35,12 +35,17 @@ final class RequestContext {
     var keysRefetched = false
     /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
     var upgrade = false
-    /// Endpoints the gateway answers itself on the proxy listener.
-    enum LocalEndpoint { case billingWebhook }
+    /// Endpoints the gateway answers itself on the proxy listener: the billing webhook, and the CORS preflights
+    /// of routes with `cors` (answered 204 with ``corsHeaders``, whatever the request's credentials).
+    enum LocalEndpoint { case billingWebhook, preflight }
     /// Set by `route`: the gateway's own endpoint (no route, identity, gate or charge: it has its own checks),
     /// or the route.
     var local: LocalEndpoint?
     var route: RouteConfig?
+    /// Set by `route` on a route with `cors`: the CORS headers of every response to this request (a preflight's
+    /// 204, the upstream's answer, any denial); empty otherwise. The upstream's own `Access-Control-*` headers
+    /// are dropped when this is not empty.
+    var corsHeaders: [(String, String)] = []
     var routeName = "-"
     var upstreamName = "-"
     /// Set by `authenticate`.

@@ -76,13 +76,43 @@ struct RequestPhases {
             ctx.bodyLimit = min(ctx.bodyLimit, BillingWebhookHandler.maxBody)
             return .next
         }
-        guard let index = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue) else {
-            return .deny(.routeNotFound())
+        let headers = ctx.head.headers
+        var matched = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue)
+        // A CORS preflight asks about the request to come, so it is matched by the method it names (a route that
+        // lists its methods seldom lists OPTIONS); when no route with `cors` takes that method, by OPTIONS.
+        var preflight: (origin: String, method: String)? = nil
+        if ctx.head.method == .OPTIONS, let origin = headers.first(name: "origin"),
+            let method = headers.first(name: "access-control-request-method")
+        {
+            preflight = (origin, method)
+            if let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: method),
+                snapshot.config.routes[i].cors != nil
+            {
+                matched = i
+            }
         }
+        guard let index = matched else { return .deny(.routeNotFound()) }
         let route = snapshot.config.routes[index]
         ctx.route = route
         ctx.routeName = route.name
         ctx.upstreamName = route.upstream
+        guard let cors = route.cors else { return .next }
+        // From here on every response to this request carries the route's CORS headers, denials included.
+        ctx.corsHeaders = CORSPolicy.responseHeaders(cors, origin: headers.first(name: "origin"))
+        if let preflight {
+            let requested = headers["access-control-request-headers"]
+            switch CORSPolicy.preflight(
+                cors, origin: preflight.origin, method: preflight.method,
+                requestHeaders: requested.isEmpty ? nil : requested.joined(separator: ","))
+            {
+            case .failure(let denial):
+                return .deny(denial)
+            case .success(let allowed):
+                // Answered by the gateway: no credentials asked for, nothing charged, never forwarded.
+                ctx.local = .preflight
+                ctx.corsHeaders = allowed
+            }
+        }
         return .next
     }
 
