@@ -35,9 +35,12 @@ final class RequestContext {
     var keysRefetched = false
     /// The request asks for `Upgrade: h2c` (ignored: nothing after it is parsed, so the connection closes after).
     var upgrade = false
-    /// Endpoints the gateway answers itself on the proxy listener: the billing webhook, and the CORS preflights
-    /// of routes with `cors` (answered 204 with ``corsHeaders``, whatever the request's credentials).
-    enum LocalEndpoint { case billingWebhook, preflight }
+    /// Endpoints the gateway answers itself on the proxy listener.
+    enum LocalEndpoint {
+        case billingWebhook
+        /// A CORS preflight on a route with `cors`: answered 204 with ``corsHeaders``, whatever its credentials.
+        case preflight
+    }
     /// Set by `route`: the gateway's own endpoint (no route, identity, gate or charge: it has its own checks),
     /// or the route.
     var local: LocalEndpoint?
