@@ -16,7 +16,10 @@ extension ProxyHandler: UpstreamResponseDelegate {
         }
         var buffer = context.channel.allocator.buffer(capacity: 1024)
         writeStatusLine(&buffer, version: ctx.head.version, code: code, reason: head.reason)
+        // On a route with `cors` the gateway's CORS headers replace the upstream's: exactly one Allow-Origin.
+        let ownsCORS = !ctx.corsHeaders.isEmpty
         let contentLength = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
+            if ownsCORS && CORSPolicy.isCORSResponseHeader(name) { return }
             writeHeader(&buffer, name, value)
         }
         let framing: ResponseFraming
@@ -35,6 +38,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
         responseFraming = framing
         let keepAlive = machine.responseHead(status: code, keepAliveAllowed: framing != .closeDelimited)
         for (name, value) in ctx.responseHeaders { writeHeader(&buffer, name, value) }
+        for (name, value) in ctx.corsHeaders { writeHeader(&buffer, name, value) }
         writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
         writeHeader(&buffer, "X-Request-ID", ctx.requestID)
         buffer.writeStaticString("\r\n")
@@ -137,20 +141,26 @@ extension ProxyHandler: UpstreamResponseDelegate {
             body: denial.document(requestID: ctx.requestID), for: ctx, keepAlive: keepAlive)
     }
 
-    /// Writes a complete response the gateway makes itself (a problem, a local endpoint's answer); not flushed.
+    /// Writes a complete response the gateway makes itself (a problem, a local endpoint's answer), with the
+    /// request's CORS headers; not flushed. A 204 gets neither body nor Content-Type nor Content-Length
+    /// (RFC 9110 §8.6).
     func writeComplete(
-        status: Int, contentType: String, headers: [(String, String)] = [], body: String, for ctx: RequestContext,
+        status: Int, contentType: String?, headers: [(String, String)] = [], body: String, for ctx: RequestContext,
         keepAlive: Bool
     ) {
+        let hasBody = status != 204
         var buffer = context.channel.allocator.buffer(capacity: 256 + body.utf8.count)
         writeStatusLine(&buffer, version: ctx.head.version, code: status, reason: "")
-        writeHeader(&buffer, "Content-Type", contentType)
-        writeHeader(&buffer, "Content-Length", String(body.utf8.count))
+        if hasBody {
+            if let contentType { writeHeader(&buffer, "Content-Type", contentType) }
+            writeHeader(&buffer, "Content-Length", String(body.utf8.count))
+        }
         for (name, value) in headers { writeHeader(&buffer, name, value) }
+        for (name, value) in ctx.corsHeaders { writeHeader(&buffer, name, value) }
         writeConnectionHeaders(&buffer, version: ctx.head.version, keepAlive: keepAlive)
         writeHeader(&buffer, "X-Request-ID", ctx.requestID)
         buffer.writeStaticString("\r\n")
-        if ctx.head.method != .HEAD { buffer.writeString(body) }
+        if hasBody && ctx.head.method != .HEAD { buffer.writeString(body) }
         context.write(wrapOutboundOut(buffer), promise: nil)
     }
 }

@@ -335,6 +335,11 @@ final class ProxyHandler: ChannelDuplexHandler {
     private func admitted(_ ctx: RequestContext) {
         let action = ctx.local == nil ? machine.admitted() : machine.admittedLocally()
         guard action != .none else { return }
+        if ctx.local == .preflight {
+            // Answered at once; a body (a browser's preflight has none) is read and dropped.
+            respondLocally(ctx, status: 204, contentType: nil, body: "")
+            return
+        }
         if ctx.expectContinue {
             var buffer = context.channel.allocator.buffer(capacity: 32)
             buffer.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -394,7 +399,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             guard current === ctx, !ctx.ended else { return }
             switch result {
             case .success(.refused(let denial)): deny(ctx, denial)
-            case .success(.acknowledged(let json)): respondLocally(ctx, json: json)
+            case .success(.acknowledged(let json)): respondLocally(ctx, status: 200, contentType: "application/json", body: json)
             case .failure(let error):
                 loop.logger.error(
                     "billing webhook failed", metadata: ["gh-request-id": "\(ctx.requestID)", "gh-error": "\(error)"])
@@ -403,10 +408,10 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// A complete 200 JSON response from the gateway itself.
-    private func respondLocally(_ ctx: RequestContext, json: String) {
-        let keepAlive = machine.responseHead(status: 200, keepAliveAllowed: true)
-        writeComplete(status: 200, contentType: "application/json", body: json, for: ctx, keepAlive: keepAlive)
+    /// A complete response from the gateway itself (the webhook's 200 JSON, a preflight's 204).
+    private func respondLocally(_ ctx: RequestContext, status: Int, contentType: String?, body: String) {
+        let keepAlive = machine.responseHead(status: status, keepAliveAllowed: true)
+        writeComplete(status: status, contentType: contentType, body: body, for: ctx, keepAlive: keepAlive)
         if let end = machine.responseEnd(now: .now()) {
             finish(end, ctx)
         } else {

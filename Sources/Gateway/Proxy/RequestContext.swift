@@ -46,11 +46,19 @@ final class RequestContext {
     var tunnelBytesIn: Int64 = 0
     var tunnelBytesOut: Int64 = 0
     /// Endpoints the gateway answers itself on the proxy listener.
-    enum LocalEndpoint { case billingWebhook }
+    enum LocalEndpoint {
+        case billingWebhook
+        /// A CORS preflight on a route with `cors`: answered 204 with ``corsHeaders``, whatever its credentials.
+        case preflight
+    }
     /// Set by `route`: the gateway's own endpoint (no route, identity, gate or charge: it has its own checks),
     /// or the route.
     var local: LocalEndpoint?
     var route: RouteConfig?
+    /// Set by `route` on a route with `cors`: the CORS headers of every response to this request (a preflight's
+    /// 204, the upstream's answer, any denial); empty otherwise. The upstream's own `Access-Control-*` headers
+    /// are dropped when this is not empty.
+    var corsHeaders: [(String, String)] = []
     var routeName = "-"
     var upstreamName = "-"
     /// Set by `authenticate`.

@@ -69,7 +69,42 @@ struct RequestPhases {
         }
     }
 
+    /// The route; on a route with `cors`, also the CORS headers of every response to the request and, for a
+    /// preflight, the gateway's own answer (``CORSPolicy``).
     func route(_ ctx: RequestContext) -> Outcome {
+        let matched = matchRoute(ctx)
+        guard case .next = matched, let cors = ctx.route?.cors else { return matched }
+        let headers = ctx.head.headers
+        // From here on every response to this request carries the route's CORS headers, denials included.
+        ctx.corsHeaders = CORSPolicy.responseHeaders(cors, origin: headers.first(name: "origin"))
+        guard let preflight = Self.preflight(ctx.head) else { return .next }
+        let requested = headers["access-control-request-headers"]
+        switch CORSPolicy.preflight(
+            cors, origin: preflight.origin, method: preflight.method,
+            requestHeaders: requested.isEmpty ? nil : requested.joined(separator: ","))
+        {
+        case .failure(let denial):
+            return .deny(denial)
+        case .success(let allowed):
+            // Answered by the gateway: no credentials asked for, nothing charged, never forwarded.
+            ctx.local = .preflight
+            ctx.corsHeaders = allowed
+            return .next
+        }
+    }
+
+    /// A CORS preflight's origin and the method it asks about: `OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`.
+    static func preflight(_ head: HTTPRequestHead) -> (origin: String, method: String)? {
+        guard head.method == .OPTIONS, let origin = head.headers.first(name: "origin"),
+            let method = head.headers.first(name: "access-control-request-method")
+        else { return nil }
+        return (origin, method)
+    }
+
+    /// The gateway's own endpoint, or the route by host, path prefix and method (a preflight's by the method it
+    /// asks about).
+    func matchRoute(_ ctx: RequestContext) -> Outcome {
         let snapshot = loop.snapshot
         if let hook = snapshot.config.billing?.webhookPath, ctx.head.method == .POST, ctx.path == hook[...] {
             ctx.local = .billingWebhook
@@ -77,9 +112,16 @@ struct RequestPhases {
             ctx.bodyLimit = min(ctx.bodyLimit, BillingWebhookHandler.maxBody)
             return .next
         }
-        guard let index = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue) else {
-            return .deny(.routeNotFound())
+        var matched = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue)
+        // A CORS preflight asks about the request to come, so it is matched by the method it names (a route that
+        // lists its methods seldom lists OPTIONS); when no route with `cors` takes that method, by OPTIONS.
+        if let preflight = Self.preflight(ctx.head),
+            let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: preflight.method),
+            snapshot.config.routes[i].cors != nil
+        {
+            matched = i
         }
+        guard let index = matched else { return .deny(.routeNotFound()) }
         let route = snapshot.config.routes[index]
         ctx.route = route
         ctx.routeName = route.name

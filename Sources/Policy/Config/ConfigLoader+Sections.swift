@@ -528,6 +528,7 @@ extension ConfigLoader {
             let f = r.fields(
                 at, "route",
                 allowed: [
+                    "cors",
                     "name", "match", "upstream", "strip_prefix", "auth", "min_plan", "feature", "roles", "rate_limits",
                     "allow_method_override", "websocket", "websocket_idle_timeout",
                 ])
@@ -582,6 +583,10 @@ extension ConfigLoader {
             route.minPlan = p
         }
         if let v = f["feature"] { route.feature = r.nonEmptyString(v, "feature") }
+        if let v = f["cors"] {
+            route.cors = parseCORS(v, route: route, r)
+            if route.cors == nil { ok = false }
+        }
         if let v = f["roles"] {
             route.roles = r.stringList(v, "roles")
             // Anonymous callers have no roles to check: roles need authentication.

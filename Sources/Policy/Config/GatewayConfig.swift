@@ -364,6 +364,9 @@ public struct RouteConfig: Sendable {
     public var feature: String? = nil
     public var roles: [String]? = nil
     public var rateLimits: [String] = ["tenant"]
+    /// `cors:`: the gateway answers the route's CORS preflights and puts CORS headers on its other responses;
+    /// nil: CORS is left to the upstream (preflights are routed and forwarded like any request).
+    public var cors: CORSConfig? = nil
     /// `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override` reach the upstream (default: removed).
     public var allowMethodOverride = false
     /// `Upgrade: websocket` is carried (default: refused with 400).

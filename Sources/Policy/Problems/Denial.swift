@@ -12,6 +12,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case tenantMismatch = "tenant_mismatch"
         case unknownTenant = "unknown_tenant"
         case forbidden
+        case corsRejected = "cors_rejected"
         case planRequired = "plan_required"
         case tenantSuspended = "tenant_suspended"
         case tenantCancelled = "tenant_cancelled"
@@ -60,6 +61,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case .tenantMismatch: "Tenant mismatch"
         case .unknownTenant: "Unknown tenant"
         case .forbidden: "Forbidden"
+        case .corsRejected: "CORS request rejected"
         case .planRequired: "Plan required"
         case .tenantSuspended: "Tenant suspended"
         case .tenantCancelled: "Tenant cancelled"
@@ -117,6 +119,8 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
     public static func tenantMismatch(_ detail: String) -> Denial { Denial(.tenantMismatch, 403, detail) }
     public static func unknownTenant(_ detail: String) -> Denial { Denial(.unknownTenant, 403, detail) }
     public static func forbidden(_ detail: String) -> Denial { Denial(.forbidden, 403, detail) }
+    /// 403 to a CORS preflight whose origin, method or headers the route's `cors` does not allow.
+    public static func corsRejected(_ detail: String) -> Denial { Denial(.corsRejected, 403, detail) }
     public static func planRequired(required: String, current: String, _ detail: String) -> Denial {
         var d = Denial(.planRequired, 403, detail)
         d.extensions = [("required", required), ("current", current)]
