@@ -42,6 +42,38 @@ import Testing
         #expect(try c.drain(count: total - 1024 * 1024) == total - 1024 * 1024)
     }
 
+    /// A response without Content-Length (server-sent events) is relayed as each event is written: every event
+    /// is read before the next is written, so one held behind a buffer or a timer would time the read out.
+    @Test func serverSentEventsReachTheClientAsTheUpstreamWritesThem() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(
+            yaml: testConfig(upstreams: ["app": [up.port]], routes: Self.routes, server: "  request_timeout: 60s"))
+        defer { gw.stop() }
+        let c = try RawConnection(port: gw.port, timeout: 10)
+        try c.send("GET /events/feed HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n")
+        let head = try #require(try c.readHead())
+        #expect(head.status == 200)
+        #expect(head.header("Content-Type") == "text/event-stream")
+        #expect(head.header("Transfer-Encoding") == "chunked")
+        var latencies: [Double] = []
+        for i in 1...20 {
+            let event = "id: \(i)\ndata: tick \(i)\n\n"
+            let written = Date()
+            #expect(up.emit("feed", event))
+            var received: [UInt8] = []
+            while received.count < event.utf8.count { received += try c.readChunkData() }
+            latencies.append(Date().timeIntervalSince(written) * 1000)
+            #expect(String(decoding: received, as: UTF8.self) == event)
+        }
+        up.emit("feed", nil)
+        #expect(try c.readChunkData().isEmpty)
+        let sorted = latencies.sorted()
+        print("SSE event latency through the gateway (ms): median \(sorted[sorted.count / 2]), max \(sorted.last!)")
+        // Within tens of milliseconds (the median, so one scheduling hiccup on a busy machine does not decide it).
+        #expect(sorted[sorted.count / 2] < 50)
+    }
+
     @Test func largeUploadStreamsWithBackPressure() throws {
         let up = try TestUpstream()
         defer { up.stop() }

@@ -189,6 +189,20 @@ final class RawConnection {
         return response
     }
 
+    /// Reads the next chunk of a chunked body (after ``readHead()``): its data, empty for the last chunk.
+    func readChunkData() throws -> [UInt8] {
+        guard let sizeLine = try readLine(), let size = Int(sizeLine.split(separator: ";")[0], radix: 16) else {
+            throw RawClientError(description: "no chunk size line")
+        }
+        if size == 0 {
+            while let t = try readLine(), !t.isEmpty {}
+            return []
+        }
+        let data = try readExactly(size)
+        _ = try readLine()
+        return data
+    }
+
     /// Reads a body of `count` bytes as a stream, `chunk` bytes per read, discarding it; returns bytes read.
     func drain(count: Int) throws -> Int {
         var total = min(buffer.count, count)

@@ -24,7 +24,8 @@ struct RecordedRequest: Sendable {
 /// sends 10, closes), `/status/N`, `/chunked` (a chunked response), `/early` (answers 201 as soon as the
 /// request head arrives, without waiting for the body), `/partial/N` (promises 1000000 bytes, sends N, then
 /// stalls), `/hold/NAME` (answers the echo only when the test calls ``release(_:)`` with NAME), `/hints` (a 103 before
-/// the echo), `/trailing` (200 `ok` with bytes past its Content-Length), anything
+/// the echo), `/trailing` (200 `ok` with bytes past its Content-Length), `/events/NAME` (a server-sent-events
+/// stream without Content-Length, each event written when the test calls ``emit(_:_:)``), anything
 /// else: a JSON echo. Every request head is recorded on arrival in ``heads``; a request is recorded in
 /// ``requests`` once its body ended (an `/early` one as soon as its head arrived).
 final class TestUpstream: Sendable {
@@ -50,6 +51,8 @@ final class TestUpstream: Sendable {
         var open: [Channel] = []
         var held: [String: @Sendable () -> Void] = [:]
         var released: Set<String> = []
+        /// Open `/events/NAME` streams: write one event (nil: end the stream).
+        var streams: [String: @Sendable (String?) -> Void] = [:]
     }
 
     /// With `tls`, the upstream speaks HTTPS only .
@@ -110,6 +113,19 @@ final class TestUpstream: Sendable {
             return s.held.removeValue(forKey: name)
         }
         answer?()
+    }
+
+    /// Writes `event` (nil: the stream's end) on the open `/events/NAME` stream, flushed at once; false when no
+    /// such stream is open yet.
+    @discardableResult
+    func emit(_ name: String, _ event: String?) -> Bool {
+        guard let write = state.withLock({ $0.streams[name] }) else { return false }
+        write(event)
+        return true
+    }
+
+    func openStream(_ name: String, _ write: @escaping @Sendable (String?) -> Void) {
+        state.withLock { $0.streams[name] = write }
     }
 
     func record(_ r: RecordedRequest) {
@@ -237,6 +253,25 @@ private final class UpstreamHandler: ChannelInboundHandler {
                     let (me, ctx, rec) = bound.value
                     me.echo(ctx, rec)
                 }
+            } else if parts.count >= 2, parts[parts.count - 2] == "events" {
+                var h = HTTPHeaders()
+                h.add(name: "Content-Type", value: "text/event-stream")
+                h.add(name: "Cache-Control", value: "no-cache")
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                let loop = context.eventLoop
+                upstream.openStream(String(parts.last!)) { event in
+                    loop.execute {
+                        let (me, ctx) = bound.value
+                        guard ctx.channel.isActive else { return }
+                        if let event {
+                            ctx.writeAndFlush(me.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: event)))), promise: nil)
+                        } else {
+                            ctx.writeAndFlush(me.wrapOutboundOut(.end(nil)), promise: nil)
+                        }
+                    }
+                }
+                // Registered first: once the client has the head, the test can emit.
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: h))), promise: nil)
             } else if parts.count >= 2, parts[parts.count - 2] == "hold" {
                 let name = String(parts.last!)
                 let bound = NIOLoopBound((self, context, r), eventLoop: context.eventLoop)
