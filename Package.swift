@@ -78,6 +78,17 @@ let package = Package(
         ),
         // Micro-benchmark of JWT verification, cached and uncached (benchmarks/run builds and runs it).
         .executableTarget(name: "jwt-bench", dependencies: ["Policy"], path: "benchmarks/jwt-bench"),
+        // WebSocket echo server and closed-loop client for the harness's `websocket` scenario.
+        .executableTarget(
+            name: "ws-bench",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            path: "benchmarks/ws-bench"
+        ),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(name: "HTTPWireTests", dependencies: ["HTTPWire"]),
         .testTarget(
