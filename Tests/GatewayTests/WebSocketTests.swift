@@ -32,7 +32,7 @@ import Testing
             yaml += "store: {redis: \"redis://127.0.0.1:\(redis)/0\", timeout: 500ms, on_failure: closed, key_prefix: ghws}\n"
         }
         if let audit {
-            yaml += "audit:\n  sinks:\n    - file: {path: \"\(audit)\", fsync: batch}\n"
+            yaml += "audit:\n  queue_size: 2\n  queue_timeout: 100ms\n  sinks:\n    - file: {path: \"\(audit)\", fsync: batch}\n"
         }
         return yaml
     }
@@ -152,6 +152,47 @@ import Testing
         c.close()
         try waitUntil { up.closed == 1 }
         try Self.waitUntilNoTunnel(gw)
+    }
+
+    @Test func anUpstreamThatAnswersWronglyGets502AndNothingStaysOpen() throws {
+        // A 101 switching to something else: the connection (already out of the pool) is closed, no retry.
+        let bad = try RawUpstream(reply: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: irc\r\nConnection: Upgrade\r\n\r\n")
+        defer { bad.stop() }
+        let gw = try GatewayProcess(yaml: Self.config(upstream: bad.port), environment: Self.env)
+        defer { gw.stop() }
+        let (r, c) = try openTunnel(port: gw.port, path: "/live/echo", headers: [Self.bearer("acme")])
+        #expect(r.status == 502)
+        #expect(c.waitForClose())
+        #expect(bad.connections.load(ordering: .relaxed) == 1)
+        try Self.waitUntilNoTunnel(gw)
+        // An upstream that declines the handshake: its answer is relayed, and the connection closes after it.
+        let refusing = try RawUpstream(reply: "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+        defer { refusing.stop() }
+        let gw2 = try GatewayProcess(yaml: Self.config(upstream: refusing.port), environment: Self.env)
+        defer { gw2.stop() }
+        let (r2, c2) = try openTunnel(port: gw2.port, path: "/live/echo", headers: [Self.bearer("acme")])
+        #expect(r2.status == 403)
+        #expect(c2.waitForClose())
+        try Self.waitUntilNoTunnel(gw2)
+    }
+
+    @Test func openTunnelsHoldNoAuditQueuePlace() throws {
+        let up = try WebSocketUpstream()
+        let audit = try Self.auditPath()
+        // The audit queue has two places: three tunnels open, and an audited request still goes through.
+        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, audit: audit), environment: Self.env)
+        defer { gw.stop() }
+        var open: [RawConnection] = []
+        for tenant in ["acme", "acme", "initech"] {
+            let (r, c) = try openTunnel(port: gw.port, path: "/live/hold", headers: [Self.bearer(tenant)])
+            #expect(r.status == 101, "\(tenant)")
+            open.append(c)
+        }
+        let post = try RawConnection(port: gw.port)
+        try post.send("POST /plain/x HTTP/1.1\r\nHost: gw.test\r\n\(Self.bearer("acme"))\r\nContent-Length: 0\r\n\r\n")
+        #expect(try post.readResponse()?.status != 503)
+        for c in open { c.close() }
+        try waitUntil { Self.records(audit).filter { $0["status"] as? Int == 101 }.count == 3 }
     }
 
     @Test func theTenantLimitGives429AndFreesOnClose() throws {

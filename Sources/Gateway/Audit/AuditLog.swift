@@ -143,6 +143,12 @@ final class AuditLog: Sendable {
         return false
     }
 
+    /// Gives back a place taken by ``tryReserve()`` whose record will be appended unreserved (a WebSocket tunnel's,
+    /// written when it closes, perhaps hours later).
+    func unreserve() {
+        outstanding.subtract(1, ordering: .relaxed)
+    }
+
     /// Queues a record; `reserved` when its place was taken by ``tryReserve()``. A denial without a place
     /// (one that was never about to be forwarded) passes the per-second denial budget first: beyond it, it is
     /// only counted. The writer is not woken for each record (it collects every few milliseconds), only when

@@ -119,14 +119,22 @@ final class TunnelSlots {
                 case .success(let reply):
                     logger.error(
                         "unexpected tunnel-count script reply", metadata: ["gh-request-id": "\(requestID)", "gh-reply": "\(reply)"])
+                    forget(client, keys, tenant, member)
                     done(failOpen ? .granted(TunnelSlot(tenant: tenant, member: member, registered: false)) : .storeUnavailable)
                 case .failure(let error):
                     logger.warning(
                         "tunnel-count store call failed", metadata: ["gh-request-id": "\(requestID)", "gh-error": "\(error)"])
+                    // A timed-out call may still have added the member: take it out again (it follows the script
+                    // on the same connection), so it does not count against the tenant until it expires.
+                    forget(client, keys, tenant, member)
                     done(failOpen ? .granted(TunnelSlot(tenant: tenant, member: member, registered: false)) : .storeUnavailable)
                 }
             }
         }
+    }
+
+    private func forget(_ client: RedisClient, _ keys: LimitKeys, _ tenant: String, _ member: String) {
+        _ = client.send(["ZREM", Self.key(keys, tenant), member])
     }
 
     /// The tunnel closed (or never opened): its place is given back.

@@ -57,6 +57,10 @@ final class ProxyHandler: ChannelDuplexHandler {
     private var parser: HTTP1RequestParser
     /// Request heads parsed so far (the number of the one being read is `headsParsed - 1`).
     private var headsParsed = 0
+    /// Client bytes after a WebSocket handshake (the parser reads nothing after one), before its tunnel opened:
+    /// sent upstream when it does, dropped with the connection otherwise. At most `max_read_ahead_bytes`.
+    private var tunnelAhead: [ByteBuffer] = []
+    private var tunnelAheadBytes = 0
 
     enum ResponseFraming {
         case none, contentLength, chunked, closeDelimited
@@ -340,7 +344,8 @@ final class ProxyHandler: ChannelDuplexHandler {
             respondLocally(ctx, status: 204, contentType: nil, body: "")
             return
         }
-        if ctx.expectContinue {
+        // (Not on a WebSocket handshake, which has no body: a client would take the 100 for its answer.)
+        if ctx.expectContinue && !ctx.websocket {
             var buffer = context.channel.allocator.buffer(capacity: 32)
             buffer.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
@@ -513,9 +518,9 @@ final class ProxyHandler: ChannelDuplexHandler {
         updateReading()
     }
 
-    func upstreamFailed(_ ctx: RequestContext, _ error: UpstreamError) {
+    func upstreamFailed(_ ctx: RequestContext, _ error: UpstreamError, mayRetry: Bool = true) {
         ctx.connection = nil
-        var retry = ctx.mayRetry(after: error, retries: ctx.group?.config.retries ?? 0)
+        var retry = mayRetry && ctx.mayRetry(after: error, retries: ctx.group?.config.retries ?? 0)
         if error.isPoolClosed {
             // A reload replaced the pools while this waited: once more on the new ones, not counted as an attempt.
             retry = loop.groups[ctx.upstreamName].map { $0 !== ctx.group } ?? false
@@ -552,14 +557,15 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     /// Client bytes after a WebSocket handshake: into the tunnel, or held until the upstream's 101 opens it
     /// (bounded: reading is paused from the handshake's end, so at most what one read brought is held).
+    /// (The handshake may still be queued behind a pipelined request: the bytes wait for it all the same.)
     private func tunnelInput(_ buffer: ByteBuffer) {
-        guard let ctx = current, ctx.websocket, !ctx.ended else { return }
-        guard machine.inTunnel, let conn = ctx.connection else {
-            ctx.tunnelAheadBytes += buffer.readableBytes
-            if ctx.tunnelAheadBytes > loop.connectionConfiguration.maxReadAheadBytes {
+        guard machine.inTunnel, let ctx = current, let conn = ctx.connection else {
+            tunnelAheadBytes += buffer.readableBytes
+            if tunnelAheadBytes > loop.connectionConfiguration.maxReadAheadBytes {
+                tunnelAhead.removeAll()
                 context.close(promise: nil)
             } else {
-                ctx.tunnelAhead.append(buffer)
+                tunnelAhead.append(buffer)
             }
             return
         }
@@ -579,29 +585,42 @@ final class ProxyHandler: ChannelDuplexHandler {
         for (name, value) in head.headers where name.utf8.count == 7 && HopByHop.equalsLower(name.utf8, "upgrade") {
             upgrade = value
         }
-        guard let upgrade, HopByHop.equalsLower(ASCII.trimmed(Substring(upgrade)).utf8, "websocket") else {
-            upstreamFailed(ctx, .malformedResponse("101 to a WebSocket handshake without Upgrade: websocket"))
-            return
-        }
         let idle = TimeAmount.nanoseconds(ctx.route?.websocketIdleTimeout ?? 300_000_000_000)
-        guard machine.tunnelOpened(now: .now(), idleTimeout: idle), let conn = ctx.connection else {
-            upstreamFailed(ctx, .connectionClosed("the handshake's exchange ended before the 101"))
+        guard let upgrade, HopByHop.equalsLower(ASCII.trimmed(Substring(upgrade)).utf8, "websocket"),
+            machine.tunnelOpened(now: .now(), idleTimeout: idle), let conn = ctx.connection
+        else {
+            // The connection already left its pool as a tunnel: close it (it must not talk to this exchange
+            // again), and answer 502 without a retry (the upstream did answer, wrongly).
+            ctx.connection?.abandon(by: self)
+            upstreamFailed(
+                ctx, .malformedResponse("101 to a WebSocket handshake without Upgrade: websocket"), mayRetry: false)
             return
         }
         ctx.tunnelOpened = .now()
         loop.metrics.websocketsOpen += 1
+        // The audit place was held for the handshake (back-pressure); the record written at the close does not
+        // need one, and a long-lived tunnel must not hold a place in the queue.
+        if ctx.auditReserved, let audit = loop.audit {
+            audit.unreserve()
+            ctx.auditReserved = false
+        }
         var buffer = context.channel.allocator.buffer(capacity: 512)
         writeStatusLine(&buffer, version: ctx.head.version, code: 101, reason: head.reason)
-        _ = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in writeHeader(&buffer, name, value) }
+        let ownsCORS = !ctx.corsHeaders.isEmpty
+        _ = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
+            if ownsCORS && CORSPolicy.isCORSResponseHeader(name) { return }
+            writeHeader(&buffer, name, value)
+        }
         buffer.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
         for (name, value) in ctx.responseHeaders { writeHeader(&buffer, name, value) }
+        for (name, value) in ctx.corsHeaders { writeHeader(&buffer, name, value) }
         writeHeader(&buffer, "X-Request-ID", ctx.requestID)
         buffer.writeStaticString("\r\n")
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         // What the client sent ahead of the 101 goes first.
-        let ahead = ctx.tunnelAhead
-        ctx.tunnelAhead.removeAll()
-        ctx.tunnelAheadBytes = 0
+        let ahead = tunnelAhead
+        tunnelAhead.removeAll()
+        tunnelAheadBytes = 0
         for part in ahead {
             ctx.tunnelBytesIn += Int64(part.readableBytes)
             conn.sendTunnel(part)
@@ -652,7 +671,6 @@ final class ProxyHandler: ChannelDuplexHandler {
             loop.tunnels.release(slot)
         }
         if ctx.tunnelOpened != nil { loop.metrics.websocketsOpen -= 1 }
-        ctx.tunnelAhead.removeAll()
         // The response goes out first; the record (audit, metrics) touches only this exchange, whatever the flush
         // sets off.
         defer { record(ctx, end) }
@@ -663,6 +681,9 @@ final class ProxyHandler: ChannelDuplexHandler {
             if !queue.isEmpty {
                 context.eventLoop.assumeIsolated().execute { [self] in self.processQueue() }
             }
+        case .close where ctx.tunnelOpened != nil:
+            // A tunnel's last bytes (the upstream's close frame among them) reach a slow client before the close.
+            closeAfterFlush()
         case .close:
             queue.removeAll()
             context.flush()
@@ -679,14 +700,29 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Closes once what was written is on the wire, or after the linger time for a client that reads nothing.
+    private func closeAfterFlush() {
+        let channel = context.channel
+        let flushed = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: flushed)
+        let cutoff = context.eventLoop.assumeIsolated().scheduleTask(in: loop.connectionConfiguration.linger) {
+            channel.close(promise: nil)
+        }
+        flushed.futureResult.assumeIsolated().whenComplete { _ in
+            cutoff.cancel()
+            channel.close(promise: nil)
+        }
+    }
+
     /// The record phase: the audit record (audited methods, and denials when configured) and the metrics.
     private func record(_ ctx: RequestContext, _ end: ClientConnectionStateMachine.End) {
-        let elapsed = (NIODeadline.now() - ctx.start).nanoseconds
+        // A tunnel's request lasted until its 101 (its life is the record's duration_ms, not a latency).
+        let elapsed = ((ctx.tunnelOpened ?? .now()) - ctx.start).nanoseconds
         let decision = end.denied ? "deny" : "allow"
         let status = end.status == 0 ? 499 : end.status
         if let audit = loop.audit {
             let method = ctx.head.method.rawValue
-            if ctx.auditReserved || audit.audits(method: method) || (audit.denials && end.denied) {
+            if ctx.auditReserved || ctx.tunnelOpened != nil || audit.audits(method: method) || (audit.denials && end.denied) {
                 let uri = ctx.head.uri
                 let path = uri.firstIndex(of: "?").map { String(uri[..<$0]) } ?? uri
                 // The request's start: the wall-clock reading its phases took, else now less its duration.
@@ -709,7 +745,8 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
         loop.metrics.record(route: ctx.routeName, status: status, decision: decision, code: end.code, seconds: Double(elapsed) / 1e9)
         if let up = ctx.upstreamStart, !end.denied {
-            loop.metrics.recordUpstream(ctx.upstreamName, seconds: Double((NIODeadline.now() - up).nanoseconds) / 1e9)
+            let upstreamEnd = ctx.tunnelOpened ?? .now()
+            loop.metrics.recordUpstream(ctx.upstreamName, seconds: Double((upstreamEnd - up).nanoseconds) / 1e9)
         }
     }
 }

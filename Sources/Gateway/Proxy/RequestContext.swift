@@ -38,9 +38,6 @@ final class RequestContext {
     var websocket = false
     /// Set by `admitTunnel`: the tenant's place among its open tunnels (`max_websockets`), given back at the end.
     var tunnelSlot: TunnelSlot?
-    /// Client bytes that came after the handshake, before the tunnel opened (sent upstream when it does).
-    var tunnelAhead: [ByteBuffer] = []
-    var tunnelAheadBytes = 0
     /// When the upstream's 101 opened the tunnel, and the bytes it carried each way.
     var tunnelOpened: NIODeadline?
     var tunnelBytesIn: Int64 = 0

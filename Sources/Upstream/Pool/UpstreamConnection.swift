@@ -226,8 +226,17 @@ public final class UpstreamConnection: ChannelDuplexHandler {
             context?.close(promise: nil)
             d?.upstreamTunnelClosed()
         case .abandonTunnel:
+            // The client's last bytes (its close frame among them) reach the upstream before the close, bounded.
             delegate = nil
-            context?.close(promise: nil)
+            guard let context else { return }
+            let channel = context.channel
+            let flushed = context.eventLoop.makePromise(of: Void.self)
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: flushed)
+            let cutoff = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+            flushed.futureResult.assumeIsolated().whenComplete { _ in
+                cutoff.cancel()
+                channel.close(promise: nil)
+            }
         case .forwardEnd(let release):
             // The delegate hears of the end before the pool may hand the connection to the next exchange.
             let d = delegate
