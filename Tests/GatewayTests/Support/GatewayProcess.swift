@@ -41,24 +41,7 @@ final class GatewayProcess: Sendable {
         p.standardOutput = FileHandle.nullDevice
         let lines = LineLog()
         self.lines = lines
-        let listening = DispatchSemaphore(value: 0)
-        let handle = err.fileHandleForReading
-        let thread = Thread {
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending.append(chunk)
-                while let nl = pending.firstIndex(of: 10) {
-                    let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
-                    pending.removeSubrange(pending.startIndex...nl)
-                    lines.append(line)
-                    if line.contains("gatehouse listening") { listening.signal() }
-                }
-            }
-            listening.signal()
-        }
-        thread.start()
+        let listening = lines.follow(err.fileHandleForReading) { $0.contains("gatehouse listening") }
         try p.run()
         process = p
         guard listening.wait(timeout: .now() + 30) == .success,
@@ -149,4 +132,26 @@ final class LineLog: Sendable {
     private let lines = Mutex<[String]>([])
     func append(_ line: String) { lines.withLock { $0.append(line) } }
     var all: [String] { lines.withLock { $0 } }
+
+    /// Collects the lines of `handle` on a thread of its own until it ends; the semaphore is signalled at the first
+    /// line that is `ready`, or at the end.
+    func follow(_ handle: FileHandle, ready: @escaping @Sendable (String) -> Bool) -> DispatchSemaphore {
+        let signal = DispatchSemaphore(value: 0)
+        Thread { [self] in
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let nl = pending.firstIndex(of: 10) {
+                    let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
+                    pending.removeSubrange(pending.startIndex...nl)
+                    append(line)
+                    if ready(line) { signal.signal() }
+                }
+            }
+            signal.signal()
+        }.start()
+        return signal
+    }
 }

@@ -22,29 +22,13 @@ final class WebSocketUpstream: Sendable {
         p.standardError = FileHandle.nullDevice
         let lines = LineLog()
         self.lines = lines
-        let started = DispatchSemaphore(value: 0)
-        let handle = out.fileHandleForReading
-        Thread {
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending.append(chunk)
-                while let nl = pending.firstIndex(of: 10) {
-                    let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
-                    pending.removeSubrange(pending.startIndex...nl)
-                    lines.append(line)
-                    if line.hasPrefix("listening ") { started.signal() }
-                }
-            }
-            started.signal()
-        }.start()
+        let started = lines.follow(out.fileHandleForReading) { $0.hasPrefix("listening ") }
         try p.run()
         process = p
         guard started.wait(timeout: .now() + 20) == .success,
             let line = lines.all.first(where: { $0.hasPrefix("listening ") }), let port = Int(line.dropFirst(10))
         else {
-            p.terminate()
+            kill(p.processIdentifier, SIGKILL)
             throw RawClientError(description: "WebSocket upstream did not start (is python3-websockets installed? `make deps`)")
         }
         self.port = port
