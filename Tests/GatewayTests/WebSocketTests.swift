@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 
+@testable import Gateway
+
 /// Live: WebSocket tunnels through the real gateway to a real WebSocket upstream (Python `websockets`), with a
 /// real client: the whole policy on the handshake, byte tunnels with back-pressure, every way a tunnel ends, the
 /// per-tenant limit (per instance, and fleet-wide on a shared Redis), the tunnel's audit record.
@@ -239,6 +241,26 @@ import Testing
         onB.close()
         try waitUntil { (try? openTunnel(port: a.port, path: "/live/hold", headers: auth).0.status) == 101 }
         _ = onA
+    }
+
+    /// The registry's scripts on a real Redis: the tunnels of a crashed instance (never renewed, never removed)
+    /// stop counting once their expiry passes; a renewal re-adds what the store lost.
+    @Test func unrenewedTunnelsExpireAndRenewalsRestoreLostOnes() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let r = RateLimitTests()
+        let key = "{ghws:acme}:ws"
+        func acquire(_ member: String, ttl: Int) throws -> String {
+            try r.redisCommand(redis, ["EVAL", TunnelSlots.acquireScript, "1", key, member, "2", String(ttl)])
+        }
+        #expect(try acquire("crashed", ttl: 200) == ":1")
+        #expect(try acquire("alive", ttl: 60_000) == ":1")
+        #expect(try acquire("third", ttl: 60_000) == ":0")  // the limit is 2
+        try waitUntil { (try? acquire("third", ttl: 60_000)) == ":1" }
+        _ = try r.redisCommand(redis, ["DEL", key])
+        _ = try r.redisCommand(redis, ["EVAL", TunnelSlots.renewScript, "1", key, "60000", "alive", "third"])
+        #expect(try r.redisCommand(redis, ["ZCARD", key]) == ":2")
+        #expect(try r.redisCommand(redis, ["PTTL", key]).dropFirst().count >= 4)
     }
 
     @Test func anIdleTunnelIsClosedAndAudited() throws {
