@@ -10,7 +10,8 @@ import Testing
     static let env = ["GH_TEST_ADMIN_TOKEN": "adm", "GH_TEST_HS_SECRET": TestKeys.hsSecret]
 
     static func config(
-        upstream: Int, redis: Int? = nil, idle: String = "5m", server: String = "", audit: String? = nil
+        upstream: Int, redis: Int? = nil, idle: String = "5m", server: String = "", audit: String? = nil,
+        upstreamTLS: String? = nil
     ) -> String {
         var yaml = """
             server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, admin_token_env: GH_TEST_ADMIN_TOKEN, threads: 1\(server)}
@@ -24,7 +25,7 @@ import Testing
               acme: {plan: pro}
               initech: {plan: pro, overrides: {max_websockets: 1}}
             upstreams:
-              ws: {targets: [127.0.0.1:\(upstream)]}
+              ws: {targets: [127.0.0.1:\(upstream)]\(upstreamTLS.map { ", tls: \($0)" } ?? "")}
             routes:
               - {name: live, match: {path_prefix: /live}, upstream: ws, websocket: true, websocket_idle_timeout: \(idle)}
               - {name: plain, match: {path_prefix: /plain}, upstream: ws}
@@ -94,6 +95,24 @@ import Testing
         #expect((record["bytes_out"] as? Int ?? 0) > 2 << 20)
         #expect(record["duration_ms"] is Int)
         #expect(try runGatehouse(["audit", "verify", audit]).status == 0)
+    }
+
+    @Test func aTunnelToAnHTTPSUpstreamCarriesMessagesBothWays() throws {
+        let certs = try TestCerts()
+        try certs.makeCA("internal")
+        try certs.makeLeaf("backend", ca: "internal", sans: ["DNS:backend.internal"])
+        let up = try WebSocketUpstream(tls: (certs.path("backend.pem"), certs.path("backend.key")))
+        let gw = try GatewayProcess(
+            yaml: Self.config(
+                upstream: up.port, upstreamTLS: "{ca_file: \(certs.path("internal.pem")), server_name: backend.internal}"),
+            environment: Self.env)
+        defer { gw.stop() }
+        let report = try webSocketClient("ws://127.0.0.1:\(gw.port)/live/echo", headers: [Self.bearer("acme")])
+        #expect(report["status"] as? Int == 101)
+        #expect(report["echoed"] as? Int == 7, "\(report)")
+        #expect((report["seen"] as? [String: String])?["X-Tenant-ID"] == "acme")
+        try Self.waitUntilNoTunnel(gw)
+        try waitUntil { up.closed == 1 }
     }
 
     @Test func refusedHandshakesNeverReachTheUpstream() throws {

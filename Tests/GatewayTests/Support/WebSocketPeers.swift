@@ -13,10 +13,11 @@ final class WebSocketUpstream: Sendable {
     let port: Int
     private let lines: LineLog
 
-    init() throws {
+    /// `tls`: certificate and key files; the upstream then speaks TLS only (wss).
+    init(tls: (cert: String, key: String)? = nil) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", peerScript("ws_upstream.py"), "0"]
+        p.arguments = ["python3", peerScript("ws_upstream.py"), "0"] + (tls.map { [$0.cert, $0.key] } ?? [])
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice

@@ -1,6 +1,6 @@
 """A real WebSocket upstream for Gatehouse's live tests (the `websockets` library).
 
-Usage: ws_upstream.py [port]. Prints `listening <port>`, then one line per event on stdout:
+Usage: ws_upstream.py [port [certfile keyfile]] (with a certificate: wss, TLS only). Prints `listening <port>`, then one line per event on stdout:
   `request <path> <headers as JSON>` for every HTTP request that reached it (handshake or not),
   `open <path>`, `close <path>`, and `sent <total bytes>` while flooding.
 Paths: /.../echo echoes every message (and answers `whoami` with the handshake's headers as JSON);
@@ -9,6 +9,7 @@ any other path holds the connection open until the peer closes it.
 """
 import asyncio
 import json
+import ssl
 import sys
 
 from websockets.asyncio.server import serve
@@ -52,9 +53,13 @@ async def handler(ws):
 
 async def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    tls = None
+    if len(sys.argv) > 3:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[2], sys.argv[3])
     async with serve(
         handler, "127.0.0.1", port, process_request=process_request, max_size=4 * 1024 * 1024,
-        ping_interval=None, compression=None,
+        ping_interval=None, compression=None, ssl=tls,
     ) as server:
         say("listening %d" % server.sockets[0].getsockname()[1])
         await asyncio.Future()
