@@ -12,6 +12,14 @@ public enum HTTP1ParseError: Error, Equatable, Sendable {
 /// Gathers one message head (start line through the empty line), where it lies in a read when it is whole there,
 /// else copied across reads and scanned only where it grew. At most `limit` bytes: the scan stops there, so where
 /// the input is split cannot change the outcome.
+/// After a protocol switch the rest of each read is the new protocol's: its range, unparsed (nil when the read is
+/// used up). Shared by both parsers' tunnel states.
+func passThrough(_ bytes: UnsafeRawBufferPointer, _ offset: inout Int) -> Range<Int>? {
+    guard offset < bytes.count else { return nil }
+    defer { offset = bytes.count }
+    return offset..<bytes.count
+}
+
 struct HeadGatherer: Sendable {
     private var pending: [UInt8] = []
 

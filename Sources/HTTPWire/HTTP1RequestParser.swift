@@ -84,9 +84,7 @@ public struct HTTP1RequestParser: Sendable {
                 offset = bytes.count
                 return nil
             case .tunnel:
-                guard offset < bytes.count else { return nil }
-                defer { offset = bytes.count }
-                return .tunnel(offset..<bytes.count)
+                return passThrough(bytes, &offset).map(Event.tunnel)
             case .start:
                 // Empty lines before a request line are skipped (RFC 9112 §2.2), a bounded number of them.
                 while offset < bytes.count, bytes[offset] == 13 || bytes[offset] == 10 {
@@ -166,10 +164,13 @@ public struct HTTP1RequestParser: Sendable {
     /// `h2c` (which the gateway ignores, RFC 9110 §7.8: it serves the request over HTTP/1.1). Nothing after such
     /// a request is parsed as HTTP, whether or not the switch is accepted.
     public static func switchesProtocol(_ headers: [(name: String, value: String)]) -> Bool {
-        for (name, value) in headers where name.utf8.count == 7 && ASCII.equalsLower(name.utf8, "upgrade") {
-            if !ASCII.equalsLower(ASCII.trimmed(Substring(value)).utf8, "h2c") { return true }
-        }
-        return false
+        headers.contains { $0.name.utf8.count == 7 && ASCII.equalsLower($0.name.utf8, "upgrade") && switches(to: $0.value) }
+    }
+
+    /// Whether one `Upgrade` value asks for a switch (anything but `h2c`): the rule ``switchesProtocol(_:)`` and the
+    /// gateway's handshake checks share.
+    public static func switches(to upgradeValue: String) -> Bool {
+        !ASCII.equalsLower(ASCII.trimmed(Substring(upgradeValue)).utf8, "h2c")
     }
 
     /// `A`-`Z`, `-` and `_`: the bytes of registered methods (`M-SEARCH`, `BASELINE-CONTROL`).

@@ -75,9 +75,7 @@ public struct HTTP1ResponseParser: Sendable {
                 offset = bytes.count
                 return nil
             case .tunnel:
-                guard offset < bytes.count else { return nil }
-                defer { offset = bytes.count }
-                return .tunnel(offset..<bytes.count)
+                return passThrough(bytes, &offset).map(Event.tunnel)
             case .idle:
                 guard offset < bytes.count else { return nil }
                 return fail(.malformed("bytes from the upstream when no response was expected"))

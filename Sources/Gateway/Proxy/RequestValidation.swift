@@ -89,9 +89,9 @@ enum RequestValidation {
         }
         var websocket = false
         // `h2c` alone is ignored (the parser reads on after it; the header is hop-by-hop, not forwarded). After
-        // any other upgrade the parser reads nothing more: it is one WebSocket handshake or it is refused.
-        let ignored = upgrades.allSatisfy { HopByHop.equalsLower(ASCII.trimmed(Substring($0)).utf8, "h2c") }
-        if !ignored {
+        // any other upgrade the parser reads nothing more (the same rule decides): it is one WebSocket handshake
+        // or it is refused.
+        if upgrades.contains(where: HTTP1RequestParser.switches(to:)) {
             guard upgrades.count == 1, HopByHop.equalsLower(ASCII.trimmed(Substring(upgrades[0])).utf8, "websocket")
             else {
                 return .failure(.badRequest("Upgrade to '\(upgrades.joined(separator: ", "))' is not supported."))
