@@ -119,22 +119,24 @@ final class TunnelSlots {
                 case .success(let reply):
                     logger.error(
                         "unexpected tunnel-count script reply", metadata: ["gh-request-id": "\(requestID)", "gh-reply": "\(reply)"])
-                    forget(client, keys, tenant, member)
-                    done(failOpen ? .granted(TunnelSlot(tenant: tenant, member: member, registered: false)) : .storeUnavailable)
+                    done(storeFailed(client, keys, tenant, member, failOpen: failOpen))
                 case .failure(let error):
                     logger.warning(
                         "tunnel-count store call failed", metadata: ["gh-request-id": "\(requestID)", "gh-error": "\(error)"])
-                    // A timed-out call may still have added the member: take it out again (it follows the script
-                    // on the same connection), so it does not count against the tenant until it expires.
-                    forget(client, keys, tenant, member)
-                    done(failOpen ? .granted(TunnelSlot(tenant: tenant, member: member, registered: false)) : .storeUnavailable)
+                    done(storeFailed(client, keys, tenant, member, failOpen: failOpen))
                 }
             }
         }
     }
 
-    private func forget(_ client: RedisClient, _ keys: LimitKeys, _ tenant: String, _ member: String) {
+    /// The store did not answer the acquire: `on_failure` decides. A timed-out call may still have added the
+    /// member, so it is taken out again (the ZREM follows the script on the same connection) rather than count
+    /// against the tenant until it expires.
+    private func storeFailed(
+        _ client: RedisClient, _ keys: LimitKeys, _ tenant: String, _ member: String, failOpen: Bool
+    ) -> Verdict {
         _ = client.send(["ZREM", Self.key(keys, tenant), member])
+        return failOpen ? .granted(TunnelSlot(tenant: tenant, member: member, registered: false)) : .storeUnavailable
     }
 
     /// The tunnel closed (or never opened): its place is given back.

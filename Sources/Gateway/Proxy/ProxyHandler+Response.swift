@@ -16,12 +16,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
         }
         var buffer = context.channel.allocator.buffer(capacity: 1024)
         writeStatusLine(&buffer, version: ctx.head.version, code: code, reason: head.reason)
-        // On a route with `cors` the gateway's CORS headers replace the upstream's: exactly one Allow-Origin.
-        let ownsCORS = !ctx.corsHeaders.isEmpty
-        let contentLength = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
-            if ownsCORS && CORSPolicy.isCORSResponseHeader(name) { return }
-            writeHeader(&buffer, name, value)
-        }
+        let contentLength = writeUpstreamHeaders(&buffer, head.headers, for: ctx)
         let framing: ResponseFraming
         if ctx.head.method == .HEAD || code < 200 || code == 204 || code == 304 {
             framing = .none
@@ -109,6 +104,19 @@ extension ProxyHandler: UpstreamResponseDelegate {
     }
 
     // MARK: Serialisation
+
+    /// The upstream's end-to-end response headers as the client gets them (``HeaderRewriter``); on a route with
+    /// `cors` without the upstream's own `Access-Control-*`, which the gateway's replace (exactly one
+    /// Allow-Origin). Returns the upstream's Content-Length.
+    func writeUpstreamHeaders(
+        _ buffer: inout ByteBuffer, _ headers: [(name: String, value: String)], for ctx: RequestContext
+    ) -> Int? {
+        let ownsCORS = !ctx.corsHeaders.isEmpty
+        return HeaderRewriter.forEachClientResponseHeader(headers) { name, value in
+            if ownsCORS && CORSPolicy.isCORSResponseHeader(name) { return }
+            writeHeader(&buffer, name, value)
+        }
+    }
 
     func writeStatusLine(_ buffer: inout ByteBuffer, version: HTTPVersion, code: Int, reason: String) {
         buffer.writeStaticString(version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")

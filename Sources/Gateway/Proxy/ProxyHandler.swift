@@ -606,11 +606,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
         var buffer = context.channel.allocator.buffer(capacity: 512)
         writeStatusLine(&buffer, version: ctx.head.version, code: 101, reason: head.reason)
-        let ownsCORS = !ctx.corsHeaders.isEmpty
-        _ = HeaderRewriter.forEachClientResponseHeader(head.headers) { name, value in
-            if ownsCORS && CORSPolicy.isCORSResponseHeader(name) { return }
-            writeHeader(&buffer, name, value)
-        }
+        _ = writeUpstreamHeaders(&buffer, head.headers, for: ctx)
         buffer.writeStaticString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
         for (name, value) in ctx.responseHeaders { writeHeader(&buffer, name, value) }
         for (name, value) in ctx.corsHeaders { writeHeader(&buffer, name, value) }
@@ -683,7 +679,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             }
         case .close where ctx.tunnelOpened != nil:
             // A tunnel's last bytes (the upstream's close frame among them) reach a slow client before the close.
-            closeAfterFlush()
+            context.closeWhenFlushed(within: loop.connectionConfiguration.linger)
         case .close:
             queue.removeAll()
             context.flush()
@@ -697,20 +693,6 @@ final class ProxyHandler: ChannelDuplexHandler {
             context.close(mode: .output, promise: promise)
             promise.futureResult.whenFailure { _ in channel.close(promise: nil) }
             updateReading()
-        }
-    }
-
-    /// Closes once what was written is on the wire, or after the linger time for a client that reads nothing.
-    private func closeAfterFlush() {
-        let channel = context.channel
-        let flushed = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: flushed)
-        let cutoff = context.eventLoop.assumeIsolated().scheduleTask(in: loop.connectionConfiguration.linger) {
-            channel.close(promise: nil)
-        }
-        flushed.futureResult.assumeIsolated().whenComplete { _ in
-            cutoff.cancel()
-            channel.close(promise: nil)
         }
     }
 

@@ -228,15 +228,7 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         case .abandonTunnel:
             // The client's last bytes (its close frame among them) reach the upstream before the close, bounded.
             delegate = nil
-            guard let context else { return }
-            let channel = context.channel
-            let flushed = context.eventLoop.makePromise(of: Void.self)
-            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0)), promise: flushed)
-            let cutoff = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
-            flushed.futureResult.assumeIsolated().whenComplete { _ in
-                cutoff.cancel()
-                channel.close(promise: nil)
-            }
+            context?.closeWhenFlushed(within: .seconds(2))
         case .forwardEnd(let release):
             // The delegate hears of the end before the pool may hand the connection to the next exchange.
             let d = delegate
@@ -265,3 +257,18 @@ public final class UpstreamConnection: ChannelDuplexHandler {
 
 @available(*, unavailable)
 extension UpstreamConnection: Sendable {}
+
+extension ChannelHandlerContext {
+    /// Closes the channel once what was written before is on the wire, or after `cutoff` when the peer reads
+    /// nothing: a plain close would drop pending writes (a tunnel's last bytes, its close frame among them).
+    public func closeWhenFlushed(within cutoff: TimeAmount) {
+        let channel = self.channel
+        let flushed = eventLoop.makePromise(of: Void.self)
+        writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0)), promise: flushed)
+        let timer = eventLoop.assumeIsolated().scheduleTask(in: cutoff) { channel.close(promise: nil) }
+        flushed.futureResult.assumeIsolated().whenComplete { _ in
+            timer.cancel()
+            channel.close(promise: nil)
+        }
+    }
+}
