@@ -48,14 +48,27 @@ let package = Package(
             ],
             swiftSettings: hotPath
         ),
+        // The Redis client: hiredis on NIO, standalone, Sentinel and Cluster topologies, per-node circuit
+        // breakers. Knows nothing of tenants; Gateway composes it.
+        .target(
+            name: "Redis",
+            dependencies: [
+                "CHiredis",
+                "Upstream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: hotPath
+        ),
         // The NIO server and request pipeline, admin listener, lifecycle.
         .target(
             name: "Gateway",
             dependencies: [
                 "Policy",
                 "Upstream",
+                "Redis",
                 "HTTPWire",
-                "CHiredis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -103,7 +116,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Policy", "Upstream", "HTTPWire",
+                "Gateway", "Policy", "Upstream", "Redis", "HTTPWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -2,6 +2,7 @@ import NIOCore
 import Testing
 
 @testable import Gateway
+@testable import Redis
 
 /// The circuit breaker as a pure state machine on an injected clock.
 @Suite struct RedisCircuitTests {

@@ -5,6 +5,7 @@ import NIOPosix
 import Testing
 
 @testable import Gateway
+@testable import Redis
 
 /// Live: the hiredis-on-NIO Redis client against a real redis-server.
 @Suite(.serialized) struct RedisClientTests {

@@ -65,7 +65,7 @@ import Testing
         #expect(mismatch.json["code"] as? String == "tenant_mismatch")
         // Redis holds the key's hash, never the key.
         let raw = try RawConnection(port: redis.port)
-        try raw.send("HGETALL ghtest:tenants\r\n")
+        try raw.send("GET {ghtest:acme}:tenant\r\n")
         var dump = ""
         while !dump.contains("api_keys") { dump += String(decoding: try raw.readChunk(), as: UTF8.self) }
         #expect(!dump.contains(key))
@@ -153,9 +153,9 @@ import Testing
         // Another instance wrote acme on plan pro and its PUBLISH is still on its way: only Redis knows.
         let raw = try RawConnection(port: redis.port)
         let stored = #"{"plan":"pro","status":"active","billing_anchor":1,"api_keys":[]}"#
-        let command = ["HSET", "ghtest:tenants", "acme", stored]
+        let command = ["SET", "{ghtest:acme}:tenant", stored]
         try raw.send("*\(command.count)\r\n" + command.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined())
-        #expect(String(decoding: try raw.readChunk(), as: UTF8.self).hasPrefix(":"))
+        #expect(String(decoding: try raw.readChunk(), as: UTF8.self).hasPrefix("+OK"))
         let failed = #"{"id":"evt_r1","created":1900000000,"type":"invoice.payment_failed","data":{"object":{"metadata":{"tenant_id":"acme"}}}}"#
         #expect(try send(failed).status == 200)
         let record = try request(port: a.adminPort!, "GET", "/admin/tenants/acme", headers: auth)
@@ -254,5 +254,36 @@ import Testing
             (try? request(port: a.adminPort!, "PUT", "/admin/tenants/acme", headers: auth, body: #"{"plan": "free"}"#).status) == 200
         }
         #expect(try request(port: a.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).status == 403)
+    }
+
+    /// A store written by a version with one hash of every tenant (`<prefix>:tenants`) is moved to per-tenant
+    /// keys at start-up: every record is served, a per-tenant record already written wins, the hash is gone.
+    @Test func theOldOneHashLayoutIsMigratedToPerTenantKeys() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let raw = try RawConnection(port: redis.port)
+        func command(_ args: String...) throws -> String {
+            try raw.send("*\(args.count)\r\n" + args.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined())
+            return String(decoding: try raw.readChunk(), as: UTF8.self)
+        }
+        let key = "gh_live_migrated_key_0123456789"
+        let keyHash = Digest.hex(Digest.sha256(key.utf8))
+        let acme = #"{"plan":"pro","status":"active","billing_anchor":1,"api_keys":[{"id":"k1","sha256":"\#(keyHash)"}]}"#
+        let oldGlobex = #"{"plan":"pro","status":"active","billing_anchor":1,"api_keys":[]}"#
+        let newGlobex = #"{"plan":"free","status":"suspended","billing_anchor":1,"api_keys":[]}"#
+        #expect(try command("HSET", "ghtest:tenants", "acme", acme, "globex", oldGlobex).hasPrefix(":2"))
+        #expect(try command("SET", "{ghtest:globex}:tenant", newGlobex).hasPrefix("+OK"))
+        let a = try GatewayProcess(yaml: Self.config(upstream: up.port, redis: redis.port), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
+        defer { a.stop() }
+        try waitUntil(seconds: 5) { (try? command("EXISTS", "ghtest:tenants")) == ":0\r\n" }
+        #expect(try command("EXISTS", "{ghtest:acme}:tenant") == ":1\r\n")
+        try waitUntil(seconds: 5) {
+            (try? request(port: a.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "acme")]).status) == 200
+        }
+        #expect(try request(port: a.port, "GET", "/api/x", headers: [("X-API-Key", key)]).status == 200)
+        let globex = try request(port: a.port, "GET", "/analytics/x", headers: [("X-Tenant-ID", "globex")])
+        #expect(globex.json["code"] as? String == "tenant_suspended", "the newer per-tenant record must win: \(globex.text)")
     }
 }

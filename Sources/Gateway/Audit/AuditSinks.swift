@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Redis
 import Policy
 
 /// Sealed records: their lines (each ending with a newline) in one buffer, and where each one ends.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Redis
 import NIOPosix
 import Policy
 import Upstream

@@ -1,4 +1,5 @@
 import NIOCore
+import Redis
 import Policy
 
 /// The Redis side of limits: one Lua script per decision, run with EVALSHA (EVAL once after a NOSCRIPT),

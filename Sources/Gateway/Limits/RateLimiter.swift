@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import Redis
 import Policy
 
 /// Charges requests against their buckets and quota, on one event loop.

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import Redis
 import Synchronization
 
 /// A tenant's place among its open WebSocket tunnels, held from the handshake's admission to the tunnel's close.

@@ -1,4 +1,5 @@
 import NIOCore
+import Redis
 import Policy
 
 /// Reads a tenant's quota counter and per-day counts for `GET /admin/tenants/{id}/usage`, from the embedded

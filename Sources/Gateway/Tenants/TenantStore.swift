@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Redis
 import Policy
 import Synchronization
 
@@ -77,16 +78,23 @@ struct MemoryTenantStore: TenantStore {
     var isReachable: EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(true) }
 }
 
-/// Tenant records in Redis, shared by every instance: one hash `<prefix>:tenants` (tenant → JSON record);
-/// a write publishes the tenant id on `<prefix>:tenants:invalidate` and every instance reloads that record,
-/// so a change made through any instance is enforced by all within about a round trip. Each instance also
-/// reloads the whole hash at connect and every `tenant_cache_ttl`; while Redis is unreachable the records
-/// already loaded keep serving. YAML seeds stay local to each instance and lose to a stored record.
+/// Tenant records in Redis, shared by every instance: one key per tenant, `{<prefix>:<tenant>}:tenant` (its JSON
+/// record, beside the tenant's limit keys in one Cluster slot); a write publishes the tenant id on
+/// `<prefix>:tenants:invalidate` and every instance reloads that record, so a change made through any instance is
+/// enforced by all within about a round trip (a Cluster broadcasts PUBLISH to every node). Each instance also
+/// reloads every record at connect and every `tenant_cache_ttl`, reading the keys incrementally with SCAN on
+/// each master; while Redis is unreachable the records already loaded keep serving. YAML seeds stay local to each
+/// instance and lose to a stored record.
+///
+/// The layout before per-tenant keys was one hash, `<prefix>:tenants` (tenant → JSON). Before each full reload
+/// an instance moves whatever that hash holds into per-tenant keys (never over a newer record) and deletes it.
 final class RedisTenantStore: TenantStore {
     let client: RedisClient
     let subscriber: RedisClient
     let directory: TenantDirectory
-    let hashKey: String
+    let keys: LimitKeys
+    /// The old layout's hash, migrated when found.
+    let legacyHashKey: String
     let channel: String
     /// The resolved connection settings (the rate limiter's per-loop clients use them too).
     let redisConfiguration: RedisClient.Configuration
@@ -98,7 +106,8 @@ final class RedisTenantStore: TenantStore {
         try redis.resolve()  // off the event loops: the server is built before it serves
         self.redisConfiguration = redis
         self.directory = directory
-        self.hashKey = config.keyPrefix + ":tenants"
+        self.keys = LimitKeys(prefix: config.keyPrefix)
+        self.legacyHashKey = config.keyPrefix + ":tenants"
         self.channel = config.keyPrefix + ":tenants:invalidate"
         self.logger = logger
         self.refreshTask = LockedBox(nil)
@@ -121,6 +130,27 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
+    /// A tenant's record key.
+    func recordKey(_ tenant: String) -> String { keys.tag(tenant) + "tenant" }
+
+    /// The SCAN pattern of every record key (the prefix's glob characters escaped).
+    var recordPattern: String {
+        var escaped = ""
+        for c in keys.prefix {
+            if "*?[]\\".contains(c) { escaped.append("\\") }
+            escaped.append(c)
+        }
+        return "{" + escaped + ":*}:tenant"
+    }
+
+    /// The tenant a record key names (nil for a key of another shape).
+    func tenant(ofRecordKey key: String) -> String? {
+        let head = "{" + keys.prefix + ":"
+        let tail = "}:tenant"
+        guard key.hasPrefix(head), key.hasSuffix(tail), key.count > head.count + tail.count else { return nil }
+        return String(key.dropFirst(head.count).dropLast(tail.count))
+    }
+
     func start() {
         client.start()
         subscriber.start()
@@ -139,28 +169,41 @@ final class RedisTenantStore: TenantStore {
     }
 
     func remember(eventID: String) -> EventLoopFuture<Bool> {
-        client.send(["SET", hashKey + ":webhook-event:" + eventID, "1", "NX", "EX", String(Int(SeenEvents.ttl))])
+        client.send(["SET", legacyHashKey + ":webhook-event:" + eventID, "1", "NX", "EX", String(Int(SeenEvents.ttl))])
             .map { $0 != .null }
     }
 
     func forget(eventID: String) {
-        _ = client.send(["DEL", hashKey + ":webhook-event:" + eventID])
+        _ = client.send(["DEL", legacyHashKey + ":webhook-event:" + eventID])
     }
 
-    /// Loads every stored record (HGETALL) into the directory.
+    /// Loads every stored record into the directory: the record keys found by SCAN on every master, then read
+    /// in batches (off the request path: bulk calls may take longer than one per-request call).
     @discardableResult
     func reloadAll() -> EventLoopFuture<Bool> {
-        // A bulk read off the request path: it may take longer than one per-request call.
-        client.send(["HGETALL", hashKey], timeout: .seconds(10)).map { reply in
-            guard case .array(let items) = reply else { return false }
+        let eventLoop = client.eventLoop
+        return migrateLegacyLayout().flatMap {
+            self.client.scan(match: self.recordPattern, count: 1000, timeout: .seconds(5))
+        }.flatMap { found -> EventLoopFuture<[String: TenantRecord]> in
+            let ids = found.compactMap { self.tenant(ofRecordKey: $0) }
             var records: [String: TenantRecord] = [:]
-            var i = 0
-            while i + 1 < items.count {
-                if let id = items[i].string, case .string(let json) = items[i + 1], let r = TenantRecordCodec.decode(json) {
-                    records[id] = r
+            var chain = eventLoop.makeSucceededVoidFuture()
+            for start in stride(from: 0, to: ids.count, by: 500) {
+                let batch = Array(ids[start..<min(ids.count, start + 500)])
+                chain = chain.flatMap {
+                    let reads = batch.map { id in
+                        self.client.send(["GET", self.recordKey(id)], timeout: .seconds(5)).map { reply -> (String, TenantRecord?) in
+                            if case .string(let json) = reply { return (id, TenantRecordCodec.decode(json)) }
+                            return (id, nil)
+                        }
+                    }
+                    return EventLoopFuture.whenAllSucceed(reads, on: eventLoop).map { pairs in
+                        for (id, record) in pairs { if let record { records[id] = record } }
+                    }
                 }
-                i += 2
             }
+            return chain.map { records }
+        }.map { records in
             self.directory.replaceStored(records)
             return true
         }.recover { error in
@@ -169,11 +212,37 @@ final class RedisTenantStore: TenantStore {
         }
     }
 
+    /// Moves the old layout's records (one hash of every tenant) into per-tenant keys: each is written only
+    /// where no per-tenant record exists yet (a newer write wins), then the hash is deleted. Idempotent, so
+    /// instances that do it at once do no harm.
+    func migrateLegacyLayout() -> EventLoopFuture<Void> {
+        let eventLoop = client.eventLoop
+        return client.send(["HGETALL", legacyHashKey], timeout: .seconds(10)).flatMap { reply -> EventLoopFuture<Void> in
+            guard case .array(let items) = reply, !items.isEmpty else { return eventLoop.makeSucceededVoidFuture() }
+            var writes: [EventLoopFuture<RedisReply>] = []
+            var i = 0
+            while i + 1 < items.count {
+                if let id = items[i].string, TenantID.isValid(id), case .string(let json) = items[i + 1] {
+                    writes.append(self.client.send(bytes: [Array("SET".utf8), Array(self.recordKey(id).utf8), json, Array("NX".utf8)], timeout: .seconds(5)))
+                }
+                i += 2
+            }
+            let moved = writes.count
+            return EventLoopFuture.whenAllSucceed(writes, on: eventLoop).flatMap { _ in
+                self.client.send(["DEL", self.legacyHashKey], timeout: .seconds(5))
+            }.map { _ in
+                self.logger.notice(
+                    "tenant records moved to per-tenant keys",
+                    metadata: ["gh-count": "\(moved)", "gh-from": "\(self.legacyHashKey)"])
+            }
+        }
+    }
+
     /// Reloads one tenant (HGET) after an invalidation; a failed read is retried a few times (50 ms apart)
     /// before the periodic full reload is left to catch up.
     @discardableResult
     func reload(_ tenant: String, attempt: Int = 1) -> EventLoopFuture<Void> {
-        client.send(["HGET", hashKey, tenant]).map { reply in
+        client.send(["GET", recordKey(tenant)]).map { reply in
             if case .string(let json) = reply, let r = TenantRecordCodec.decode(json) {
                 self.directory.setStored(tenant, r)
             } else {
@@ -201,11 +270,12 @@ final class RedisTenantStore: TenantStore {
     /// - `delete`: writes a tombstone (the tenant is unknown, its seed included, until the next put).
     /// - `add` / `revoke`: adds or removes one API key of the live record (stored, else the seed); a revoked
     ///   key's hash is remembered.
-    /// ARGV: op, tenant, record (or change) JSON, seed JSON (or ''), key id, key hash. Replies `{status, record}`:
+    /// KEYS: the tenant's record key. ARGV: op, tenant, record (or change) JSON, seed JSON (or ''), key id, key hash,
+    /// the invalidation channel (not a key: a Cluster script touches only its slot's keys). Replies `{status, record}`:
     /// put 1 created, 0 replaced; billing 1 applied, -3 stale, -4 deleted, -5 unknown tenant and no plan; delete 1
     /// done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown tenant, -2 key id taken.
     static let editScript = """
-        local cur = redis.call('HGET', KEYS[1], ARGV[2])
+        local cur = redis.call('GET', KEYS[1])
         local op = ARGV[1]
         local old = cur and cjson.decode(cur) or nil
         local seed = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
@@ -280,8 +350,8 @@ final class RedisTenantStore: TenantStore {
           rec.revoked_keys = revoked
         end
         local out = cjson.encode(rec)
-        redis.call('HSET', KEYS[1], ARGV[2], out)
-        redis.call('PUBLISH', KEYS[2], ARGV[2])
+        redis.call('SET', KEYS[1], out)
+        redis.call('PUBLISH', ARGV[7], ARGV[2])
         return {status, out}
         """
 
@@ -291,8 +361,8 @@ final class RedisTenantStore: TenantStore {
         // This instance's seed is the base while the store has no live record of the tenant.
         let seed = directory.seed(tenant)
         let args = [
-            "EVAL", Self.editScript, "2", hashKey, channel, op, tenant, json ?? record.map(TenantRecordCodec.encode) ?? "",
-            seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256,
+            "EVAL", Self.editScript, "1", recordKey(tenant), op, tenant, json ?? record.map(TenantRecordCodec.encode) ?? "",
+            seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256, channel,
         ]
         return client.send(args).flatMapThrowing { reply in
             guard case .array(let items) = reply, items.count == 2, let status = items[0].integer else {

@@ -167,37 +167,81 @@ extension ConfigLoader {
         return t
     }
 
+    /// `host:port` with a port in range (an IPv6 address in brackets).
+    static func isHostPort(_ text: String) -> Bool {
+        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
+            let port = Int(text[text.index(after: colon)...]), port > 0, port < 65536
+        else { return false }
+        let host = text[..<colon]
+        return !host.contains(" ") && (host.hasPrefix("[") == host.hasSuffix("]"))
+    }
+
     func parseStore(_ at: Located, _ r: YAMLReader) -> StoreConfig? {
         guard
             let f = r.fields(
                 at, "store",
                 allowed: [
-                    "redis", "timeout", "on_failure", "key_prefix", "rate_limit_mode", "tenant_cache_ttl", "tls",
-                    "username_env", "password_env",
+                    "redis", "cluster", "sentinel", "timeout", "on_failure", "key_prefix", "rate_limit_mode",
+                    "tenant_cache_ttl", "tls", "username_env", "password_env",
                 ])
         else { return nil }
-        guard let urlAt = f["redis"] else {
-            r.problem(at, "store.redis is required (omit the store section for the embedded in-memory store)")
+        let named = ["redis", "cluster", "sentinel"].filter { f[$0] != nil }
+        guard named.count == 1 else {
+            r.problem(
+                at,
+                named.isEmpty
+                    ? "store needs one of redis, cluster or sentinel (omit the store section for the embedded in-memory store)"
+                    : "store names \(named.joined(separator: " and ")): exactly one of redis, cluster or sentinel")
             return nil
         }
-        guard let url = r.nonEmptyString(urlAt, "store.redis") else { return nil }
-        let scheme = StoreConfig.isTLSURL(url) ? "rediss://" : "redis://"
-        if !(url.hasPrefix(scheme) && url.count > scheme.count) {
-            r.problem(urlAt, "store.redis must be a redis:// or rediss:// URL")
-        }
-        var s = StoreConfig(redisURL: url)
-        if let v = f["tls"] {
-            s.tls = parseClientTLS(v, "store.tls", r)
-            if !StoreConfig.isTLSURL(url) { r.problem(v, "store.tls needs a rediss:// URL in store.redis") }
-        } else if StoreConfig.isTLSURL(url) {
-            s.tls = ClientTLSConfig()
+        var s: StoreConfig
+        var url = ""
+        if let urlAt = f["redis"] {
+            guard let text = r.nonEmptyString(urlAt, "store.redis") else { return nil }
+            url = text
+            let scheme = StoreConfig.isTLSURL(url) ? "rediss://" : "redis://"
+            if !(url.hasPrefix(scheme) && url.count > scheme.count) {
+                r.problem(urlAt, "store.redis must be a redis:// or rediss:// URL")
+            }
+            s = StoreConfig(topology: .standalone(url: url))
+            if let v = f["tls"] {
+                s.tls = parseClientTLS(v, "store.tls", r)
+                if !StoreConfig.isTLSURL(url) { r.problem(v, "store.tls needs a rediss:// URL in store.redis") }
+            } else if StoreConfig.isTLSURL(url) {
+                s.tls = ClientTLSConfig()
+            }
+        } else if let at = f["cluster"] {
+            guard let seeds = r.stringList(at, "store.cluster") else { return nil }
+            if seeds.isEmpty { r.problem(at, "store.cluster lists no seed node") }
+            for seed in seeds where !Self.isHostPort(seed) {
+                r.problem(at, "store.cluster: '\(seed)' is not host:port")
+            }
+            s = StoreConfig(topology: .cluster(seeds: seeds))
+            if let v = f["tls"] { s.tls = parseClientTLS(v, "store.tls", r) }
+        } else {
+            let at = f["sentinel"]!
+            guard let g = r.fields(at, "store.sentinel", allowed: ["master", "nodes"]) else { return nil }
+            guard let masterAt = g["master"], let master = r.nonEmptyString(masterAt, "store.sentinel.master") else {
+                r.problem(at, "store.sentinel.master is required (the name the sentinels monitor)")
+                return nil
+            }
+            guard let nodesAt = g["nodes"], let nodes = r.stringList(nodesAt, "store.sentinel.nodes") else {
+                r.problem(at, "store.sentinel.nodes is required (the sentinels, host:port)")
+                return nil
+            }
+            if nodes.isEmpty { r.problem(nodesAt, "store.sentinel.nodes lists no sentinel") }
+            for node in nodes where !Self.isHostPort(node) {
+                r.problem(nodesAt, "store.sentinel.nodes: '\(node)' is not host:port")
+            }
+            s = StoreConfig(topology: .sentinel(master: master, nodes: nodes))
+            if let v = f["tls"] { s.tls = parseClientTLS(v, "store.tls", r) }
         }
         if let v = f["username_env"] { s.usernameEnv = r.nonEmptyString(v, "store.username_env") }
         if let v = f["password_env"] { s.passwordEnv = r.nonEmptyString(v, "store.password_env") }
         if s.usernameEnv != nil && s.passwordEnv == nil {
             r.problem(f["username_env"]!, "store.username_env needs store.password_env (an ACL user logs in with both)")
         }
-        if s.passwordEnv != nil, let rest = url.split(separator: "/", maxSplits: 3).dropFirst().first, rest.contains("@") {
+        if s.passwordEnv != nil, !url.isEmpty, let rest = url.split(separator: "/", maxSplits: 3).dropFirst().first, rest.contains("@") {
             r.problem(f["password_env"]!, "store.password_env and credentials in the store.redis URL contradict each other")
         }
         if let v = f["timeout"], let d = r.duration(v, "store.timeout") { s.timeout = d }

@@ -188,14 +188,28 @@ public struct ClientTLSConfig: Sendable, Equatable {
 public struct StoreConfig: Sendable {
     public enum FailureMode: String, Sendable { case open, closed }
     public enum RateLimitMode: String, Sendable { case exact, leased }
-    public var redisURL: String
+    /// Which Redis deployment holds the store (`redis`, `cluster` or `sentinel`: exactly one).
+    public enum Topology: Sendable, Equatable {
+        /// One server: `redis://` or `rediss://`.
+        case standalone(url: String)
+        /// Redis Cluster: seed nodes as `host:port`; the slot map is discovered from them.
+        case cluster(seeds: [String])
+        /// The master named `master`, found through the sentinels at `nodes` (`host:port`).
+        case sentinel(master: String, nodes: [String])
+    }
+    public var topology: Topology
+    /// The standalone URL ("" for a Cluster or Sentinel).
+    public var redisURL: String {
+        if case .standalone(let url) = topology { return url }
+        return ""
+    }
     public var timeout: Int64 = 50_000_000
     public var onFailure: FailureMode = .open
     public var keyPrefix = "gh"
     public var rateLimitMode: RateLimitMode = .leased
     public var tenantCacheTTL: Int64 = 30_000_000_000
     /// TLS to Redis: set for a `rediss://` URL (an empty config: the system's trust store, the URL's host
-    /// verified), from `store.tls`.
+    /// verified), from `store.tls`; with a Cluster or Sentinel, `store.tls` turns TLS on for every node.
     public var tls: ClientTLSConfig? = nil
     /// Environment variables holding the ACL user name and password (never in YAML).
     public var usernameEnv: String? = nil
@@ -203,6 +217,8 @@ public struct StoreConfig: Sendable {
 
     /// Whether the URL asks for TLS (`rediss://`).
     public static func isTLSURL(_ url: String) -> Bool { url.hasPrefix("rediss://") }
+
+    public init(topology: Topology) { self.topology = topology }
 }
 
 /// `identity:`: how callers and tenants are recognised.
