@@ -110,6 +110,30 @@ import Testing
         }
     }
 
+    @Test func storeTopologies() throws {
+        func store(_ body: String) -> String { "store: {\(body)}\n" + minimal }
+        let cluster = try load(["gw.yaml": store("cluster: [10.0.0.1:6379, \"redis-b.internal:7000\"], tls: {ca_file: ca.pem}")]).get()
+        #expect(cluster.store?.topology == .cluster(seeds: ["10.0.0.1:6379", "redis-b.internal:7000"]))
+        #expect(cluster.store?.tls == ClientTLSConfig(caFile: "ca.pem"))
+        #expect(cluster.store?.redisURL == "")
+        let sentinel = try load(["gw.yaml": store("sentinel: {master: gh-main, nodes: [10.0.0.5:26379, 10.0.0.6:26379]}")]).get()
+        #expect(sentinel.store?.topology == .sentinel(master: "gh-main", nodes: ["10.0.0.5:26379", "10.0.0.6:26379"]))
+        #expect(sentinel.store?.tls == nil)
+        #expect(try load(["gw.yaml": store("redis: \"redis://r:6379\"")]).get().store?.topology == .standalone(url: "redis://r:6379"))
+        for (body, expected) in [
+            ("redis: \"redis://r:6379\", cluster: [10.0.0.1:6379]", "store names redis and cluster: exactly one of"),
+            ("timeout: 50ms", "store needs one of redis, cluster or sentinel"),
+            ("cluster: []", "store.cluster lists no seed node"),
+            ("cluster: [10.0.0.1]", "store.cluster: '10.0.0.1' is not host:port"),
+            ("sentinel: {nodes: [10.0.0.5:26379]}", "store.sentinel.master is required"),
+            ("sentinel: {master: m}", "store.sentinel.nodes is required"),
+            ("sentinel: {master: m, nodes: [x:0]}", "is not host:port"),
+            ("sentinel: {master: m, nodes: [10.0.0.5:26379], port: 1}", "port"),
+        ] {
+            #expect(problems(["gw.yaml": store(body)]).contains { $0.contains(expected) }, "\(body): \(problems(["gw.yaml": store(body)]))")
+        }
+    }
+
     @Test func proxyProtocolNeedsTrustedBalancers() throws {
         #expect(
             problems(["gw.yaml": "server:\n  proxy_protocol: true\n" + minimal]).contains {
