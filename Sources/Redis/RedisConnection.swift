@@ -293,9 +293,18 @@ final class RedisConnection {
         }
     }
 
-    /// Closes the current connection so the next one asks ``locate`` again (a Sentinel failover).
+    /// Closes the current connection so the next one asks ``locate`` again (a Sentinel failover); while backing
+    /// off, connects now instead of at the end of the backoff.
     func drop() {
-        if case .ready(let channel) = state { channel.close(promise: nil) }
+        switch state {
+        case .ready(let channel):
+            channel.close(promise: nil)
+        case .waiting:
+            backoff = .milliseconds(50)
+            connect()
+        case .idle, .connecting, .shutdown:
+            break
+        }
     }
 
     func shutdown() {
