@@ -1,6 +1,6 @@
 # Gatehouse: the two front-door commands are `make run` and `make test`.
 SHELL := /bin/bash
-APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server python3 python3-pip curl openssl
+APT_PACKAGES := libhiredis-dev libjwt-dev libssl-dev pkg-config redis-server redis-tools python3 python3-pip curl openssl
 BIN := .build/debug/gatehouse
 
 .PHONY: deps build run test fuzz bench clean

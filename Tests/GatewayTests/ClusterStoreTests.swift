@@ -199,15 +199,33 @@ enum SharedFixtures {
         let cluster = try SharedFixtures.cluster.get()
         let up = try TestUpstream()
         defer { up.stop() }
-        let tenants = try Self.tenantPerMaster(cluster, prefix: "ghk")
-        let yaml = Self.config(upstream: up.port, cluster: cluster, prefix: "ghk", tenants: tenants.map(\.tenant))
+        let grouped = try cluster.tenants(prefix: "ghk", perMaster: 2)
+        let tenants = grouped.keys.sorted().map { (master: $0, tenant: grouped[$0]![0]) }
+        let frozen = grouped[tenants[0].master]![1]  // on the same master as the doomed one
+        let yaml = Self.config(
+            upstream: up.port, cluster: cluster, prefix: "ghk", tenants: tenants.map(\.tenant) + [frozen])
         let gateways = try (0..<2).map { _ in try GatewayProcess(yaml: yaml, environment: Self.env) }
         defer { for g in gateways { g.stop() } }
-        for (_, tenant) in tenants {
-            #expect(Self.statuses(try RateLimitTests().burst(ports: gateways.map(\.port), count: 7, tenant: tenant))[200] == 7)
+        for (i, (_, tenant)) in tenants.enumerated() {
+            let n = i == 0 ? 7 : 2
+            #expect(Self.statuses(try RateLimitTests().burst(ports: gateways.map(\.port), count: n, tenant: tenant))[200] == n)
         }
         let (victim, doomed) = tenants[0]
         let slot = RedisCluster.slot("{ghk:\(doomed)}")
+        // A frozen master (shorter than the cluster's node timeout, so no failover): its tenant's calls time out
+        // after store.timeout (100 ms), then its circuit opens; the other shards do not notice.
+        cluster.pause(victim)
+        for _ in 0..<3 {
+            let started = Date()
+            let r = try request(port: gateways[0].port, "GET", "/api/x", headers: [("X-Tenant-ID", frozen)])
+            #expect(r.status == 503 && r.json["code"] as? String == "store_unavailable", "\(r.status) \(r.text)")
+            #expect(Date().timeIntervalSince(started) < 0.6, "bounded by store.timeout")
+            for (_, tenant) in tenants.dropFirst() {
+                let other = try request(port: gateways[0].port, "GET", "/api/x", headers: [("X-Tenant-ID", tenant)])
+                #expect(other.status == 200, "a healthy shard beside a frozen one: \(other.status)")
+            }
+        }
+        cluster.resume(victim)
         _ = try cluster.cli(victim, "WAIT", "1", "2000")  // the replica has the bucket
         cluster.kill(victim)
         var restarted = false

@@ -276,6 +276,10 @@ final class RedisCluster: @unchecked Sendable {
     /// SIGKILL to the node on `port`; its directory (and nodes.conf) stays for ``restart(_:)``.
     func kill(_ port: Int) { nodes.kill(port) }
 
+    /// Freezes a node (SIGSTOP: its sockets stay open, nothing answers) or lets it go on.
+    func pause(_ port: Int) { nodes.signal(port, SIGSTOP) }
+    func resume(_ port: Int) { nodes.signal(port, SIGCONT) }
+
     /// Starts the node on `port` again with the same arguments and directory (its nodes.conf rejoins it to the
     /// cluster, where a newer master of its old slots makes it a replica); returns once it answers PING.
     func restart(_ port: Int) throws { try nodes.restart(port) }
@@ -489,6 +493,11 @@ final class RedisProcessGroup: @unchecked Sendable {
     }
 
     func isAlive(_ port: Int) -> Bool { lock.withLock { processes[port]?.isRunning ?? false } }
+
+    func signal(_ port: Int, _ signal: Int32) {
+        guard let p = lock.withLock({ processes[port] }) else { return }
+        Foundation.kill(p.processIdentifier, signal)
+    }
 
     /// Ports of the running nodes, longest-running first.
     var alive: [Int] {
