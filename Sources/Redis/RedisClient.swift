@@ -320,15 +320,9 @@ final class SingleRouter: RedisRouter {
             }
         case .cluster(let seeds):
             // A Cluster subscriber: any node hears every PUBLISH; the seeds are tried in turn.
-            var next = 0
             connection = RedisConnection(
-                configuration: configuration, eventLoop: eventLoop, logger: logger, label: "cluster subscriber", options: options
-            ) {
-                let addresses = seeds.compactMap { $0.socketAddress() }
-                guard !addresses.isEmpty else { return eventLoop.makeFailedFuture(RedisError.unavailable("no cluster seed")) }
-                defer { next += 1 }
-                return eventLoop.makeSucceededFuture(addresses[next % addresses.count])
-            }
+                configuration: configuration, eventLoop: eventLoop, logger: logger, label: "cluster subscriber", options: options,
+                locate: RedisConnection.inTurn(seeds, eventLoop: eventLoop))
             watch = nil
         }
     }

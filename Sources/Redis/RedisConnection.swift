@@ -74,6 +74,20 @@ final class RedisConnection {
         self.circuit = RedisCircuit(failureThreshold: configuration.failureThreshold, openFor: configuration.openFor)
     }
 
+    /// A ``locate`` that hands out `endpoints` in turn, one per connect attempt (a lost node is followed by the
+    /// next).
+    static func inTurn(
+        _ endpoints: [RedisClient.Configuration.Endpoint], eventLoop: EventLoop
+    ) -> () -> EventLoopFuture<SocketAddress> {
+        let addresses = endpoints.compactMap { $0.socketAddress() }
+        var next = 0
+        return {
+            guard !addresses.isEmpty else { return eventLoop.makeFailedFuture(RedisError.unavailable("no address to connect to")) }
+            defer { next += 1 }
+            return eventLoop.makeSucceededFuture(addresses[next % addresses.count])
+        }
+    }
+
     /// Connected and the circuit not open.
     var available: Bool {
         if case .ready = state { return options.withoutCircuit || !circuit.isOpen }

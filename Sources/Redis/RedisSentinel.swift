@@ -70,15 +70,9 @@ final class SentinelWatch {
             else { return }
             callback.value(address)
         }
-        var next = 0
         connection = RedisConnection(
-            configuration: configuration, eventLoop: eventLoop, logger: logger, label: "sentinels of \(master)", options: options
-        ) {
-            let addresses = sentinels.compactMap { $0.socketAddress() }
-            guard !addresses.isEmpty else { return eventLoop.makeFailedFuture(RedisError.unavailable("no sentinel")) }
-            defer { next += 1 }
-            return eventLoop.makeSucceededFuture(addresses[next % addresses.count])
-        }
+            configuration: configuration, eventLoop: eventLoop, logger: logger, label: "sentinels of \(master)", options: options,
+            locate: RedisConnection.inTurn(sentinels, eventLoop: eventLoop))
     }
 
     func start() { connection.connect() }
