@@ -71,7 +71,8 @@ final class ClusterRouter: RedisRouter {
         slots = Array(repeating: nil, count: RedisSlots.count)
     }
 
-    var available: Bool { nodes.values.contains { $0.connection.available } }
+    /// The slot map is known and some master can be reached.
+    var available: Bool { everMapped && masterNodes().contains { $0.connection.available } }
 
     func masters() -> [RedisConnection] {
         var seen = Set<ObjectIdentifier>()
@@ -95,7 +96,7 @@ final class ClusterRouter: RedisRouter {
             refresh()
             return eventLoop.makeFailedFuture(RedisError.unavailable("the cluster's slot map is not known yet"))
         }
-        return attempt(args, on: node, deadline: deadline, redirects: 0)
+        return attempt(args, on: node, asking: false, deadline: deadline, redirects: 0)
     }
 
     private func masterNodes() -> [Node] {
@@ -105,10 +106,12 @@ final class ClusterRouter: RedisRouter {
         return out
     }
 
-    private func attempt(_ args: [[UInt8]], on node: Node, deadline: NIODeadline, redirects: Int) -> EventLoopFuture<RedisReply> {
+    private func attempt(
+        _ args: [[UInt8]], on node: Node, asking: Bool, deadline: NIODeadline, redirects: Int
+    ) -> EventLoopFuture<RedisReply> {
         let left = deadline - .now()
         guard left > .zero else { return eventLoop.makeFailedFuture(RedisError.timeout("no reply before the deadline")) }
-        return node.connection.send(args, timeout: left).assumeIsolated().flatMapError { [self] error in
+        return node.connection.send(args, timeout: left, asking: asking).assumeIsolated().flatMapError { [self] error in
             guard let e = error as? RedisError else { return eventLoop.makeFailedFuture(error) }
             guard e.name == "server" else {
                 // The node is unreachable, timed out or its circuit is open: perhaps failed over.
@@ -125,20 +128,17 @@ final class ClusterRouter: RedisRouter {
                 if detail.hasPrefix("MOVED ") {
                     slots[slot] = target
                     refresh()
-                    return attempt(args, on: target, deadline: deadline, redirects: redirects + 1)
+                    return attempt(args, on: target, asking: false, deadline: deadline, redirects: redirects + 1)
                 }
-                // ASK: this one command, on the importing node, right after ASKING (same connection, in order).
-                let left = deadline - .now()
-                _ = target.connection.send([Array("ASKING".utf8)], timeout: left)
-                return target.connection.send(args, timeout: left)
+                // ASK: this one command, on the importing node, right after ASKING.
+                return attempt(args, on: target, asking: true, deadline: deadline, redirects: redirects + 1)
             }
             if detail.hasPrefix("TRYAGAIN") {
-                // A multi-key call on a slot whose keys are split mid-migration: retried shortly.
-                let promise = eventLoop.makePromise(of: RedisReply.self)
-                eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) { [self] in
-                    attempt(args, on: node, deadline: deadline, redirects: redirects + 1).cascade(to: promise)
-                }
-                return promise.futureResult
+                // A multi-key call on a slot whose keys are split mid-migration: retried shortly (the same node,
+                // asking again if it was the importing one).
+                return eventLoop.flatScheduleTask(in: .milliseconds(5)) { [self] in
+                    attempt(args, on: node, asking: asking, deadline: deadline, redirects: redirects + 1)
+                }.futureResult
             }
             if detail.hasPrefix("CLUSTERDOWN") { refresh() }
             return eventLoop.makeFailedFuture(e)

@@ -23,8 +23,16 @@ final class RedisCommandHandler: ChannelDuplexHandler {
         self.onPush = onPush
     }
 
+    /// The channel went inactive (or the handler left it): a command written now could never be answered.
+    private var closed = false
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let command = unwrapOutboundIn(data)
+        if closed {
+            command.promise.fail(RedisError.connectionClosed("the connection to Redis is closing"))
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
         var buffer = context.channel.allocator.buffer(capacity: 64)
         RESPEncoder.encode(command.args, into: &buffer)
         pending.append(command.promise)
@@ -57,11 +65,18 @@ final class RedisCommandHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        closed = true
         failAll(RedisError.connectionClosed("the connection to Redis closed"))
         context.fireChannelInactive()
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        closed = true
+        failAll(RedisError.connectionClosed("the connection to Redis closed"))
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        closed = true
         failAll(RedisError.connectionClosed("\(error)"))
         context.close(promise: nil)
     }

@@ -40,6 +40,8 @@ final class RedisConnection {
     private struct Queued {
         var args: [[UInt8]]
         var promise: EventLoopPromise<RedisReply>
+        /// Set when the caller has had its answer (its timeout fired): the call is never sent.
+        var done: NIOLoopBoundBox<Bool>
     }
 
     let configuration: RedisClient.Configuration
@@ -101,8 +103,14 @@ final class RedisConnection {
 
     /// Sends one command; fails with a ``RedisError`` on timeout, a lost connection, an open circuit or an
     /// error reply.
-    func send(_ args: [[UInt8]], timeout: TimeAmount? = nil) -> EventLoopFuture<RedisReply> {
+    ///
+    /// - Parameter asking: `ASKING` goes first, in the same write (a Cluster's ASK redirection); only on a
+    ///   connection that is up, so nothing can come between the two.
+    func send(_ args: [[UInt8]], timeout: TimeAmount? = nil, asking: Bool = false) -> EventLoopFuture<RedisReply> {
         let timeout = timeout ?? configuration.timeout
+        if asking, case .ready = state {} else if asking {
+            return eventLoop.makeFailedFuture(RedisError.unavailable("not connected to the importing node (\(label))"))
+        }
         switch state {
         case .ready, .connecting, .idle: break
         case .waiting: return eventLoop.makeFailedFuture(RedisError.unavailable("not connected to Redis (\(label))"))
@@ -119,6 +127,10 @@ final class RedisConnection {
             done.value = true
             circuit.failed(now: .now())
             outer.fail(RedisError.timeout("no reply within \(timeout) (\(label))"))
+            // Still queued (the connection is being set up): taken out, so it never runs after its caller gave up.
+            if let i = queued.firstIndex(where: { $0.done === done }) {
+                queued.remove(at: i).promise.fail(QueuedDropped())
+            }
         }
         inner.futureResult.assumeIsolated().whenComplete { [self] result in
             timer.cancel()
@@ -131,7 +143,7 @@ final class RedisConnection {
             case .failure(let error):
                 if let e = error as? RedisError, e.name == "server" {
                     circuit.succeeded()  // the node answered: it is alive
-                    if options.requireMaster, e.detail.hasPrefix("READONLY") {
+                    if options.requireMaster, e.detail.contains("READONLY") {
                         // A master demoted under us (Sentinel failover): leave it and ask again.
                         logger.warning("redis node is no longer the master; reconnecting", metadata: ["gh-redis": "\(label)"])
                         drop()
@@ -144,12 +156,17 @@ final class RedisConnection {
         }
         switch state {
         case .ready(let channel):
+            if asking {
+                let ignored = eventLoop.makePromise(of: RedisReply.self)
+                ignored.futureResult.whenFailure { _ in }
+                channel.write(RedisCommand(args: [Array("ASKING".utf8)], promise: ignored), promise: nil)
+            }
             channel.writeAndFlush(RedisCommand(args: args, promise: inner), promise: nil)
         case .idle, .connecting:
             if queued.count >= Self.maxQueued {
                 inner.fail(QueuedDropped())
             } else {
-                queued.append(Queued(args: args, promise: inner))
+                queued.append(Queued(args: args, promise: inner, done: done))
                 connect()
             }
         case .waiting, .shutdown:
@@ -193,9 +210,14 @@ final class RedisConnection {
                 logger.info("connected to redis", metadata: ["gh-redis": "\(label)", "gh-address": "\(address.map { "\($0)" } ?? "")"])
                 let waiting = queued
                 queued = []
-                for q in waiting { channel.write(RedisCommand(args: q.args, promise: q.promise), promise: nil) }
+                for q in waiting where !q.done.value { channel.write(RedisCommand(args: q.args, promise: q.promise), promise: nil) }
+                for q in waiting where q.done.value { q.promise.fail(QueuedDropped()) }
                 if !waiting.isEmpty { channel.flush() }
                 options.onReady?()
+                if dropWhenReady {
+                    dropWhenReady = false
+                    channel.close(promise: nil)
+                }
                 channel.closeFuture.assumeIsolated().whenComplete { [self] _ in
                     if case .ready(let c) = state, c === channel {
                         logger.warning("redis connection lost", metadata: ["gh-redis": "\(label)"])
@@ -212,6 +234,7 @@ final class RedisConnection {
     private func connectFailed(_ error: Error) {
         // Once per outage at warning level (a wrong CA, name or password shows in the log, not only as
         // store_unavailable answers); each retry after that at debug.
+        dropWhenReady = false  // the next attempt asks where to go anyway
         let metadata: Logger.Metadata = ["gh-redis": "\(label)", "gh-error": "\(error)"]
         if connectFailing {
             logger.debug("redis connect failed", metadata: metadata)
@@ -316,10 +339,15 @@ final class RedisConnection {
         case .waiting:
             backoff = .milliseconds(50)
             connect()
-        case .idle, .connecting, .shutdown:
+        case .connecting:
+            dropWhenReady = true
+        case .idle, .shutdown:
             break
         }
     }
+
+    /// A drop asked for while connecting (to an address that may already be stale): done once connected.
+    private var dropWhenReady = false
 
     func shutdown() {
         let previous = state

@@ -23,6 +23,9 @@ public final class TenantDirectory: TenantRecords {
         var seeds: [String: TenantRecord]
         var stored: [String: TenantRecord] = [:]
         var owners: [String: (tenant: String, id: String)] = [:]
+        /// Counts single-record writes (``setStored(_:_:)``); `writtenAt` is each tenant's last.
+        var writes = 0
+        var writtenAt: [String: Int] = [:]
 
         /// The record requests see: the stored one (none behind a tombstone), else the seed.
         func visible(_ tenant: String) -> TenantRecord? {
@@ -144,10 +147,18 @@ public final class TenantDirectory: TenantRecords {
         }
     }
 
-    /// Replaces every stored record (a full load from the shared store).
-    public func replaceStored(_ records: [String: TenantRecord]) {
+    /// Where single-record writes stand: pass it, taken before a full load starts, to ``replaceStored(_:since:)``.
+    public var writeMark: Int { state.withLock { $0.writes } }
+
+    /// Replaces every stored record (a full load from the shared store). A tenant written one by one after
+    /// `since` (an invalidation or an edit that landed while the load was reading) keeps that newer record.
+    public func replaceStored(_ records: [String: TenantRecord], since: Int? = nil) {
         state.withLock { s in
-            s.stored = records
+            var next = records
+            if let since {
+                for (tenant, at) in s.writtenAt where at > since { next[tenant] = s.stored[tenant] }
+            }
+            s.stored = next  // `writtenAt` stays (one entry per tenant): another load may have started earlier
             s.reindex()
         }
     }
@@ -156,6 +167,8 @@ public final class TenantDirectory: TenantRecords {
     public func setStored(_ tenant: String, _ record: TenantRecord?) {
         state.withLock { s in
             s.stored[tenant] = record
+            s.writes += 1
+            s.writtenAt[tenant] = s.writes
             s.reindex()
         }
     }

@@ -100,6 +100,8 @@ final class RedisTenantStore: TenantStore {
     let redisConfiguration: RedisClient.Configuration
     private let logger: Logger
     private let refreshTask: LockedBox<RepeatedTask?>
+    /// The first full load (after any migration of the old layout) has completed.
+    private let migrated = Atomic<Bool>(false)
 
     init(config: StoreConfig, directory: TenantDirectory, eventLoop: EventLoop, logger: Logger) throws {
         var redis = try RedisClient.Configuration(store: config, environment: ProcessInfo.processInfo.environment)
@@ -182,10 +184,12 @@ final class RedisTenantStore: TenantStore {
     @discardableResult
     func reloadAll() -> EventLoopFuture<Bool> {
         let eventLoop = client.eventLoop
+        let mark = directory.writeMark
         return migrateLegacyLayout().flatMap {
             self.client.scan(match: self.recordPattern, count: 1000, timeout: .seconds(5))
         }.flatMap { found -> EventLoopFuture<[String: TenantRecord]> in
-            let ids = found.compactMap { self.tenant(ofRecordKey: $0) }
+            // A sibling prefix (`gh:eu` beside `gh`) matches the pattern too: only valid tenant ids are ours.
+            let ids = found.compactMap { self.tenant(ofRecordKey: $0) }.filter(TenantID.isValid)
             var records: [String: TenantRecord] = [:]
             var chain = eventLoop.makeSucceededVoidFuture()
             for start in stride(from: 0, to: ids.count, by: 500) {
@@ -204,7 +208,8 @@ final class RedisTenantStore: TenantStore {
             }
             return chain.map { records }
         }.map { records in
-            self.directory.replaceStored(records)
+            self.directory.replaceStored(records, since: mark)
+            self.migrated.store(true, ordering: .relaxed)
             return true
         }.recover { error in
             self.logger.warning("tenant reload failed; cached records keep serving", metadata: ["gh-error": "\(error)"])
@@ -229,7 +234,13 @@ final class RedisTenantStore: TenantStore {
             }
             let moved = writes.count
             return EventLoopFuture.whenAllSucceed(writes, on: eventLoop).flatMap { _ in
-                self.client.send(["DEL", self.legacyHashKey], timeout: .seconds(5))
+                // Kept under another name for a while (a week), in case a rollback needs it; where the two
+                // names cannot share a node (a Cluster), deleted.
+                self.client.send(["RENAME", self.legacyHashKey, self.legacyHashKey + ":migrated"], timeout: .seconds(5))
+                    .flatMap { _ in
+                        self.client.send(["EXPIRE", self.legacyHashKey + ":migrated", "604800"], timeout: .seconds(5))
+                    }
+                    .flatMapError { _ in self.client.send(["DEL", self.legacyHashKey], timeout: .seconds(5)) }
             }.map { _ in
                 self.logger.notice(
                     "tenant records moved to per-tenant keys",
@@ -358,6 +369,11 @@ final class RedisTenantStore: TenantStore {
     private func edit(
         _ op: String, _ tenant: String, record: TenantRecord? = nil, json: String? = nil, keyID: String = "", sha256: String = ""
     ) -> EventLoopFuture<Int64> {
+        // Until the first full load (and with it the move of an old-layout hash), an edit could start from a
+        // seed instead of the record still in the old hash: refused (503; a webhook sender retries).
+        guard migrated.load(ordering: .relaxed) else {
+            return client.eventLoop.makeFailedFuture(RedisError.unavailable("tenant records not loaded yet"))
+        }
         // This instance's seed is the base while the store has no live record of the tenant.
         let seed = directory.seed(tenant)
         let args = [
