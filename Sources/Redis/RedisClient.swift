@@ -156,7 +156,7 @@ public final class RedisClient: Sendable {
         self.configuration = configuration
         self.router = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
         let router = self.router
-        let make = { () -> RedisRouter in
+        let make: @Sendable () -> RedisRouter = {
             switch configuration.topology {
             case .cluster(let seeds) where subscribe.isEmpty:
                 return ClusterRouter(configuration: configuration, seeds: seeds, eventLoop: eventLoop, logger: logger, onReady: onReady)
@@ -217,27 +217,30 @@ public final class RedisClient: Sendable {
             var keys: [String] = []
             var chain = self.eventLoop.makeSucceededVoidFuture()
             for node in nodes {
-                chain = chain.flatMap {
-                    Self.scan(node, cursor: "0", pattern: pattern, count: count, timeout: timeout).map { keys += $0 }
-                }
+                chain = chain.assumeIsolated().flatMap {
+                    Self.scan(node, cursor: "0", pattern: pattern, count: count, timeout: timeout, into: keys)
+                        .assumeIsolated().map { keys = $0 }.nonisolated()
+                }.nonisolated()
             }
-            return chain.map { keys }
+            return chain.assumeIsolated().map { keys }.nonisolated()
         }
     }
 
+    /// Pages through one master's keys from `cursor`, adding each page to `found`.
     private static func scan(
-        _ node: RedisConnection, cursor: String, pattern: String, count: Int, timeout: TimeAmount
+        _ node: RedisConnection, cursor: String, pattern: String, count: Int, timeout: TimeAmount, into found: [String]
     ) -> EventLoopFuture<[String]> {
         let args = ["SCAN", cursor, "MATCH", pattern, "COUNT", String(count)].map { Array($0.utf8) }
-        return node.send(args, timeout: timeout).flatMap { reply in
+        return node.send(args, timeout: timeout).assumeIsolated().flatMap { reply in
             guard case .array(let parts) = reply, parts.count == 2, let next = parts[0].string, case .array(let items) = parts[1]
             else {
                 return node.eventLoop.makeFailedFuture(RedisError.protocolError("unexpected SCAN reply"))
             }
-            let keys = items.compactMap(\.string)
-            if next == "0" { return node.eventLoop.makeSucceededFuture(keys) }
-            return scan(node, cursor: next, pattern: pattern, count: count, timeout: timeout).map { keys + $0 }
-        }
+            var found = found
+            found.append(contentsOf: items.compactMap(\.string))
+            if next == "0" { return node.eventLoop.makeSucceededFuture(found) }
+            return scan(node, cursor: next, pattern: pattern, count: count, timeout: timeout, into: found)
+        }.nonisolated()
     }
 
     /// True while calls can go out (a connection is up and its circuit closed; on a Cluster, to some master).

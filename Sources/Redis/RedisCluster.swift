@@ -74,12 +74,7 @@ final class ClusterRouter: RedisRouter {
     /// The slot map is known and some master can be reached.
     var available: Bool { everMapped && masterNodes().contains { $0.connection.available } }
 
-    func masters() -> [RedisConnection] {
-        var seen = Set<ObjectIdentifier>()
-        var out: [RedisConnection] = []
-        for case let node? in slots where seen.insert(ObjectIdentifier(node)).inserted { out.append(node.connection) }
-        return out
-    }
+    func masters() -> [RedisConnection] { masterNodes().map(\.connection) }
 
     // MARK: Sending
 
@@ -90,7 +85,8 @@ final class ClusterRouter: RedisRouter {
             node = slots[RedisSlots.slot(key)]
         } else {
             // Any master answers a command without a key; prefer one whose connection is up.
-            node = masterNodes().first { $0.connection.available } ?? masterNodes().first
+            let masters = masterNodes()
+            node = masters.first { $0.connection.available } ?? masters.first
         }
         guard let node else {
             refresh()
@@ -136,9 +132,11 @@ final class ClusterRouter: RedisRouter {
             if detail.hasPrefix("TRYAGAIN") {
                 // A multi-key call on a slot whose keys are split mid-migration: retried shortly (the same node,
                 // asking again if it was the importing one).
-                return eventLoop.flatScheduleTask(in: .milliseconds(5)) { [self] in
-                    attempt(args, on: node, asking: asking, deadline: deadline, redirects: redirects + 1)
-                }.futureResult
+                let promise = eventLoop.makePromise(of: RedisReply.self)
+                eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(5)) { [self] in
+                    attempt(args, on: node, asking: asking, deadline: deadline, redirects: redirects + 1).cascade(to: promise)
+                }.futureResult.whenFailure { promise.fail($0) }  // the loop shut down first
+                return promise.futureResult
             }
             if detail.hasPrefix("CLUSTERDOWN") { refresh() }
             return eventLoop.makeFailedFuture(e)
@@ -187,8 +185,9 @@ final class ClusterRouter: RedisRouter {
         refreshing = true
         lastRefresh = now
         // Known masters first (they are up to date), then the seeds.
-        var candidates = masterNodes().filter { $0.connection.available }.map(\.key)
-        for key in seeds.compactMap({ $0.socketAddress().flatMap(Self.key) }) + masterNodes().map(\.key)
+        let masters = masterNodes()
+        var candidates = masters.filter { $0.connection.available }.map(\.key)
+        for key in seeds.compactMap({ $0.socketAddress().flatMap(Self.key) }) + masters.map(\.key)
         where !candidates.contains(key) {
             candidates.append(key)
         }

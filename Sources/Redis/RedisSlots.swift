@@ -31,20 +31,20 @@ public enum RedisSlots {
     /// The argument a Cluster routes `args` by: the first key of a script call, the first argument of a keyed
     /// command, nil for commands without a key (PING, PUBLISH, SCAN, TIME, …), which any master can answer.
     public static func routingKey(_ args: [[UInt8]]) -> [UInt8]? {
-        guard args.count >= 2, let name = args.first else { return nil }
-        switch upper(name) {
-        case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
+        guard args.count >= 2 else { return nil }
+        // Per call on a Cluster's hot path: names are compared as bytes (upper-cased only when they are not).
+        let name = args[0].contains(where: { $0 >= 97 && $0 <= 122 }) ? args[0].map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 } : args[0]
+        if scriptCalls.contains(name) {
             guard args.count >= 4, let n = Int(String(decoding: args[2], as: UTF8.self)), n > 0 else { return nil }
             return args[3]
-        case "PING", "PUBLISH", "SCAN", "TIME", "INFO", "CLUSTER", "ROLE", "ASKING", "SCRIPT", "DBSIZE", "SUBSCRIBE",
-            "AUTH", "SELECT", "SENTINEL", "WAIT", "ECHO", "COMMAND", "CONFIG", "FUNCTION", "FLUSHALL", "FLUSHDB":
-            return nil
-        default:
-            return args[1]
         }
+        return keyless.contains(name) ? nil : args[1]
     }
 
-    private static func upper(_ bytes: [UInt8]) -> String {
-        String(decoding: bytes.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }, as: UTF8.self)
-    }
+    private static let scriptCalls = Set(["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"].map { Array($0.utf8) })
+    private static let keyless = Set(
+        [
+            "PING", "PUBLISH", "SCAN", "TIME", "INFO", "CLUSTER", "ROLE", "ASKING", "SCRIPT", "DBSIZE", "SUBSCRIBE",
+            "AUTH", "SELECT", "SENTINEL", "WAIT", "ECHO", "COMMAND", "CONFIG", "FUNCTION", "FLUSHALL", "FLUSHDB",
+        ].map { Array($0.utf8) })
 }

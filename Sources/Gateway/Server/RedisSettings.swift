@@ -16,22 +16,12 @@ extension RedisClient.Configuration {
             self = parsed
             tlsHost = host
         case .cluster(let seeds):
-            let endpoints = try seeds.map { text in
-                guard let e = Endpoint(parsing: text, defaultPort: 6379) else {
-                    throw RedisSettingsError("store.cluster: '\(text)' is not host:port")
-                }
-                return e
-            }
+            let endpoints = try Self.endpoints(seeds, defaultPort: 6379, "store.cluster")
             self.init(topology: .cluster(seeds: endpoints))
             wantsTLS = store.tls != nil
             tlsHost = endpoints.first?.host ?? ""
         case .sentinel(let master, let nodes):
-            let endpoints = try nodes.map { text in
-                guard let e = Endpoint(parsing: text, defaultPort: 26379) else {
-                    throw RedisSettingsError("store.sentinel.nodes: '\(text)' is not host:port")
-                }
-                return e
-            }
+            let endpoints = try Self.endpoints(nodes, defaultPort: 26379, "store.sentinel.nodes")
             self.init(topology: .sentinel(master: master, sentinels: endpoints))
             wantsTLS = store.tls != nil
             tlsHost = endpoints.first?.host ?? ""
@@ -55,6 +45,15 @@ extension RedisClient.Configuration {
             } catch {
                 throw RedisSettingsError("\(error)")
             }
+        }
+    }
+
+    private static func endpoints(_ texts: [String], defaultPort: Int, _ what: String) throws -> [Endpoint] {
+        try texts.map { text in
+            guard let e = Endpoint(parsing: text, defaultPort: defaultPort) else {
+                throw RedisSettingsError("\(what): '\(text)' is not host:port")
+            }
+            return e
         }
     }
 }

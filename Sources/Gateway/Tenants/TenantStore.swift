@@ -117,10 +117,9 @@ final class RedisTenantStore: TenantStore {
         self.client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger, onReady: {
             _ = box.value?.reloadAll()
         })
-        var subscriberConfig = redis
-        subscriberConfig.failureThreshold = Int.max
+        // A subscriber's connection has no circuit (the client sees to it): its one call is the subscription.
         self.subscriber = RedisClient(
-            configuration: subscriberConfig, eventLoop: eventLoop, logger: logger, subscribe: [channel],
+            configuration: redis, eventLoop: eventLoop, logger: logger, subscribe: [channel],
             onPush: { _, payload in
                 _ = box.value?.reload(String(decoding: payload, as: UTF8.self))
             },

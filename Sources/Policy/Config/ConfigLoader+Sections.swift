@@ -167,13 +167,9 @@ extension ConfigLoader {
         return t
     }
 
-    /// `host:port` with a port in range (an IPv6 address in brackets).
+    /// `host:port` as targets are written, with a port to connect to (not 0).
     static func isHostPort(_ text: String) -> Bool {
-        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
-            let port = Int(text[text.index(after: colon)...]), port > 0, port < 65536
-        else { return false }
-        let host = text[..<colon]
-        return !host.contains(" ") && (host.hasPrefix("[") == host.hasSuffix("]"))
+        HostPort.parse(text).map { $0.port != 0 } ?? false
     }
 
     func parseStore(_ at: Located, _ r: YAMLReader) -> StoreConfig? {
