@@ -16,6 +16,10 @@ deps:
 	@# The live WebSocket tests' peers: the Python `websockets` library, 13 or later (its asyncio API).
 	@python3 -c "import websockets.asyncio.server" 2>/dev/null || python3 -m pip install -q --user "websockets>=13" \
 	  || python3 -m pip install -q --user --break-system-packages "websockets>=13"
+	@# The live tracing tests' OTLP receiver decodes spans with the official protobuf definitions.
+	@python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null \
+	  || python3 -m pip install -q --user "opentelemetry-proto>=1.20" \
+	  || python3 -m pip install -q --user --break-system-packages "opentelemetry-proto>=1.20"
 
 build: deps
 	swift build

@@ -124,8 +124,8 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOTLS", package: "swift-nio"),
             ],
-            // Real WebSocket peers (Python `websockets`), run by the live tests.
-            exclude: ["Support/ws_upstream.py", "Support/ws_client.py"]
+            // Real WebSocket peers (Python `websockets`) and an OTLP receiver (`opentelemetry-proto`), run by the live tests.
+            exclude: ["Support/ws_upstream.py", "Support/ws_client.py", "Support/otlp_receiver.py"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -13,9 +13,11 @@ import Testing
 
     @Test func canonicalFormIsFixed() {
         var chain = AuditChain()
-        let line = chain.seal(record("/a\u{1}b\nc"))
+        var r = record("/a\u{1}b\nc")
+        r.traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+        let line = chain.seal(r)
         #expect(line.hasPrefix(#"{"ts":"2026-11-18T"#))
-        #expect(line.contains(#","seq":1,"request_id":"req-1","tenant":"acme","user":"u\"1","method":"POST","path":"/a\u0001b\nc","route":"api","status":200,"decision":"allow","code":null,"latency_ms":1.234,"client_ip":"127.0.0.1","upstream":"app","prev_hash":"0000"#))
+        #expect(line.contains(#","seq":1,"request_id":"req-1","tenant":"acme","user":"u\"1","method":"POST","path":"/a\u0001b\nc","route":"api","status":200,"decision":"allow","code":null,"latency_ms":1.234,"client_ip":"127.0.0.1","upstream":"app","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","prev_hash":"0000"#))
         #expect(!line.contains("\n") && !line.contains("\u{1}"))
         let (body, hash) = AuditChain.split(line[...])!
         #expect(Digest.hex(Digest.sha256(body.utf8)) == hash)

@@ -45,6 +45,6 @@ import Testing
             status: 101, decision: "allow", code: nil, latencyMicros: 1500, clientIP: "127.0.0.1", upstream: "users")
         r.tunnel = AuditRecord.Tunnel(bytesIn: 10, bytesOut: 6, durationMillis: 300)
         let text = r.canonical(seq: 1, prevHash: String(repeating: "0", count: 64))
-        #expect(text.contains(#""upstream":"users","bytes_in":10,"bytes_out":6,"duration_ms":300,"prev_hash""#))
+        #expect(text.contains(#""upstream":"users","trace_id":null,"bytes_in":10,"bytes_out":6,"duration_ms":300,"prev_hash""#))
     }
 }

@@ -33,9 +33,11 @@ public struct GatewayService: Service {
     /// Runs the gateway until SIGTERM or SIGINT.
     public static func serve(configPath: String, config: GatewayConfig, logger: Logger) async throws {
         let server = try GatewayServer(configPath: configPath, config: config, logger: logger)
+        // Shut down in reverse order: the gateway drains first, then the writers put out what it handed them.
+        let services = server.telemetryServices.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: GatewayService(server: server))],
+                services: services + [.init(service: GatewayService(server: server))],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()

@@ -42,6 +42,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
         guard let ctx = current, ctx.connection != nil else { return }
+        ctx.bytesOut += Int64(buffer.readableBytes)
         switch responseFraming {
         case .none:
             return

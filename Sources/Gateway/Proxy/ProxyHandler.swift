@@ -268,6 +268,12 @@ final class ProxyHandler: ChannelDuplexHandler {
         let clientID = head.headers.first(name: "x-request-id")
         let requestID = clientID.flatMap { RequestTarget.isValidRequestID($0) ? $0 : nil } ?? loop.nextRequestID()
         let ctx = RequestContext(requestID: requestID, head: head, parsedFraming: framing, start: now)
+        // A single well-formed traceparent is continued (with its tracestate); none, several or a malformed one
+        // start a new trace.
+        let parents = head.headers["traceparent"]
+        ctx.trace = loop.tracer.begin(
+            traceparent: parents.count == 1 ? parents[0] : nil,
+            tracestate: parents.count == 1 ? head.headers["tracestate"] : [])
         ctx.ordinal = requestsStarted
         requestsStarted += 1
         current = ctx
@@ -357,6 +363,7 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     private func receiveBody(_ buffer: ByteBuffer) {
         guard let ctx = current else { return }
+        ctx.bytesIn += Int64(buffer.readableBytes)
         switch machine.requestBody(buffer.readableBytes) {
         case .forward:
             guard let conn = ctx.connection else { return }
@@ -450,6 +457,7 @@ final class ProxyHandler: ChannelDuplexHandler {
     private func denyNew(_ denial: Denial) {
         let head = HTTPRequestHead(version: .http1_1, method: .RAW(value: "-"), uri: "-")
         let ctx = RequestContext(requestID: loop.nextRequestID(), head: head, parsedFraming: .success(.none), start: .now())
+        ctx.trace = loop.tracer.begin(traceparent: nil, tracestate: [])
         current = ctx
         machine.startExchange(now: .now(), keepAlive: false, hasBody: false, chunked: false, upgrade: false)
         loop.metrics.exchangesInFlight += 1
@@ -505,7 +513,10 @@ final class ProxyHandler: ChannelDuplexHandler {
             return
         }
         ctx.connection = conn
-        if ctx.upstreamStart == nil { ctx.upstreamStart = .now() }
+        if ctx.upstreamStart == nil {
+            ctx.upstreamStart = .now()
+            if ctx.trace.sampled && loop.telemetry.spans != nil { ctx.upstreamSpan = loop.tracer.nextSpanID() }
+        }
         let sendEnd = machine.attached()
         for buffer in ctx.held { conn.sendBody(buffer) }
         ctx.held.removeAll()
@@ -696,40 +707,118 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The record phase: the audit record (audited methods, and denials when configured) and the metrics.
+    /// The record phase: the audit record (audited methods, and denials when configured), the metrics, the
+    /// access-log line and the spans.
     private func record(_ ctx: RequestContext, _ end: ClientConnectionStateMachine.End) {
         // A tunnel's request lasted until its 101 (its life is the record's duration_ms, not a latency).
-        let elapsed = ((ctx.tunnelOpened ?? .now()) - ctx.start).nanoseconds
+        let now = NIODeadline.now()
+        let elapsed = ((ctx.tunnelOpened ?? now) - ctx.start).nanoseconds
         let decision = end.denied ? "deny" : "allow"
         let status = end.status == 0 ? 499 : end.status
+        let upstream = !end.denied && ctx.upstreamStart != nil ? ctx.upstreamName : nil
+        let telemetry = loop.telemetry
+        let logLine = telemetry.accessLog.map { $0.logs(denied: end.denied, status: status, random: &loop.random) } ?? false
+        let traced = ctx.trace.sampled && telemetry.spans != nil
+        // The request's start: the wall-clock reading its phases took, else now less its duration.
+        var startMillis: Int64 = 0
+        if loop.audit != nil || logLine || traced {
+            startMillis =
+                ctx.wallClockReading.map { Int64($0 * 1000) } ?? (Int64(loop.clock.now() * 1000) - elapsed / 1_000_000)
+        }
+        let uri = ctx.head.uri
+        let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
         if let audit = loop.audit {
             let method = ctx.head.method.rawValue
             if ctx.auditReserved || ctx.tunnelOpened != nil || audit.audits(method: method) || (audit.denials && end.denied) {
-                let uri = ctx.head.uri
-                let path = uri.firstIndex(of: "?").map { String(uri[..<$0]) } ?? uri
-                // The request's start: the wall-clock reading its phases took, else now less its duration.
-                let startMillis =
-                    ctx.wallClockReading.map { Int64($0 * 1000) } ?? (Int64(loop.clock.now() * 1000) - elapsed / 1_000_000)
                 var r = AuditRecord(
                     timeMillis: startMillis, requestID: ctx.requestID, tenant: ctx.caller.tenant, user: ctx.caller.user,
-                    method: method, path: path, route: ctx.routeName == "-" ? nil : ctx.routeName, status: status,
+                    method: method, path: String(path), route: ctx.routeName == "-" ? nil : ctx.routeName, status: status,
                     decision: decision, code: end.code.isEmpty ? nil : end.code, latencyMicros: elapsed / 1000,
-                    clientIP: ctx.clientAddress ?? clientAddress, upstream: !end.denied && ctx.upstreamStart != nil ? ctx.upstreamName : nil)
+                    clientIP: ctx.clientAddress ?? clientAddress, upstream: upstream)
+                r.traceID = ctx.trace.traceID
                 r.failOpen = ctx.failOpen
                 if let opened = ctx.tunnelOpened {
                     r.tunnel = AuditRecord.Tunnel(
                         bytesIn: ctx.tunnelBytesIn, bytesOut: ctx.tunnelBytesOut,
-                        durationMillis: (NIODeadline.now() - opened).nanoseconds / 1_000_000)
+                        durationMillis: (now - opened).nanoseconds / 1_000_000)
                 }
                 audit.append(r, reserved: ctx.auditReserved)
                 ctx.auditReserved = false
             }
         }
         loop.metrics.record(route: ctx.routeName, status: status, decision: decision, code: end.code, seconds: Double(elapsed) / 1e9)
+        var upstreamNanos: Int64? = nil
         if let up = ctx.upstreamStart, !end.denied {
-            let upstreamEnd = ctx.tunnelOpened ?? .now()
-            loop.metrics.recordUpstream(ctx.upstreamName, seconds: Double((upstreamEnd - up).nanoseconds) / 1e9)
+            upstreamNanos = ((ctx.tunnelOpened ?? now) - up).nanoseconds
+            loop.metrics.recordUpstream(ctx.upstreamName, seconds: Double(upstreamNanos!) / 1e9)
         }
+        if logLine, let accessLog = telemetry.accessLog {
+            let tunnel = ctx.tunnelOpened != nil
+            accessLog.append(
+                AccessLog.Line(
+                    timeMillis: startMillis, requestID: ctx.requestID, trace: ctx.trace,
+                    clientIP: ctx.clientAddress ?? clientAddress, method: ctx.head.method.rawValue, path: path,
+                    route: ctx.routeName == "-" ? nil : ctx.routeName, status: status, denied: end.denied,
+                    code: end.code.isEmpty ? nil : end.code, tenant: ctx.caller.tenant, user: ctx.caller.user,
+                    plan: ctx.caller.plan, upstream: upstream, latencyMicros: elapsed / 1000,
+                    upstreamMicros: upstreamNanos.map { $0 / 1000 },
+                    bytesIn: tunnel ? ctx.tunnelBytesIn : ctx.bytesIn, bytesOut: tunnel ? ctx.tunnelBytesOut : ctx.bytesOut,
+                    userAgent: ctx.head.headers.first(name: "user-agent")),
+                shard: loop.shard)
+        }
+        if traced, let spans = telemetry.spans {
+            recordSpans(ctx, spans, status: status, end: end, startMillis: startMillis, elapsed: elapsed, upstreamNanos: upstreamNanos)
+        }
+    }
+
+    /// The gateway's server span and, when the request reached an upstream, the upstream call's client span.
+    private func recordSpans(
+        _ ctx: RequestContext, _ spans: SpanExporter, status: Int, end: ClientConnectionStateMachine.End,
+        startMillis: Int64, elapsed: Int64, upstreamNanos: Int64?
+    ) {
+        let method = ctx.head.method.rawValue
+        let route = ctx.routeName == "-" ? "" : ctx.routeName
+        let start = UInt64(max(0, startMillis)) * 1_000_000
+        let error = status >= 500 ? (end.code.isEmpty ? "HTTP \(status)" : end.code) : nil
+        let trace = ctx.trace
+        let server = SpanData(
+            traceHigh: trace.traceHigh, traceLow: trace.traceLow, spanID: trace.span, parentSpanID: trace.parentSpan,
+            traceState: trace.traceState, name: route.isEmpty ? method : method + " " + route, kind: .server,
+            startNanos: start, endNanos: start + UInt64(max(0, elapsed)),
+            attributes: [
+                .init("http.request.method", .string(method)),
+                .init("http.route", .string(route)),
+                .init("http.response.status_code", .int(Int64(status))),
+                .init("gatehouse.tenant", .string(ctx.caller.tenant ?? "")),
+                .init("gatehouse.plan", .string(ctx.caller.plan ?? "")),
+                .init("gatehouse.decision", .string(end.denied ? "deny" : "allow")),
+                .init("gatehouse.code", .string(end.code)),
+                .init("gatehouse.request_id", .string(ctx.requestID)),
+                .init("url.path", .string(String(ctx.path.isEmpty ? "-" : ctx.path))),
+                .init("client.address", .string(ctx.clientAddress ?? clientAddress)),
+            ],
+            errorMessage: error)
+        guard ctx.upstreamSpan != 0, let up = ctx.upstreamStart, let upstreamNanos else {
+            spans.enqueue(server)
+            return
+        }
+        let upStart = start + UInt64(max(0, (up - ctx.start).nanoseconds))
+        var attributes: [SpanData.Attribute] = [
+            .init("http.request.method", .string(method)),
+            .init("http.route", .string(route)),
+            .init("http.response.status_code", .int(Int64(status))),
+            .init("gatehouse.upstream", .string(ctx.upstreamName)),
+            .init("gatehouse.tenant", .string(ctx.caller.tenant ?? "")),
+        ]
+        if let target = ctx.pool?.target {
+            attributes.append(.init("server.address", .string(target.host)))
+            attributes.append(.init("server.port", .int(Int64(target.port))))
+        }
+        let client = SpanData(
+            traceHigh: trace.traceHigh, traceLow: trace.traceLow, spanID: ctx.upstreamSpan, parentSpanID: trace.span,
+            traceState: trace.traceState, name: method + " " + ctx.upstreamName, kind: .client, startNanos: upStart,
+            endNanos: upStart + UInt64(max(0, upstreamNanos)), attributes: attributes, errorMessage: error)
+        spans.enqueue(server, client)
     }
 }
 

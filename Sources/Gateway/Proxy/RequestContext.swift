@@ -80,6 +80,13 @@ final class RequestContext {
     var waiter: TargetPoolStateMachine.WaiterID?
     var upstreamStart: NIODeadline?
     var attempts = 0
+    /// The W3C trace context (continued from the client's `traceparent`, or started here) and the upstream
+    /// call's span.
+    var trace = TraceContext()
+    var upstreamSpan: UInt64 = 0
+    /// Request body bytes received from the client, and response body bytes relayed to it (access log).
+    var bytesIn: Int64 = 0
+    var bytesOut: Int64 = 0
     /// Body parts held until a connection is attached.
     var held: [ByteBuffer] = []
     /// The exchange has ended: a phase that was waiting (Redis, the audit queue) drops its late result and takes

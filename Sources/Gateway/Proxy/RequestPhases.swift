@@ -336,6 +336,11 @@ struct RequestPhases {
         if ctx.framing == .none, [.POST, .PUT, .PATCH].contains(ctx.head.method) {
             head.headers.add(name: "Content-Length", value: "0")
         }
+        // The trace goes on with this gateway's span as the upstream's parent; the client's copies are replaced.
+        head.headers.remove(name: "traceparent")
+        head.headers.remove(name: "tracestate")
+        head.headers.add(name: "traceparent", value: ctx.trace.traceparent)
+        if let state = ctx.trace.traceState { head.headers.add(name: "tracestate", value: state) }
         let caller = ctx.caller
         if let tenant = caller.tenant { head.headers.add(name: "X-Tenant-ID", value: tenant) }
         if let user = caller.user { head.headers.add(name: "X-User-ID", value: user) }

@@ -6,6 +6,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import Policy
+import ServiceLifecycle
 import Synchronization
 import Upstream
 
@@ -40,6 +41,10 @@ public final class GatewayServer: Sendable {
     let limitClients: [RedisClient]
     /// The audit log (configured sinks; `audit` changes apply at restart).
     let audit: AuditLog?
+    /// The access log's writer (`access_log`; changes apply at restart).
+    let accessLog: AccessLog?
+    /// The span exporter (`tracing`; changes apply at restart).
+    let spanExporter: SpanExporter?
     /// The billing webhook (admin listener, and `billing.webhook_path` on the proxy listener).
     let billingWebhook: BillingWebhookHandler
     private let instanceID = UUID().uuidString
@@ -89,13 +94,22 @@ public final class GatewayServer: Sendable {
             self.audit = nil
         }
         let audit = self.audit
+        let instanceID = self.instanceID
+        let accessLog = try config.accessLog.map { try AccessLog(config: $0, shards: threads, logger: logger) }
+        self.accessLog = accessLog
+        let exportLoop = group.next()
+        let spanExporter = try config.tracing.map {
+            try SpanExporter(config: $0, eventLoop: exportLoop, instanceID: instanceID, logger: logger)
+        }
+        self.spanExporter = spanExporter
+        let telemetry = Telemetry(accessLog: accessLog, spans: spanExporter)
         // The embedded store's limits live in this process; with Redis each loop has its own connection.
         let memoryLimits = MemoryLimits()
         self.memoryLimits = redisStore == nil ? memoryLimits : nil
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
         var limitClients: [RedisClient] = []
         let tunnelCounts = TunnelCounts()
-        let instanceID = self.instanceID
+        var shard = 0
         for loop in group.makeIterator() {
             let backend: RateLimiter.Backend
             let tunnels: TunnelSlots.Backend
@@ -113,8 +127,10 @@ public final class GatewayServer: Sendable {
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
                         limits: limits, audit: audit, billingWebhook: billingWebhook, clock: clock,
-                        keyRefetch: keyRefetch, tunnels: tunnels, instanceID: instanceID), eventLoop: loop)
+                        keyRefetch: keyRefetch, tunnels: tunnels, instanceID: instanceID, telemetry: telemetry,
+                        shard: shard), eventLoop: loop)
             }.wait()
+            shard += 1
             loops[ObjectIdentifier(loop)] = state
         }
         self.loops = loops
@@ -127,6 +143,15 @@ public final class GatewayServer: Sendable {
     }
 
     public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
+
+    /// The writers that run beside the gateway, each a `Service` of the process's one `ServiceGroup`: the
+    /// gateway stops first (drains), then these write out what they hold.
+    public var telemetryServices: [any Service] {
+        var services: [any Service] = []
+        if let accessLog { services.append(accessLog) }
+        if let spanExporter { services.append(spanExporter) }
+        return services
+    }
 
     var usageReader: UsageReader { UsageReader(memory: memoryLimits, client: limitClients.first, keys: limits.keys) }
 
@@ -444,6 +469,15 @@ public final class GatewayServer: Sendable {
             merged.liveInstances = self.limits.liveInstances.load(ordering: .relaxed)
             merged.auditQueueDepth = self.audit?.queueDepth ?? 0
             merged.auditWritten = self.audit?.writtenCount ?? 0
+            if let spans = self.spanExporter {
+                merged.spansExported = spans.exported
+                merged.spansDropped = spans.dropped
+                merged.spansQueued = spans.queued
+            }
+            if let log = self.accessLog {
+                merged.accessLogWritten = log.written
+                merged.accessLogDropped = log.dropped
+            }
             return MetricsText.render(merged, registry: snapshot.upstreams)
         }
     }

@@ -90,6 +90,12 @@ struct MetricsSnapshot: Sendable {
     var liveInstances = 1
     var auditQueueDepth = 0
     var auditWritten = 0
+    /// Tracing and access-log writers (nil: not configured).
+    var spansExported: Int? = nil
+    var spansDropped: Int? = nil
+    var spansQueued: Int? = nil
+    var accessLogWritten: Int? = nil
+    var accessLogDropped: Int? = nil
     var exchangesInFlight = 0
     var websocketsOpen = 0
     var connectionsRefused: [String: Int] = [:]

@@ -33,6 +33,13 @@ final class LoopState {
     private(set) var limiter: RateLimiter!
     /// Open WebSocket tunnels per tenant (`max_websockets`).
     let tunnels: TunnelSlots
+    /// The access log and span exporter (shared by every loop), and this loop's place among the loops (its
+    /// access-log buffer).
+    let telemetry: Telemetry
+    let shard: Int
+    /// Trace contexts and sampling, and a fast random source for access-log sampling (per loop: no lock).
+    var tracer: TraceSampler
+    var random: FastRandom
     private var lastLimiterSweep = NIODeadline.now()
     private let idPrefix: String
     private var counter: UInt64 = 0
@@ -43,8 +50,14 @@ final class LoopState {
         eventLoop: EventLoop, loopCount: Int, snapshot: RuntimeSnapshot, logger: Logger,
         limiterBackend: RateLimiter.Backend, limits: LimitSettings, audit: AuditLog?,
         billingWebhook: BillingWebhookHandler? = nil, clock: WallClock, keyRefetch: KeyRefetch = KeyRefetch(),
-        tunnels: TunnelSlots.Backend = .memory(TunnelCounts()), instanceID: String = "local"
+        tunnels: TunnelSlots.Backend = .memory(TunnelCounts()), instanceID: String = "local",
+        telemetry: Telemetry = Telemetry(), shard: Int = 0
     ) {
+        self.telemetry = telemetry
+        self.shard = shard
+        var seeder = SystemRandomNumberGenerator()
+        self.tracer = TraceSampler(ratio: telemetry.spans?.config.sampleRatio ?? 0, seed: seeder.next())
+        self.random = FastRandom(seed: seeder.next())
         self.keyRefetch = keyRefetch
         self.eventLoop = eventLoop
         self.clock = clock

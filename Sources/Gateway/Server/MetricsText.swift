@@ -24,6 +24,15 @@ enum MetricsText {
         out += single("gatehouse_live_instances", "gauge", "Gateway instances sharing the store, as last counted in Redis.", m.liveInstances)
         out += single("gatehouse_audit_queue_depth", "gauge", "Audit records queued and not yet written.", m.auditQueueDepth)
         out += single("gatehouse_audit_records_total", "counter", "Audit records written to every sink.", m.auditWritten)
+        if let n = m.spansExported {
+            out += single("gatehouse_trace_spans_exported_total", "counter", "Spans the OTLP collector accepted.", n)
+            out += single("gatehouse_trace_spans_dropped_total", "counter", "Spans dropped: the export queue was full or the collector did not take them.", m.spansDropped ?? 0)
+            out += single("gatehouse_trace_spans_queued", "gauge", "Spans waiting for export.", m.spansQueued ?? 0)
+        }
+        if let n = m.accessLogWritten {
+            out += single("gatehouse_access_log_lines_total", "counter", "Access-log lines written.", n)
+            out += single("gatehouse_access_log_dropped_total", "counter", "Access-log lines dropped (the writer fell behind or the file refused them).", m.accessLogDropped ?? 0)
+        }
         out += single("gatehouse_exchanges_in_flight", "gauge", "Client exchanges started and not yet ended.", m.exchangesInFlight)
         out += single("gatehouse_websockets_open", "gauge", "WebSocket tunnels open (upstream answered 101, neither side closed yet).", m.websocketsOpen)
         out += "# HELP gatehouse_connections_refused_total Client connections closed before a request: a peer outside trusted_proxies, or no valid PROXY header, on a proxy_protocol listener.\n"

@@ -5,7 +5,7 @@ import Foundation
 /// The canonical form, which the hash covers, is the record's JSON exactly as written, members in this
 /// order, without whitespace, and without the final `hash` member:
 /// `{"ts":…,"seq":…,"request_id":…,"tenant":…,"user":…,"method":…,"path":…[,"path_truncated":true],
-/// "route":…,"status":…,"decision":…,"code":…,"latency_ms":…,"client_ip":…,"upstream":…
+/// "route":…,"status":…,"decision":…,"code":…,"latency_ms":…,"client_ip":…,"upstream":…,"trace_id":…
 /// [,"bytes_in":…,"bytes_out":…,"duration_ms":…][,"rate_limit":"fail_open"],"prev_hash":…}` (the three
 /// counts on a WebSocket tunnel's record, written when it closes).
 /// The line in the log is that text with `,"hash":"<64 hex>"` inserted before the closing brace, so
@@ -33,6 +33,8 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
     public var latencyMicros: Int64
     public var clientIP: String
     public var upstream: String?
+    /// The W3C trace the request belongs to (32 hex digits); null for records that belong to no request.
+    public var traceID: String? = nil
     /// Admitted by a local bucket while the rate-limit store failed (`on_failure: open`).
     public var failOpen = false
     /// A WebSocket tunnel's traffic, on the record written when it closes.
@@ -71,10 +73,10 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
     }
 
     /// `path` cut to at most ``maxPathBytes`` bytes, never inside a character; and whether it was cut.
-    static func capped(_ path: String) -> (String, Bool) {
+    public static func capped(_ path: String, max: Int = maxPathBytes) -> (String, Bool) {
         let utf8 = path.utf8
-        guard utf8.count > maxPathBytes else { return (path, false) }
-        var end = utf8.index(utf8.startIndex, offsetBy: maxPathBytes)
+        guard utf8.count > max else { return (path, false) }
+        var end = utf8.index(utf8.startIndex, offsetBy: max)
         // Back up over continuation bytes (10xxxxxx): the cut falls before the character they belong to.
         while end > utf8.startIndex, utf8[end] & 0xC0 == 0x80 { end = utf8.index(before: end) }
         return (String(decoding: utf8[..<end], as: UTF8.self), true)
@@ -130,6 +132,8 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
         str(clientIP)
         raw(",\"upstream\":")
         str(upstream)
+        raw(",\"trace_id\":")
+        str(traceID)
         if let tunnel {
             raw(",\"bytes_in\":")
             int(tunnel.bytesIn)
@@ -145,7 +149,7 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
     }
 
     /// Decimal digits of `n`, without a String in between.
-    static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
+    public static func appendDecimal(_ n: Int64, to out: inout [UInt8]) {
         if n < 0 { out.append(UInt8(ascii: "-")) }
         var v = n.magnitude
         let start = out.count

@@ -716,3 +716,36 @@ extension ConfigLoader {
         return a
     }
 }
+
+extension ConfigLoader {
+    func parseAccessLog(_ at: Located, _ r: YAMLReader) -> AccessLogConfig? {
+        guard let f = r.fields(at, "access_log", allowed: ["path", "sample"]) else { return nil }
+        guard let p = f["path"] else {
+            r.problem(at, "access_log needs a path (a file, or stdout)")
+            return nil
+        }
+        guard let path = r.nonEmptyString(p, "access_log.path") else { return nil }
+        var log = AccessLogConfig(destination: path == "stdout" ? .stdout : .file(path))
+        if let v = f["sample"], let x = r.fraction(v, "access_log.sample") { log.sample = x }
+        return log
+    }
+
+    func parseTracing(_ at: Located, _ r: YAMLReader) -> TracingConfig? {
+        guard let f = r.fields(at, "tracing", allowed: ["otlp_endpoint", "service_name", "sample_ratio"]) else {
+            return nil
+        }
+        guard let e = f["otlp_endpoint"] else {
+            r.problem(at, "tracing needs otlp_endpoint (the collector's OTLP/HTTP URL, e.g. http://127.0.0.1:4318)")
+            return nil
+        }
+        guard let text = r.nonEmptyString(e, "tracing.otlp_endpoint") else { return nil }
+        guard let url = TracingConfig.tracesURL(text) else {
+            r.problem(e, "tracing.otlp_endpoint must be an http:// or https:// URL")
+            return nil
+        }
+        var t = TracingConfig(endpoint: url)
+        if let v = f["service_name"], let name = r.nonEmptyString(v, "tracing.service_name") { t.serviceName = name }
+        if let v = f["sample_ratio"], let x = r.fraction(v, "tracing.sample_ratio") { t.sampleRatio = x }
+        return t
+    }
+}

@@ -15,6 +15,10 @@ public struct GatewayConfig: Sendable {
     public var upstreams: [String: UpstreamConfig]
     public var routes: [RouteConfig]
     public var audit: AuditConfig?
+    /// `access_log`: one JSON line per request; nil: none.
+    public var accessLog: AccessLogConfig? = nil
+    /// `tracing`: OpenTelemetry spans exported over OTLP/HTTP; nil: none exported (`traceparent` still propagated).
+    public var tracing: TracingConfig? = nil
     /// The files the config was read from, main file first.
     public var files: [String]
     /// Every certificate, key and CA file the config names, with where it names it.
@@ -392,6 +396,48 @@ public struct RouteConfig: Sendable {
 }
 
 /// `audit:`: which requests are recorded and where.
+/// `access_log`: where request lines go and which allowed requests are logged.
+public struct AccessLogConfig: Sendable, Equatable {
+    public enum Destination: Sendable, Equatable {
+        case file(String)
+        case stdout
+    }
+    public var destination: Destination
+    /// Fraction of allowed requests logged (0...1); denials and 5xx answers are always logged.
+    public var sample: Double = 1.0
+
+    public init(destination: Destination, sample: Double = 1.0) {
+        self.destination = destination
+        self.sample = sample
+    }
+}
+
+/// `tracing`: the OTLP/HTTP collector, the service's name and the head-sampling ratio for new traces.
+public struct TracingConfig: Sendable, Equatable {
+    /// The collector's traces URL (`otlp_endpoint`, with `/v1/traces` added to a bare base URL).
+    public var endpoint: JWKSURL
+    public var serviceName = "gatehouse"
+    /// Fraction of traces started here that are sampled; an incoming `traceparent`'s decision is followed.
+    public var sampleRatio: Double = 0.1
+
+    public init(endpoint: JWKSURL, serviceName: String = "gatehouse", sampleRatio: Double = 0.1) {
+        self.endpoint = endpoint
+        self.serviceName = serviceName
+        self.sampleRatio = sampleRatio
+    }
+
+    /// `otlp_endpoint` as the URL spans are posted to: a base URL (no path) gets `/v1/traces`, as OpenTelemetry's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` does; a path that already ends in `/v1/traces` is kept.
+    public static func tracesURL(_ text: String) -> JWKSURL? {
+        guard var url = JWKSURL.parse(text) else { return nil }
+        if url.path.contains("?") { return nil }
+        if !url.path.hasSuffix("/v1/traces") {
+            url.path = (url.path.hasSuffix("/") ? String(url.path.dropLast()) : url.path) + "/v1/traces"
+        }
+        return url
+    }
+}
+
 public struct AuditConfig: Sendable {
     public enum Sink: Sendable {
         case file(path: String, rotateBytes: Int, fsync: String)

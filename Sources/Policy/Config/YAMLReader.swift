@@ -104,6 +104,17 @@ final class YAMLReader {
         return value
     }
 
+    /// A number from 0 to 1 (`0`, `1`, `0.25`).
+    func fraction(_ at: Located, _ what: String) -> Double? {
+        guard case .scalar(let scalar) = at.node, scalar.style == .plain, let value = Double(scalar.string),
+            value.isFinite, value >= 0, value <= 1
+        else {
+            problem(at, "\(what) must be a number from 0 to 1")
+            return nil
+        }
+        return value
+    }
+
     func bool(_ at: Located, _ what: String) -> Bool? {
         guard case .scalar(let scalar) = at.node, scalar.style == .plain else {
             problem(at, "\(what) must be true or false")

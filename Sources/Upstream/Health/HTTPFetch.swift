@@ -4,8 +4,8 @@ import NIOPosix
 import NIOSSL
 import Policy
 
-/// A one-shot HTTP/1.1 GET with `Connection: close`, bounded in time and size: health probes and key-set
-/// fetches. Never on the request path.
+/// A one-shot HTTP/1.1 request with `Connection: close`, bounded in time and size: health probes, key-set
+/// fetches and span exports. Never on the request path.
 public enum HTTPFetch {
     public struct Response: Sendable {
         public var status: Int
@@ -23,20 +23,29 @@ public enum HTTPFetch {
         url: JWKSURL, tls: ClientTLS?, on loop: EventLoop, timeout: TimeAmount, maxBytes: Int = 1 << 20,
         userAgent: String = "gatehouse"
     ) -> EventLoopFuture<Response> {
+        send(url: url, tls: tls, on: loop, timeout: timeout, maxBytes: maxBytes, userAgent: userAgent)
+    }
+
+    /// A request to `url` (GET, or POST with `body`); resolving, TLS and bounds as ``get(url:tls:on:timeout:maxBytes:userAgent:)``.
+    public static func send(
+        url: JWKSURL, tls: ClientTLS?, on loop: EventLoop, timeout: TimeAmount, maxBytes: Int = 1 << 20,
+        userAgent: String = "gatehouse", body: (contentType: String, bytes: [UInt8])? = nil
+    ) -> EventLoopFuture<Response> {
         if url.tls && tls == nil { return loop.makeFailedFuture(Failure(description: "\(url): no TLS settings")) }
         return NIOThreadPool.singleton.runIfActive(eventLoop: loop) {
             try SocketAddress.makeAddressResolvingHost(url.host, port: url.port)
         }.flatMap { address in
             get(
                 address: address, hostHeader: url.hostHeader, path: url.path, on: loop, timeout: timeout,
-                maxBytes: maxBytes, userAgent: userAgent, tls: url.tls ? tls?.naming(url.host) : nil)
+                maxBytes: maxBytes, userAgent: userAgent, tls: url.tls ? tls?.naming(url.host) : nil, body: body)
         }
     }
 
     /// With `tls`, the GET goes over TLS (verified as `tls` says); the timeout covers the handshake too.
     public static func get(
         address: SocketAddress, hostHeader: String, path: String, on loop: EventLoop, timeout: TimeAmount,
-        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil
+        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil,
+        body: (contentType: String, bytes: [UInt8])? = nil
     ) -> EventLoopFuture<Response> {
         let promise = loop.makePromise(of: Response.self)
         let timer = loop.scheduleTask(in: timeout) { promise.fail(Failure(description: "timed out after \(timeout)")) }
@@ -56,11 +65,18 @@ public enum HTTPFetch {
                 case .failure(let error):
                     promise.fail(Failure(description: "connect: \(error)"))
                 case .success(let channel):
-                    var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
+                    var head = HTTPRequestHead(version: .http1_1, method: body == nil ? .GET : .POST, uri: path)
                     head.headers.add(name: "Host", value: hostHeader)
                     head.headers.add(name: "Connection", value: "close")
                     head.headers.add(name: "User-Agent", value: userAgent)
+                    if let body {
+                        head.headers.add(name: "Content-Type", value: body.contentType)
+                        head.headers.add(name: "Content-Length", value: String(body.bytes.count))
+                    }
                     channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                    if let body, !body.bytes.isEmpty {
+                        channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: body.bytes))), promise: nil)
+                    }
                     channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
                     promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
                 }

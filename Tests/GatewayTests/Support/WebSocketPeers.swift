@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 
 /// Where the Python WebSocket peers live (beside this file).
-private func peerScript(_ name: String) -> String {
+func peerScript(_ name: String) -> String {
     URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(name).path
 }
 
