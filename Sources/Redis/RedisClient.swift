@@ -248,8 +248,18 @@ public final class RedisClient: Sendable {
         eventLoop.submit { self.router.value?.available ?? false }
     }
 
-    /// Blocks (polling every 20 ms) until calls can go out or `seconds` pass; false then. For start-up and the
-    /// command line only: never on an event loop.
+    /// Waits (checking every 20 ms) until calls can go out or `seconds` pass; false then.
+    public func available(within seconds: Double) async -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        while (try? await isAvailable.get()) != true {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
+    /// Blocks (polling every 20 ms) until calls can go out or `seconds` pass; false then. For the command line
+    /// only: never on an event loop.
     public func waitUntilAvailable(seconds: Double) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while (try? isAvailable.wait()) != true {

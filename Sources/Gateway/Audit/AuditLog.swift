@@ -1,20 +1,24 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import Redis
 import Policy
+import ServiceLifecycle
 import Synchronization
 
 /// The audit log: records are queued by the event loops and sealed into the hash chain and written to every
-/// sink by one writer thread, so no event loop waits on a disk or on Redis.
+/// sink by this `Service`'s task, the blocking writes on NIO's blocking-I/O thread pool, so no event loop waits
+/// on a disk or on Redis.
 ///
 /// Back-pressure, not loss: an audited request reserves its place in the queue before it is forwarded
 /// (``tryReserve()``); when `queue_size` places are taken the request waits (up to `queue_timeout`, then
 /// 503 `audit_unavailable`). Denial records are always accepted, up to `max_denials_per_second` a second;
 /// beyond that a denial only counts into its second's summary record (``DenialBudget``): it takes no place
 /// and never waits. A sink that fails is retried until it takes the batch, so a stuck sink stalls the writer
-/// and the queue, never the record.
-final class AuditLog: Sendable {
+/// and the queue, never the record. On graceful shutdown (after the gateway has drained: it runs later in the
+/// `ServiceGroup`) everything queued is written, synced and the sinks closed.
+final class AuditLog: Service, Sendable {
     /// What the queue holds: a request's record, or the summary of a second's suppressed denials.
     enum Entry: AuditEntry {
         case request(AuditRecord)
@@ -32,49 +36,35 @@ final class AuditLog: Sendable {
         var entries: [Entry] = []
         /// Which denials are written one by one (touched under the queue's lock only).
         var denials: DenialBudget
-        var closing = false
-        /// Resumed by the writer once everything is written (set with `closing`).
-        var closed: CheckedContinuation<Void, Never>?
+    }
+
+    /// The chain and the sinks: used by one batch write at a time (the service's loop awaits each one), under
+    /// this lock so the blocking pool's thread may touch them.
+    private struct Writer {
+        var chain: AuditChain
+        let sinks: [AuditSink]
     }
 
     let methods: Set<String>
     let denials: Bool
     let capacity: Int
-    /// Queue length at which the writer is woken before its collect interval ends.
+    /// Queue length at which the writer does not wait for its collect interval to end.
     private let wakeAt: Int
     let waitLimit: TimeAmount
     private let queue: Mutex<Queue>
     /// The time denials are counted by (their wall-clock second).
     private let clock: WallClock
-    private let wake = NSCondition()
     /// Places taken: reserved by requests in flight plus records queued or being written.
     private let outstanding = Atomic<Int>(0)
     /// Records queued and not yet written (`gatehouse_audit_queue_depth`).
     private let depth = Atomic<Int>(0)
     private let written = Atomic<Int>(0)
     private let logger: Logger
-    private let writer: Writer
+    private let writer: Mutex<Writer>
     /// How long the writer collects records before writing a batch.
-    static let collectInterval = 0.005
+    static let collectInterval = Duration.milliseconds(5)
 
-    /// The writer's state, touched only by its thread.
-    private final class Writer: @unchecked Sendable {
-        var chain: AuditChain
-        let sinks: [AuditSink]
-        init(chain: AuditChain, sinks: [AuditSink]) {
-            self.chain = chain
-            self.sinks = sinks
-        }
-    }
-
-    /// Opens the sinks and recovers the chain from the newest record (file sinks first, then a Redis
-    /// stream). Reads the HMAC key from the environment (a missing one throws ``ConfigError``). Blocking: call
-    /// before serving.
-    init(
-        config: AuditConfig, redis: RedisClient.Configuration?, eventLoop: EventLoop, logger: Logger,
-        clock: WallClock = .system, environment: [String: String] = ProcessInfo.processInfo.environment
-    ) throws {
-        let key = try config.hmacKey(environment: environment)
+    private init(config: AuditConfig, chain: AuditChain, sinks: sending [AuditSink], clock: WallClock, logger: Logger) {
         self.queue = Mutex(Queue(denials: DenialBudget(limit: config.maxDenialsPerSecond)))
         self.clock = clock
         self.methods = Set(config.methods.map { $0.uppercased() })
@@ -83,6 +73,16 @@ final class AuditLog: Sendable {
         self.wakeAt = max(1, config.queueSize / 2)
         self.waitLimit = .nanoseconds(config.queueTimeout)
         self.logger = logger
+        self.writer = Mutex(Writer(chain: chain, sinks: sinks))
+    }
+
+    /// Opens the sinks and recovers the chain from the newest record (file sinks first, then a Redis
+    /// stream). Reads the HMAC key from the environment (a missing one throws ``ConfigError``). Before serving.
+    static func open(
+        config: AuditConfig, redis: RedisClient.Configuration?, eventLoop: EventLoop, logger: Logger,
+        clock: WallClock = .system, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> AuditLog {
+        let key = try config.hmacKey(environment: environment)
         var sinks: [AuditSink] = []
         var chain: AuditChain?
         for sink in config.sinks {
@@ -104,27 +104,20 @@ final class AuditLog: Sendable {
         }
         if chain == nil, let s = sinks.compactMap({ $0 as? RedisStreamAuditSink }).first {
             // Wait briefly for the connection.
-            _ = s.client.waitUntilAvailable(seconds: 2)
+            _ = await s.client.available(within: 2)
             // A stream that cannot be read starts a new segment; one sealed under another key refuses to start.
             do {
-                chain = try s.recover(key: key)
+                chain = try await s.recover(key: key)
             } catch let error as AuditSinkError {
                 throw error
             } catch {
                 chain = nil
             }
         }
-        self.writer = Writer(chain: (chain ?? AuditChain()).keyed(key), sinks: sinks)
         if let c = chain {
             logger.info("audit chain recovered", metadata: ["gh-seq": "\(c.seq)", "gh-keyed": "\(key != nil)"])
         }
-    }
-
-    /// Starts the writer thread.
-    func start() {
-        let thread = Thread { [self] in self.run() }
-        thread.name = "gatehouse-audit"
-        thread.start()
+        return AuditLog(config: config, chain: (chain ?? AuditChain()).keyed(key), sinks: sinks, clock: clock, logger: logger)
     }
 
     var queueDepth: Int { depth.load(ordering: .relaxed) }
@@ -153,11 +146,10 @@ final class AuditLog: Sendable {
     /// Queues a record; `reserved` when its place was taken by ``tryReserve()``. A denial without a place
     /// (one that was never about to be forwarded) passes the per-second denial budget first: beyond it, it is
     /// only counted. The writer is not woken for each record (it collects every few milliseconds), only when
-    /// the queue reaches half full.
+    /// the queue is half full.
     func append(_ record: AuditRecord, reserved: Bool) {
         let limited = !reserved && record.decision == "deny"
-        let wakeWriter = queue.withLock { q -> Bool in
-            let before = q.entries.count
+        queue.withLock { q in
             if limited {
                 let (verdict, ended) = q.denials.admit(code: record.code ?? "-", nowMillis: nowMillis())
                 if let ended { enqueue(.summary(ended), in: &q) }
@@ -165,12 +157,6 @@ final class AuditLog: Sendable {
             } else {
                 enqueue(.request(record), in: &q, placeTaken: reserved)
             }
-            return before < wakeAt && q.entries.count >= wakeAt
-        }
-        if wakeWriter {
-            wake.lock()
-            wake.signal()
-            wake.unlock()
         }
     }
 
@@ -182,73 +168,73 @@ final class AuditLog: Sendable {
         q.entries.append(entry)
     }
 
-    /// Writes what is queued, syncs, closes the sinks and stops the writer (graceful stop).
-    func close() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            queue.withLock {
-                $0.closing = true
-                $0.closed = c
-            }
-            wake.lock()
-            wake.signal()
-            wake.unlock()
-        }
-    }
-
     private func nowMillis() -> Int64 { Int64(clock.now() * 1000) }
 
-    private func run() {
-        let w = writer
-        while true {
-            // Collect for a few milliseconds (or until the queue is half full, or the log closes), then write
-            // everything queued as one batch.
-            wake.lock()
-            if !queue.withLock({ $0.closing || $0.entries.count >= wakeAt }) {
-                _ = wake.wait(until: Date().addingTimeInterval(Self.collectInterval))
+    /// Collects for a few milliseconds (unless the queue is half full), then writes everything queued as one
+    /// batch; on graceful shutdown, writes what is left (and the current second's denial summary), syncs and
+    /// closes the sinks.
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            if queue.withLock({ $0.entries.count }) < wakeAt {
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: Self.collectInterval) }
             }
-            wake.unlock()
-            let (batch, closing) = queue.withLock { q -> ([Entry], Bool) in
-                // A second that suppressed denials is summed up once it is over, even when no denial follows;
-                // at stop, whatever the current second suppressed.
-                let now = nowMillis()
-                if let s = q.closing ? q.denials.finish(nowMillis: now) : q.denials.expire(nowMillis: now) {
-                    enqueue(.summary(s), in: &q)
+            await writeQueued(final: false)
+        }
+        await writeQueued(final: true)
+        _ = try? await blocking {
+            $0.withLock { w in
+                for s in w.sinks {
+                    do { try s.sync(final: true) } catch { self.logger.error("audit sync failed", metadata: ["gh-error": "\(error)"]) }
+                    s.close()
                 }
-                let b = q.entries
-                q.entries.removeAll(keepingCapacity: true)
-                return (b, q.closing)
             }
-            if !batch.isEmpty { writeBatch(batch, w) }
-            for s in w.sinks { try? s.sync(final: false) }
-            if closing && queue.withLock({ $0.entries.isEmpty }) { break }
         }
-        for s in w.sinks {
-            do { try s.sync(final: true) } catch { logger.error("audit sync failed", metadata: ["gh-error": "\(error)"]) }
-            s.close()
-        }
-        queue.withLock { $0.closed }?.resume()
     }
 
-    private func writeBatch(_ batch: [Entry], _ w: Writer) {
-        // One buffer for the whole batch, and where each record ends in it.
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(batch.count * 480)
-        var records: [AuditBatch.Record] = []
-        records.reserveCapacity(batch.count)
-        for r in batch {
-            w.chain.seal(r, into: &bytes)
-            records.append(.init(seq: w.chain.seq, end: bytes.count))
+    /// Runs `body` on the blocking-I/O pool (sinks block on disks and on Redis).
+    private func blocking<T: Sendable>(_ body: @escaping @Sendable (borrowing Mutex<Writer>) throws -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive { try body(self.writer) }
+    }
+
+    private func writeQueued(final: Bool) async {
+        let batch = queue.withLock { q -> [Entry] in
+            // A second that suppressed denials is summed up once it is over, even when no denial follows;
+            // at stop, whatever the current second suppressed.
+            let now = nowMillis()
+            if let s = final ? q.denials.finish(nowMillis: now) : q.denials.expire(nowMillis: now) {
+                enqueue(.summary(s), in: &q)
+            }
+            let b = q.entries
+            q.entries.removeAll(keepingCapacity: true)
+            return b
         }
-        let lines = AuditBatch(bytes: bytes, records: records)
-        for sink in w.sinks {
+        if !batch.isEmpty { await writeBatch(batch, final: final) }
+        _ = try? await blocking { $0.withLock { w in for s in w.sinks { try? s.sync(final: false) } } }
+    }
+
+    private func writeBatch(_ batch: [Entry], final: Bool) async {
+        // One buffer for the whole batch, and where each record ends in it.
+        let lines = writer.withLock { w -> AuditBatch in
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(batch.count * 480)
+            var records: [AuditBatch.Record] = []
+            records.reserveCapacity(batch.count)
+            for r in batch {
+                w.chain.seal(r, into: &bytes)
+                records.append(.init(seq: w.chain.seq, end: bytes.count))
+            }
+            return AuditBatch(bytes: bytes, records: records)
+        }
+        let sinkCount = writer.withLock { $0.sinks.count }
+        for index in 0..<sinkCount {
             var attempt = 0
             while true {
                 do {
-                    try sink.write(lines)
+                    try await blocking { try $0.withLock { w in try w.sinks[index].write(lines) } }
                     break
                 } catch {
                     attempt += 1
-                    if attempt >= 10 && queue.withLock({ $0.closing }) {
+                    if attempt >= 10 && (final || Task.isShuttingDownGracefully) {
                         logger.error(
                             "audit sink failed at stop; records not delivered to it",
                             metadata: ["gh-error": "\(error)", "gh-records": "\(batch.count)"])
@@ -259,7 +245,7 @@ final class AuditLog: Sendable {
                             "audit sink failed; retrying (records are held, requests feel back-pressure)",
                             metadata: ["gh-error": "\(error)", "gh-attempt": "\(attempt)"])
                     }
-                    Thread.sleep(forTimeInterval: min(1, 0.02 * Double(attempt)))
+                    try? await Task.sleep(for: .milliseconds(min(1000, 20 * attempt)))
                 }
             }
         }

@@ -240,8 +240,8 @@ final class RedisStreamAuditSink: AuditSink {
     }
 
     /// The newest entry's chain position (used when no file sink holds the chain).
-    func recover(key: [UInt8]?) throws -> AuditChain? {
-        let reply = try client.send(Self.newestCommand(stream), timeout: .seconds(2)).wait()
+    func recover(key: [UInt8]?) async throws -> AuditChain? {
+        let reply = try await client.send(Self.newestCommand(stream), timeout: .seconds(2)).get()
         guard let line = Self.newestLine(reply) else { return nil }
         do {
             return try AuditChain.resuming(after: line[...], key: key)

@@ -1,6 +1,7 @@
 import HTTPWire
 import Logging
 import NIOCore
+import NIOExtras
 import NIOTLS
 import NIOHTTP1
 import Policy
@@ -105,6 +106,12 @@ final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // The gateway is stopping (NIO's quiescing helper tells every connection): idle ones close now, busy
+            // ones after their response, tunnels at the end of drain_timeout.
+            beginDrain()
+            return
+        }
         if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls {
             awaitingHandshake = false
         } else if let origin = event as? ProxyOrigin {

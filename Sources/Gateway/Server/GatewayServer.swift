@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOExtras
 import Redis
 import NIOHTTP1
 import NIOPosix
@@ -16,6 +17,7 @@ public final class GatewayServer: Sendable {
         var proxy: Channel?
         var admin: Channel?
         var healthChecker: HealthChecker?
+        var healthChecksStopped = false
         var jwks: JWKSRefresher?
     }
 
@@ -50,14 +52,15 @@ public final class GatewayServer: Sendable {
     private let instanceID = UUID().uuidString
     /// Wall-clock time for the admin API, the billing webhook, the rate limiters and the heartbeat.
     public let clock: WallClock
-    private let heartbeat = Mutex<RepeatedTask?>(nil)
+    /// Tells every proxy connection to finish and close, and reports when the last one has (the drain).
+    private let quiesce: ServerQuiescingHelper
     /// The running key-set fetcher, as the request phases see it (for early refetches).
     let keyRefetch: KeyRefetch
     /// The last reload asked for (reloads run one after another).
     private let reloads = Mutex<Task<[String], Never>?>(nil)
 
     /// Builds the gateway from a loaded config. Resolves upstream addresses (blocking): call off the loops.
-    public init(configPath: String, config: GatewayConfig, logger: Logger, clock: WallClock = .system) throws {
+    public init(configPath: String, config: GatewayConfig, logger: Logger, clock: WallClock = .system) async throws {
         self.configPath = configPath
         let keyRefetch = KeyRefetch()
         self.keyRefetch = keyRefetch
@@ -70,6 +73,7 @@ public final class GatewayServer: Sendable {
         self.current = Mutex(snapshot)
         let threads = config.server.threads ?? System.coreCount
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.quiesce = ServerQuiescingHelper(group: group)
         let keys = LimitKeys(prefix: config.store?.keyPrefix ?? "gh")
         let limits = LimitSettings(
             keys: keys, fallback: MemoryLimits(), failOpen: (config.store?.onFailure ?? .open) == .open)
@@ -87,7 +91,7 @@ public final class GatewayServer: Sendable {
         let billingWebhook = BillingWebhookHandler(store: store, clock: clock)
         self.billingWebhook = billingWebhook
         if let auditConfig = config.audit, !auditConfig.sinks.isEmpty {
-            self.audit = try AuditLog(
+            self.audit = try await AuditLog.open(
                 config: auditConfig, redis: redisStore?.redisConfiguration, eventLoop: group.next(), logger: logger,
                 clock: clock)
         } else {
@@ -122,14 +126,14 @@ public final class GatewayServer: Sendable {
                 backend = .memory(memoryLimits)
                 tunnels = .memory(tunnelCounts)
             }
-            let state = try loop.submit {
+            let state = try await loop.submit {
                 NIOLoopBound(
                     LoopState(
                         eventLoop: loop, loopCount: threads, snapshot: snapshot, logger: logger, limiterBackend: backend,
                         limits: limits, audit: audit, billingWebhook: billingWebhook, clock: clock,
                         keyRefetch: keyRefetch, tunnels: tunnels, instanceID: instanceID, telemetry: telemetry,
                         shard: shard), eventLoop: loop)
-            }.wait()
+            }.get()
             shard += 1
             loops[ObjectIdentifier(loop)] = state
         }
@@ -144,12 +148,24 @@ public final class GatewayServer: Sendable {
 
     public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
 
-    /// The writers that run beside the gateway, each a `Service` of the process's one `ServiceGroup`: the
-    /// gateway stops first (drains), then these write out what they hold.
-    public var telemetryServices: [any Service] {
+    /// The long-lived parts that run beside the listeners, each a `Service` of the process's one
+    /// `ServiceGroup`, in start order. The group stops them in reverse, after the gateway has drained: health
+    /// checks and the tenant subscriber, then the heartbeat (which leaves the instance set), then the writers,
+    /// which put out everything the drained requests handed them.
+    public var backgroundServices: [any Service] {
         var services: [any Service] = []
+        if let audit { services.append(audit) }
         if let accessLog { services.append(accessLog) }
         if let spanExporter { services.append(spanExporter) }
+        if let client = limitClients.first {
+            services.append(
+                InstanceHeartbeat(client: client, key: limits.keys.instances, id: instanceID, settings: limits, clock: clock))
+        }
+        if let redisStore {
+            services.append(ClosureService(name: "tenant-store", start: { redisStore.start() }, stop: { redisStore.stop() }))
+        }
+        services.append(
+            ClosureService(name: "health-checks", start: { self.startHealthChecks() }, stop: { self.stopHealthChecks() }))
         return services
     }
 
@@ -175,26 +191,21 @@ public final class GatewayServer: Sendable {
             admin = try await bindAdmin(adminAddress, config.server)
         }
         for client in limitClients { client.start() }
-        startInstanceHeartbeat()
-        audit?.start()
         if let redisStore {
-            redisStore.start()
-            // Serve once the records are loaded, or after a bounded wait (cached seeds serve meanwhile).
+            // (Its subscriber is a service of its own, started beside this one.) Serve once the records are
+            // loaded, or after a bounded wait (cached seeds serve meanwhile).
             let deadline = NIODeadline.now() + .seconds(2)
             while NIODeadline.now() < deadline, (try? await redisStore.isReachable.get()) != true {
                 try? await Task.sleep(for: .milliseconds(20))
             }
             _ = try? await redisStore.reloadAll().get()
         }
-        let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
-        checker.start()
         let jwks = try makeRefresher(for: snapshot)
         await jwks.start()
         keyRefetch.install(jwks)
         listeners.withLock {
             $0.proxy = proxy
             $0.admin = admin
-            $0.healthChecker = checker
             $0.jwks = jwks
         }
         ready.store(true, ordering: .relaxed)
@@ -220,7 +231,13 @@ public final class GatewayServer: Sendable {
         let maxConnections = server.maxConnections
         let loops = self.loops
         let tls = server.tls != nil
+        let quiesce = self.quiesce
         return try await ServerBootstrap(group: group)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -357,17 +374,14 @@ public final class GatewayServer: Sendable {
                 let state = loops[ObjectIdentifier(loop)]!
                 try? await loop.submit { state.value.install(snapshot) }.get()
             }
-            let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
-            checker.start()
             keyRefetch.install(jwks)
-            let (oldChecker, oldJWKS) = listeners.withLock { l -> (HealthChecker?, JWKSRefresher?) in
-                let old = (l.healthChecker, l.jwks)
-                l.healthChecker = checker
+            let oldJWKS = listeners.withLock { l -> JWKSRefresher? in
+                let old = l.jwks
                 l.jwks = jwks
                 return old
             }
-            oldChecker?.stop()
             oldJWKS?.stop()
+            startHealthChecks()
             logger.info("config reloaded", metadata: ["gh-routes": "\(snapshot.config.routes.count)"])
             return []
         }
@@ -392,65 +406,70 @@ public final class GatewayServer: Sendable {
 
     // MARK: Drain and stop
 
-    /// Stops accepting, lets in-flight requests finish (bounded by `drain_timeout`), then closes everything.
+    /// Health checks of the current snapshot's upstreams (replacing the running ones, after a reload); none once
+    /// stopped.
+    func startHealthChecks() {
+        let checker = HealthChecker(registry: snapshot.upstreams, eventLoop: group.next(), logger: logger)
+        let old = listeners.withLock { l -> HealthChecker? in
+            guard !l.healthChecksStopped else { return checker }
+            let old = l.healthChecker
+            l.healthChecker = checker
+            return old
+        }
+        if old !== checker { checker.start() }
+        old?.stop()
+    }
+
+    func stopHealthChecks() {
+        listeners.withLock { l -> HealthChecker? in
+            l.healthChecksStopped = true
+            defer { l.healthChecker = nil }
+            return l.healthChecker
+        }?.stop()
+    }
+
+    /// Stops accepting and lets in-flight requests finish: NIO's quiescing helper closes the proxy listener and
+    /// tells every connection to drain (idle ones close, busy ones after their response), and reports when the
+    /// last one has closed; at `drain_timeout` whatever is still open is closed. Then the admin listener.
+    /// What runs beside (writers, heartbeat, ...) stops after this, in the service group's order; the event
+    /// loops stop in ``close()``.
     public func shutdown() async {
         ready.store(false, ordering: .relaxed)
-        let (proxy, admin, checker, jwks) = listeners.withLock { ($0.proxy, $0.admin, $0.healthChecker, $0.jwks) }
-        try? await proxy?.close()
-        checker?.stop()
+        let (admin, jwks) = listeners.withLock { ($0.admin, $0.jwks) }
         jwks?.stop()
         keyRefetch.install(nil)
         for loop in group.makeIterator() {
             let state = loops[ObjectIdentifier(loop)]!
             try? await loop.submit { state.value.beginDrain() }.get()
         }
-        let deadline = NIODeadline.now() + .nanoseconds(snapshot.config.server.drainTimeout)
-        while NIODeadline.now() < deadline {
-            var open = 0
+        let drained = group.next().makePromise(of: Void.self)
+        let loops = self.loops
+        let group = self.group
+        let cut = group.next().scheduleTask(in: .nanoseconds(snapshot.config.server.drainTimeout)) {
             for loop in group.makeIterator() {
                 let state = loops[ObjectIdentifier(loop)]!
-                open += (try? await loop.submit { state.value.openConnections }.get()) ?? 0
+                loop.execute { state.value.forceClose() }
             }
-            if open == 0 { break }
-            try? await Task.sleep(for: .milliseconds(20))
         }
+        quiesce.initiateShutdown(promise: drained)
+        try? await drained.futureResult.get()
+        cut.cancel()
         for loop in group.makeIterator() {
             let state = loops[ObjectIdentifier(loop)]!
             try? await loop.submit { state.value.forceClose() }.get()
         }
-        // Every request has finished or been cut: its record is queued. Write, sync and close the sinks.
-        await audit?.close()
         try? await admin?.close()
-        redisStore?.stop()
-        heartbeat.withLock { $0?.cancel() }
-        if let client = limitClients.first {
-            _ = try? await client.send(["ZREM", limits.keys.instances, instanceID]).get()
-        }
+        logger.info("gatehouse drained")
+    }
+
+    /// After every service has stopped: the store connections, then the event loops.
+    public func close() async {
         for client in limitClients { _ = client.close() }
         logger.info("gatehouse stopped")
         try? await group.shutdownGracefully()
     }
 
     // MARK: Live instances
-
-    /// Every 2 s: this instance's heartbeat in the sorted set `<prefix>:instances` (scored by time), entries
-    /// older than 6 s dropped, and the count kept for the fail-open buckets.
-    private func startInstanceHeartbeat() {
-        guard let client = limitClients.first else { return }
-        let key = limits.keys.instances
-        let id = instanceID
-        let settings = limits
-        let clock = self.clock
-        let task = client.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(2)) { _ in
-            let now = clock.now()
-            _ = client.send(["ZADD", key, String(now), id])
-            _ = client.send(["ZREMRANGEBYSCORE", key, "-inf", String(now - 6)])
-            client.send(["ZCARD", key]).whenSuccess { reply in
-                if let n = reply.integer { settings.liveInstances.store(max(1, Int(n)), ordering: .relaxed) }
-            }
-        }
-        heartbeat.withLock { $0 = task }
-    }
 
     // MARK: Metrics
 
