@@ -129,6 +129,7 @@ public final class GatewayServer: Sendable {
     public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
 
     var usageReader: UsageReader { UsageReader(memory: memoryLimits, client: limitClients.first, keys: limits.keys) }
+    var usageExporter: UsageExporter { UsageExporter(memory: memoryLimits, client: limitClients.first, keys: limits.keys) }
 
     /// Ready: listening with a config, and the store reachable unless `on_failure: open`.
     func readiness() -> EventLoopFuture<Bool> {
