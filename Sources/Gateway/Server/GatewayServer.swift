@@ -445,7 +445,7 @@ public final class GatewayServer: Sendable {
             merged.liveInstances = self.limits.liveInstances.load(ordering: .relaxed)
             merged.auditQueueDepth = self.audit?.queueDepth ?? 0
             merged.auditWritten = self.audit?.writtenCount ?? 0
-            return MetricsText.render(merged, registry: snapshot.upstreams)
+            return MetricsText.render(merged, registry: snapshot.upstreams, tenantSeries: snapshot.config.metrics.tenantSeries)
         }
     }
 }
