@@ -150,7 +150,7 @@ import Testing
     }
 
     /// Leased mode counts the units a loop takes from Redis, not the requests it admits: the day's count is the
-    /// admitted requests plus the units still leased (`gatehouse_ratelimit_lease_tokens`).
+    /// admitted requests plus the units still leased (`gatehouse_ratelimit_lease_tokens`) or dropped unspent.
     @Test func leasedModeCountsLeasedUnits() throws {
         let redis = try RedisServer()
         defer { redis.stop() }
@@ -167,6 +167,11 @@ import Testing
         #expect(up.requests.count == 5)
         #expect(counted == 5 + leased, Comment(rawValue: "counted \(counted), leased \(leased)"))
         #expect(counted == 10)
+        // Without a rate and a quota the lease is 1,000 units: one request counts 1,000 (the README warns).
+        try send(gw, tenant: "globex", count: 1)
+        let open = totals(rows(try adminUsage(gw, "from=\(from)&to=\(to)&tenant=globex").json))["globex"] ?? 0
+        #expect(open == 1000)
+        #expect(Int(try gw.metrics().value("gatehouse_ratelimit_lease_tokens") ?? -1) == leased + 999)
     }
 
     @Test func theEmbeddedStoreThroughTheAdminAPIAndTheCommandLine() throws {
