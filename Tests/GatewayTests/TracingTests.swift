@@ -279,9 +279,12 @@ import Testing
             }
             return lines.count >= 2 ? .done(lines) : .waiting("\(lines.count) records")
         }
-        #expect(records[0]["trace_id"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736")
-        #expect(records[0]["trace_id"] as? String == TraceContext.hex(sent.traceHigh, sent.traceLow))
-        let other = try #require(records[1]["trace_id"] as? String)
+        // Two loops: the records may be queued in either order.
+        let write = try #require(records.first { $0["method"] as? String == "POST" })
+        let denial = try #require(records.first { $0["status"] as? Int == 401 })
+        #expect(write["trace_id"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736")
+        #expect(write["trace_id"] as? String == TraceContext.hex(sent.traceHigh, sent.traceLow))
+        let other = try #require(denial["trace_id"] as? String)
         #expect(other.count == 32 && other != "4bf92f3577b34da6a3ce929d0e0e4736")
         // The chain still verifies with the new member.
         let verify = try runGatehouse(["audit", "verify", log])

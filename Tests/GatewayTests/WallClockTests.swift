@@ -25,7 +25,7 @@ import Testing
         let api = AdminAPI(
             tenants: tenants, store: MemoryTenantStore(directory: tenants, eventLoop: group.next(), clock: clock),
             config: config, eventLoop: group.next(), usage: UsageReader(memory: MemoryLimits(), client: nil, keys: LimitKeys(prefix: "gh")),
-            clock: clock)
+            export: UsageExporter(memory: MemoryLimits(), client: nil, keys: LimitKeys(prefix: "gh")), clock: clock)
         let response = try #require(api.handle(method: "GET", path: "/admin/tenants/acme/usage", body: [], requestID: "r1")).wait()
         #expect(response.status == 200)
         #expect(response.body.contains(#""period_start":"2026-11-15T00:00:00Z","period_end":"2026-12-15T00:00:00Z""#))

@@ -172,6 +172,24 @@ let minimal = """
         #expect(config.store == nil)
     }
 
+    @Test func metricsTenantSeries() throws {
+        #expect(try load(["gw.yaml": minimal]).get().metrics.tenantSeries == 20)
+        #expect(try load(["gw.yaml": minimal + "\nmetrics:\n  tenant_series: 0\n"]).get().metrics.tenantSeries == 0)
+        #expect(try load(["gw.yaml": minimal + "\nmetrics: {tenant_series: 2}\n"]).get().metrics.tenantSeries == 2)
+        #expect(
+            problems(["gw.yaml": minimal + "\nmetrics:\n  tenant_series: -1\n"]) == [
+                "gw.yaml:9:18: metrics.tenant_series must be between 0 and 10000"
+            ])
+        #expect(
+            problems(["gw.yaml": minimal + "\nmetrics:\n  tenant_series: lots\n"]) == [
+                "gw.yaml:9:18: metrics.tenant_series must be an integer"
+            ])
+        #expect(
+            problems(["gw.yaml": minimal + "\nmetrics:\n  tenant_serie: 5\n"]) == [
+                "gw.yaml:9:3: unknown key 'tenant_serie' in metrics"
+            ])
+    }
+
     @Test func unknownKeyIsReportedAtItsLocation() {
         let yaml = """
             server:

@@ -2,7 +2,7 @@ import Foundation
 import NIOCore
 import Policy
 
-/// The tenant and API key endpoints of the admin API (SPEC "Admin API"), as plain request → response.
+/// The tenant, API key and usage endpoints of the admin API (SPEC "Admin API"), as plain request → response.
 struct AdminAPI {
     struct Response {
         var status: Int
@@ -15,12 +15,20 @@ struct AdminAPI {
     let config: GatewayConfig
     let eventLoop: EventLoop
     let usage: UsageReader
+    let export: UsageExporter
     /// Picks the billing period a usage report covers.
     let clock: WallClock
 
-    /// Handles `/admin/tenants/...`; nil when the path is not one of these endpoints.
-    func handle(method: String, path: String, body: [UInt8], requestID: String) -> EventLoopFuture<Response>? {
-        guard let result = route(method: method, path: path, body: body, requestID: requestID) else { return nil }
+    /// Handles `/admin/tenants/...` and `/admin/usage`; nil when the path is not one of these endpoints.
+    /// `query` is the request target's query string, without the `?`.
+    func handle(method: String, path: String, query: Substring = "", body: [UInt8], requestID: String)
+        -> EventLoopFuture<Response>?
+    {
+        let routed =
+            method == "GET" && path == "/admin/usage"
+            ? usageExport(query: query, requestID: requestID)
+            : route(method: method, path: path, body: body, requestID: requestID)
+        guard let result = routed else { return nil }
         return result.flatMapErrorThrowing { error in
             // The store failed (Redis unreachable): the write did not happen.
             self.problem(.storeUnavailable(), requestID)
@@ -109,6 +117,49 @@ struct AdminAPI {
         default:
             return nil
         }
+    }
+
+    /// `GET /admin/usage?from=DATE&to=DATE[&tenant=T]`: per-tenant, per-day request counts (``UsageReport``).
+    private func usageExport(query: Substring, requestID: String) -> EventLoopFuture<Response> {
+        guard let items = Self.queryItems(query) else {
+            return now(problem(.badRequest("The query string is malformed."), requestID))
+        }
+        var values: [String: String] = [:]
+        for (name, value) in items {
+            guard ["from", "to", "tenant"].contains(name) else {
+                return now(problem(.badRequest("Unknown query parameter '\(name)' (from, to, tenant)."), requestID))
+            }
+            guard values.updateValue(value, forKey: name) == nil else {
+                return now(problem(.badRequest("Query parameter '\(name)' is given twice."), requestID))
+            }
+        }
+        guard let from = values["from"], let to = values["to"] else {
+            return now(problem(.badRequest("from and to are required: dates YYYY-MM-DD (UTC), both included."), requestID))
+        }
+        let range: UsageRange
+        switch UsageRange.parse(from: from, to: to) {
+        case .failure(let error): return now(problem(.badRequest(error.description + "."), requestID))
+        case .success(let r): range = r
+        }
+        let tenant = values["tenant"]
+        if let tenant, !TenantID.isValid(tenant) {
+            return now(problem(.badRequest("tenant must be 1-64 characters of A-Z a-z 0-9 . _ -."), requestID))
+        }
+        return export.export(range, tenant: tenant, now: clock.now(), on: eventLoop).map { report in
+            Response(status: 200, body: report.json)
+        }
+    }
+
+    /// `name=value` pairs of a query string, percent-decoded (`+` is a space); nil when an escape is malformed.
+    static func queryItems(_ query: Substring) -> [(String, String)]? {
+        var items: [(String, String)] = []
+        for part in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let pair = part.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ s: Substring) -> String? { s.replacingOccurrences(of: "+", with: " ").removingPercentEncoding }
+            guard let name = decode(pair[0]), let value = decode(pair.count > 1 ? pair[1] : "") else { return nil }
+            items.append((name, value))
+        }
+        return items
     }
 
     /// Validates a PUT body: `{plan, status, trial_ends?, overrides?: {max_body_bytes?, rate?, quota?}}`.

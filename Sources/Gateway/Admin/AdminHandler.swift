@@ -45,6 +45,7 @@ final class AdminHandler: ChannelInboundHandler {
 
     private func route(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let query = head.uri.firstIndex(of: "?").map { head.uri[head.uri.index(after: $0)...] } ?? ""
         switch (head.method, path) {
         case (.GET, "/healthz"):
             respond(context, head, status: .ok, contentType: "application/json", body: "{\"status\":\"ok\"}")
@@ -79,8 +80,10 @@ final class AdminHandler: ChannelInboundHandler {
                 }
                 let api = AdminAPI(
                     tenants: server.tenants, store: server.store, config: server.snapshot.config, eventLoop: context.eventLoop,
-                    usage: server.usageReader, clock: server.clock)
-                if let future = api.handle(method: head.method.rawValue, path: path, body: body, requestID: requestID) {
+                    usage: server.usageReader, export: server.usageExporter, clock: server.clock)
+                if let future = api.handle(
+                    method: head.method.rawValue, path: path, query: query, body: body, requestID: requestID)
+                {
                     future.hop(to: context.eventLoop).assumeIsolated().whenSuccess { r in
                         self.respond(
                             context, head, status: HTTPResponseStatus(statusCode: r.status), contentType: r.contentType,

@@ -4,16 +4,53 @@ import Policy
 /// one script touching a tenant's buckets and counters stays on one Redis Cluster slot.
 ///
 /// - `{gh:acme}:b:<bucket>`: a token bucket, hash `tk` (tokens) and `ts` (seconds, server time)
-/// - `{gh:acme}:q:<period start>`: requests counted in the quota period (expires a day after its end)
-/// - `{gh:acme}:d:<day start>`: requests counted on that UTC day (expires a day after the period's end)
+/// - `{gh:acme}:q:<period start>`: units counted in the quota period (expires a day after its end)
+/// - `{gh:acme}:d:<day start>`: requests counted on that UTC day, the billing feed (expires
+///   ``dayRetention`` after the day's start)
 struct LimitKeys {
     let prefix: String
+
+    /// How long a day counter is kept after its day starts: 62 days, so every day of the previous month can
+    /// still be exported on the last day of the current one (and a monthly period's days outlive it by a month).
+    static let dayRetention = 62 * 86_400
 
     func tag(_ tenant: String) -> String { "{" + prefix + ":" + tenant + "}:" }
     func bucket(_ tenant: String, _ name: String) -> String { tag(tenant) + "b:" + name }
     func quota(_ tenant: String, _ period: BillingPeriod) -> String { tag(tenant) + "q:" + String(period.start) }
     func day(_ tenant: String, _ dayStart: Int) -> String { tag(tenant) + "d:" + String(dayStart) }
     static func dayStart(_ now: Double) -> Int { CivilDate.dayStart(Int(now.rounded(.down))) }
+
+    /// `SCAN … MATCH` pattern of every tenant's day counters under this prefix (the prefix's glob characters
+    /// escaped). A sibling prefix (`gh:eu` beside `gh`) matches too: ``parseDay(_:)`` tells them apart.
+    var dayPattern: String { "{" + Self.globEscaped(prefix) + ":*}:d:*" }
+
+    /// The tenant and day start of a day counter's key under this prefix; nil for any other key (a sibling
+    /// prefix's, whose "tenant" holds a `:` and is no valid tenant id).
+    func parseDay(_ key: String) -> (tenant: String, day: Int)? {
+        let head = "{" + prefix + ":"
+        guard key.hasPrefix(head) else { return nil }
+        let rest = key.utf8.dropFirst(head.utf8.count)
+        guard let close = rest.firstIndex(of: UInt8(ascii: "}")) else { return nil }
+        let tenant = String(Substring(rest[rest.startIndex..<close]))
+        let tail = rest[rest.index(after: close)...]
+        guard TenantID.isValid(tenant), tail.starts(with: ":d:".utf8) else { return nil }
+        let digits = tail.dropFirst(3)
+        guard !digits.isEmpty, digits.count <= 12, digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+            let day = Int(String(Substring(digits))), day % 86_400 == 0
+        else { return nil }
+        return (tenant, day)
+    }
+
+    /// `text` with the glob characters of `SCAN … MATCH` (`* ? [ ] \`) escaped.
+    static func globEscaped(_ text: String) -> String {
+        var escaped = ""
+        for c in text {
+            if "*?[]\\".contains(c) { escaped.append("\\") }
+            escaped.append(c)
+        }
+        return escaped
+    }
+
     /// The sorted set of live instances (heartbeats scored by time).
     var instances: String { prefix + ":instances" }
 }

@@ -7,7 +7,8 @@ import Policy
 /// instance reads the same clock.
 ///
 /// KEYS: the buckets (n), the quota counter, the day counter.
-/// ARGV: n, want, quota limit (-1: unlimited), quota counter expiry (unix s), day counter expiry (unix s),
+/// ARGV: n, want, quota limit (-1: unlimited), quota counter expiry (unix s: a day after the period), day
+/// counter expiry (unix s: ``LimitKeys/dayRetention`` after the day's start),
 /// then rate (tokens/s) and burst of each bucket.
 /// Reply: granted, remaining (-1: no buckets), limit, retry (ms), reset (ms), quota used after, quota exhausted (0/1).
 struct LimitScript: Sendable {
@@ -81,13 +82,13 @@ struct LimitScript: Sendable {
         args.append(String(n + 2))
         for b in charge.buckets { args.append(keys.bucket(charge.tenant, b.name)) }
         args.append(keys.quota(charge.tenant, charge.period))
-        args.append(keys.day(charge.tenant, LimitKeys.dayStart(now)))
+        let day = LimitKeys.dayStart(now)
+        args.append(keys.day(charge.tenant, day))
         args.append(String(n))
         args.append(String(want))
         args.append(String(charge.quotaLimit ?? -1))
-        let expires = String(charge.period.end + 86_400)
-        args.append(expires)
-        args.append(expires)
+        args.append(String(charge.period.end + 86_400))
+        args.append(String(day + LimitKeys.dayRetention))
         for b in charge.buckets {
             args.append(String(b.spec.ratePerSecond))
             args.append(String(b.spec.burst))

@@ -39,8 +39,10 @@ final class MemoryLimits: Sendable {
         let bucketKeys = charge.buckets.map { BucketKey(tenant: charge.tenant, name: $0.name) }
         let specs = charge.buckets.map(\.spec)
         let quotaKey = CounterKey(tenant: charge.tenant, start: charge.period.start, isDay: false)
-        let dayKey = CounterKey(tenant: charge.tenant, start: LimitKeys.dayStart(now), isDay: true)
+        let day = LimitKeys.dayStart(now)
+        let dayKey = CounterKey(tenant: charge.tenant, start: day, isDay: true)
         let expires = charge.period.end + 86_400
+        let dayExpires = day + LimitKeys.dayRetention
         let nowSeconds = Int(now)
         return state.withLock { s in
             var buckets = bucketKeys.map { s.buckets[$0]?.bucket }
@@ -50,7 +52,7 @@ final class MemoryLimits: Sendable {
             guard r.granted > 0 else { return r }
             for (i, key) in bucketKeys.enumerated() { s.buckets[key] = (buckets[i]!, specs[i]) }
             s.counters[quotaKey] = (r.quotaUsed, expires)
-            s.counters[dayKey] = (s.count(dayKey, at: nowSeconds) + r.granted, expires)
+            s.counters[dayKey] = (s.count(dayKey, at: nowSeconds) + r.granted, dayExpires)
             s.writes += 1
             if s.writes % Self.sweepEvery == 0 { Self.sweep(&s, now: now) }
             return r
@@ -73,6 +75,19 @@ final class MemoryLimits: Sendable {
             var perDay: [Int: Int] = [:]
             for d in days { perDay[d] = s.count(CounterKey(tenant: tenant, start: d, isDay: true), at: nowSeconds) }
             return (s.count(quotaKey, at: nowSeconds), perDay)
+        }
+    }
+
+    /// Every day counter of `range` (of `tenant` only, when given) that has not expired, for the usage export.
+    func dayCounts(_ range: UsageRange, tenant: String?, now: Double) -> [UsageReport.Row] {
+        let nowSeconds = Int(now)
+        return state.withLock { s in
+            var rows: [UsageReport.Row] = []
+            for (key, counter) in s.counters where key.isDay && counter.expires > nowSeconds && counter.value > 0 {
+                guard range.contains(day: key.start), tenant == nil || key.tenant == tenant else { continue }
+                rows.append(UsageReport.Row(tenant: key.tenant, day: key.start, requests: counter.value))
+            }
+            return rows
         }
     }
 }

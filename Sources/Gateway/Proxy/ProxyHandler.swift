@@ -754,6 +754,8 @@ final class ProxyHandler: ChannelDuplexHandler {
             }
         }
         loop.metrics.record(route: ctx.routeName, status: status, decision: decision, code: end.code, seconds: Double(elapsed) / 1e9)
+        // A tenant with a record only: a tenant id a client merely sent never becomes a label.
+        if let tenant = ctx.caller.tenant, ctx.caller.record != nil { loop.metrics.tenantRequests[tenant, default: 0] += 1 }
         var upstreamNanos: Int64? = nil
         if let up = ctx.upstreamStart, !end.denied {
             upstreamNanos = ((ctx.tunnelOpened ?? now) - up).nanoseconds

@@ -170,6 +170,7 @@ public final class GatewayServer: Sendable {
     }
 
     var usageReader: UsageReader { UsageReader(memory: memoryLimits, client: limitClients.first, keys: limits.keys) }
+    var usageExporter: UsageExporter { UsageExporter(memory: memoryLimits, client: limitClients.first, keys: limits.keys) }
 
     /// Ready: listening with a config, and the store reachable unless `on_failure: open`.
     func readiness() -> EventLoopFuture<Bool> {
@@ -497,7 +498,7 @@ public final class GatewayServer: Sendable {
                 merged.accessLogWritten = log.written
                 merged.accessLogDropped = log.dropped
             }
-            return MetricsText.render(merged, registry: snapshot.upstreams)
+            return MetricsText.render(merged, registry: snapshot.upstreams, tenantSeries: snapshot.config.metrics.tenantSeries)
         }
     }
 }

@@ -48,6 +48,10 @@ final class LoopMetrics {
     var connectionsRefused: [String: Int] = [:]
     /// WebSocket tunnels open (`gatehouse_websockets_open`).
     var websocketsOpen = 0
+    /// Requests by known tenant (`gatehouse_tenant_requests_total`, folded to the top tenants when scraped). Only
+    /// tenants with a record are counted, so the keys are bounded by the tenants that exist, never by what
+    /// clients send.
+    var tenantRequests: [String: Int] = [:]
 
     func record(route: String, status: Int, decision: String, code: String, seconds: Double) {
         requests[RequestKey(route: route, status: status, decision: decision, code: code), default: 0] += 1
@@ -67,6 +71,7 @@ final class LoopMetrics {
         s.exchangesInFlight = exchangesInFlight
         s.websocketsOpen = websocketsOpen
         s.connectionsRefused = connectionsRefused
+        s.tenantRequests = tenantRequests
         for (key, c) in connections {
             s.idleConnections[key] = c.idle
             s.busyConnections[key] = c.busy
@@ -99,6 +104,7 @@ struct MetricsSnapshot: Sendable {
     var exchangesInFlight = 0
     var websocketsOpen = 0
     var connectionsRefused: [String: Int] = [:]
+    var tenantRequests: [String: Int] = [:]
     /// Upstream connections by upstream name.
     var idleConnections: [String: Int] = [:]
     var busyConnections: [String: Int] = [:]
@@ -113,6 +119,7 @@ struct MetricsSnapshot: Sendable {
         exchangesInFlight += other.exchangesInFlight
         websocketsOpen += other.websocketsOpen
         connectionsRefused.merge(other.connectionsRefused, uniquingKeysWith: +)
+        tenantRequests.merge(other.tenantRequests, uniquingKeysWith: +)
         idleConnections.merge(other.idleConnections, uniquingKeysWith: +)
         busyConnections.merge(other.busyConnections, uniquingKeysWith: +)
         for (k, v) in other.durations { durations[k, default: .init()].merge(v) }

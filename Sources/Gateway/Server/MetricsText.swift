@@ -3,12 +3,18 @@ import Upstream
 
 /// Renders merged metrics in the Prometheus text exposition format.
 enum MetricsText {
-    static func render(_ m: MetricsSnapshot, registry: UpstreamRegistry) -> String {
+    /// - Parameter tenantSeries: `metrics.tenant_series`, the tenants that get a series of their own.
+    static func render(_ m: MetricsSnapshot, registry: UpstreamRegistry, tenantSeries: Int) -> String {
         var out = ""
         out += "# HELP gatehouse_requests_total Requests answered, by route, status, decision and problem code.\n"
         out += "# TYPE gatehouse_requests_total counter\n"
         for (k, v) in m.requests.sorted(by: { "\($0.key)" < "\($1.key)" }) {
             out += "gatehouse_requests_total{route=\(label(k.route)),status=\"\(k.status)\",decision=\(label(k.decision)),code=\(label(k.code))} \(v)\n"
+        }
+        out += "# HELP gatehouse_tenant_requests_total Requests by tenant (known tenants only): the top tenants by requests, the rest summed as tenant=\"other\".\n"
+        out += "# TYPE gatehouse_tenant_requests_total counter\n"
+        for (tenant, n) in Self.tenantSeries(m.tenantRequests, top: tenantSeries) {
+            out += "gatehouse_tenant_requests_total{tenant=\(label(tenant))} \(n)\n"
         }
         out += histogram("gatehouse_request_duration_seconds", "Time from request head to response end, by route.", "route", m.durations)
         out += histogram("gatehouse_upstream_duration_seconds", "Time spent on the upstream, by upstream.", "upstream", m.upstreamDurations)
@@ -54,6 +60,24 @@ enum MetricsText {
             }
         }
         return out
+    }
+
+    /// The label value that sums every tenant without a series of its own.
+    static let otherTenants = "other"
+
+    /// Folds per-tenant counts into at most `top` series and `other`: tenants by count, most first (ties by id,
+    /// byte order); the first `top` keep their own, the rest are summed into `other`, which appears whenever
+    /// something is folded into it. A tenant whose id is `other` is always counted there (its own series would
+    /// be the same series). The counts' sum is kept exactly.
+    static func tenantSeries(_ counts: [String: Int], top: Int) -> [(tenant: String, requests: Int)] {
+        var other = counts[otherTenants]
+        let ranked = counts.filter { $0.key != otherTenants }.sorted { a, b in
+            a.value != b.value ? a.value > b.value : a.key.utf8.lexicographicallyPrecedes(b.key.utf8)
+        }
+        var series = ranked.prefix(max(0, top)).map { (tenant: $0.key, requests: $0.value) }
+        for (_, n) in ranked.dropFirst(max(0, top)) { other = (other ?? 0) + n }
+        if let other { series.append((otherTenants, other)) }
+        return series
     }
 
     /// One unlabelled series with its HELP and TYPE lines.

@@ -135,14 +135,7 @@ final class RedisTenantStore: TenantStore {
     func recordKey(_ tenant: String) -> String { keys.tag(tenant) + "tenant" }
 
     /// The SCAN pattern of every record key (the prefix's glob characters escaped).
-    var recordPattern: String {
-        var escaped = ""
-        for c in keys.prefix {
-            if "*?[]\\".contains(c) { escaped.append("\\") }
-            escaped.append(c)
-        }
-        return "{" + escaped + ":*}:tenant"
-    }
+    var recordPattern: String { "{" + LimitKeys.globEscaped(keys.prefix) + ":*}:tenant" }
 
     /// The tenant a record key names (nil for a key of another shape).
     func tenant(ofRecordKey key: String) -> String? {

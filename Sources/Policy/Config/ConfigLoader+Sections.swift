@@ -652,6 +652,14 @@ extension ConfigLoader {
         return ok ? route : nil
     }
 
+    /// `metrics`: `tenant_series` (default 20; 0 folds every tenant into `other`).
+    func parseMetrics(_ at: Located, _ r: YAMLReader) -> MetricsConfig? {
+        guard let f = r.fields(at, "metrics", allowed: ["tenant_series"]) else { return nil }
+        var m = MetricsConfig()
+        if let v = f["tenant_series"], let n = r.int(v, "metrics.tenant_series", min: 0, max: 10_000) { m.tenantSeries = n }
+        return m
+    }
+
     func parseAudit(_ at: Located, _ r: YAMLReader) -> AuditConfig? {
         guard
             let f = r.fields(

@@ -12,7 +12,7 @@ public struct ConfigLoader {
 
     static let topLevelKeys = [
         "include", "server", "store", "identity", "plans", "plan_order", "tenants", "billing", "upstreams",
-        "routes", "audit", "access_log", "tracing",
+        "routes", "audit", "access_log", "tracing", "metrics",
     ]
     /// Sections that name entries; several files may each contribute entries.
     static let mergedMaps: Set<String> = ["plans", "tenants", "upstreams"]
@@ -209,9 +209,10 @@ public struct ConfigLoader {
         {
             reader.problem(at, "the redis_stream audit sink needs a store with redis")
         }
+        let metrics = single["metrics"].flatMap { parseMetrics($0, reader) } ?? MetricsConfig()
         var config = GatewayConfig(
             server: server, store: store, identity: identity, plans: plans, planOrder: planOrder, tenants: tenants,
-            billing: billing, upstreams: upstreams, routes: routes, audit: audit, files: files)
+            billing: billing, upstreams: upstreams, routes: routes, audit: audit, metrics: metrics, files: files)
         config.accessLog = single["access_log"].flatMap { parseAccessLog($0, reader) }
         config.tracing = single["tracing"].flatMap { parseTracing($0, reader) }
         return config

@@ -15,6 +15,7 @@ public struct GatewayConfig: Sendable {
     public var upstreams: [String: UpstreamConfig]
     public var routes: [RouteConfig]
     public var audit: AuditConfig?
+    public var metrics = MetricsConfig()
     /// `access_log`: one JSON line per request; nil: none.
     public var accessLog: AccessLogConfig? = nil
     /// `tracing`: OpenTelemetry spans exported over OTLP/HTTP; nil: none exported (`traceparent` still propagated).
@@ -393,6 +394,15 @@ public struct RouteConfig: Sendable {
     public var websocket = false
     /// A tunnel with no byte either way for this long is closed (ns).
     public var websocketIdleTimeout: Int64 = 300_000_000_000
+}
+
+/// `metrics:`: what `GET /metrics` exports beyond the fixed series.
+public struct MetricsConfig: Sendable {
+    /// `gatehouse_tenant_requests_total`: the tenants with the most requests get a series each, this many at most;
+    /// the rest are summed into `tenant="other"` (0: every tenant is "other").
+    public var tenantSeries = 20
+
+    public init() {}
 }
 
 /// `audit:`: which requests are recorded and where.

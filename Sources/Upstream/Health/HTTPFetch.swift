@@ -42,9 +42,10 @@ public enum HTTPFetch {
     }
 
     /// With `tls`, the GET goes over TLS (verified as `tls` says); the timeout covers the handshake too.
+    /// `headers` are added to the request (e.g. `Authorization`).
     public static func get(
         address: SocketAddress, hostHeader: String, path: String, on loop: EventLoop, timeout: TimeAmount,
-        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil,
+        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil, headers: [(String, String)] = [],
         body: (contentType: String, bytes: [UInt8])? = nil
     ) -> EventLoopFuture<Response> {
         let promise = loop.makePromise(of: Response.self)
@@ -69,6 +70,7 @@ public enum HTTPFetch {
                     head.headers.add(name: "Host", value: hostHeader)
                     head.headers.add(name: "Connection", value: "close")
                     head.headers.add(name: "User-Agent", value: userAgent)
+                    for (name, value) in headers { head.headers.add(name: name, value: value) }
                     if let body {
                         head.headers.add(name: "Content-Type", value: body.contentType)
                         head.headers.add(name: "Content-Length", value: String(body.bytes.count))

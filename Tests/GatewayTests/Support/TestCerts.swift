@@ -70,11 +70,16 @@ final class TestCerts {
 }
 
 /// Runs `executable` with `arguments` to its end: exit status, standard output and standard error (both drained
-/// while it runs, so a full pipe cannot block it).
-func runProcess(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: Data, err: Data) {
+/// while it runs, so a full pipe cannot block it). `environment` is added to this process's own.
+func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (
+    status: Int32, out: Data, err: Data
+) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
+    if !environment.isEmpty {
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out
