@@ -34,9 +34,10 @@ public enum HTTPFetch {
     }
 
     /// With `tls`, the GET goes over TLS (verified as `tls` says); the timeout covers the handshake too.
+    /// `headers` are added to the request (e.g. `Authorization`).
     public static func get(
         address: SocketAddress, hostHeader: String, path: String, on loop: EventLoop, timeout: TimeAmount,
-        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil
+        maxBytes: Int = 1 << 20, userAgent: String = "gatehouse", tls: ClientTLS? = nil, headers: [(String, String)] = []
     ) -> EventLoopFuture<Response> {
         let promise = loop.makePromise(of: Response.self)
         let timer = loop.scheduleTask(in: timeout) { promise.fail(Failure(description: "timed out after \(timeout)")) }
@@ -60,6 +61,7 @@ public enum HTTPFetch {
                     head.headers.add(name: "Host", value: hostHeader)
                     head.headers.add(name: "Connection", value: "close")
                     head.headers.add(name: "User-Agent", value: userAgent)
+                    for (name, value) in headers { head.headers.add(name: name, value: value) }
                     channel.write(HTTPClientRequestPart.head(head), promise: nil)
                     channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
                     promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
