@@ -91,8 +91,8 @@ final class GatewayProcess: Sendable {
 }
 
 /// Runs the `gatehouse` command line to its end: exit status, standard output and standard error.
-func runGatehouse(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-    let result = try runProcess(GatewayProcess.binary, arguments)
+func runGatehouse(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
+    let result = try runProcess(GatewayProcess.binary, arguments, environment: environment)
     return (result.status, String(decoding: result.out, as: UTF8.self), String(decoding: result.err, as: UTF8.self))
 }
 

@@ -70,11 +70,18 @@ final class TestCerts {
 }
 
 /// Runs `executable` with `arguments` to its end: exit status, standard output and standard error (both drained
-/// while it runs, so a full pipe cannot block it).
-func runProcess(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: Data, err: Data) {
+/// while it runs, so a full pipe cannot block it). `environment` is added to the test's own.
+func runProcess(
+    _ executable: String, _ arguments: [String], environment: [String: String] = [:]
+) throws -> (status: Int32, out: Data, err: Data) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
+    if !environment.isEmpty {
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+    }
     let out = Pipe()
     let err = Pipe()
     p.standardOutput = out
