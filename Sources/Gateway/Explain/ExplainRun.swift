@@ -619,8 +619,8 @@ final class ExplainRun: PhaseResumer {
             checks.append(
                 .init(
                     "leases", .info,
-                    "rate_limit_mode leased: units each event loop of each instance has taken from these buckets and not yet "
-                        + "spent (at most \(RateLimiter.leaseSize(charge)) per loop) count as gone here"))
+                    "rate_limit_mode leased: up to \(RateLimiter.leaseSize(charge)) units per event loop of each instance may be "
+                        + "taken and not yet spent (gone from the levels here)"))
         }
         var headers: [String: Int]? = nil
         if let h = outcome?.headers { headers = ["limit": h.limit, "remaining": h.remaining, "reset": h.reset] }
