@@ -274,6 +274,14 @@ import Testing
         // Without a store the levels live in the serving process (none runs here): unknown, and said so.
         #expect(result.out.contains("bucket t: ? of 5 tokens"))
         #expect(result.out.contains("decision  allow 200 → upstream app (if the buckets hold a token: levels unknown)"))
+        // A `kid` the key set lacks: the authenticate phase waits for one early refetch, as in the proxy, then refuses.
+        let fetches = idp.jwksFetches.load(ordering: .relaxed)
+        let unknown = Tok.signed(Tok.claims(iss: issuer, tenant: "acme"), alg: "RS256", pem: IdentityTests.keys.rsaPrivate, kid: "rotated")
+        let refused = try runGatehouse(["explain", "--config", path, "GET", "/api/x", "-H", "Authorization: Bearer \(unknown)"], environment: Self.env)
+        #expect(refused.status == 1, Comment(rawValue: refused.out + refused.err))
+        #expect(refused.out.contains("key FAILED: no key of this issuer matches the token's kid and algorithm"))
+        #expect(idp.jwksFetches.load(ordering: .relaxed) == fetches + 2)
+        #expect(up.requests.isEmpty && up.connections == 0)
     }
 
     @Test func withTheEmbeddedStoreTheQuotaIsReadFromTheAdminAPI() throws {
