@@ -9,7 +9,7 @@ struct Gatehouse: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gatehouse",
         abstract: "A multi-tenant API gateway: identity, plans, rate limits and audit in front of your services.",
-        subcommands: [Serve.self, Validate.self, Token.self, Audit.self, Usage.self])
+        subcommands: [Serve.self, Validate.self, Token.self, Audit.self, Usage.self, Explain.self])
 }
 
 struct ConfigOption: ParsableArguments {

@@ -53,6 +53,20 @@ struct LimitKeys {
 
     /// The sorted set of live instances (heartbeats scored by time).
     var instances: String { prefix + ":instances" }
+
+    /// A tenant's record (JSON), beside its limit keys in one Cluster slot.
+    func tenantRecord(_ tenant: String) -> String { tag(tenant) + "tenant" }
+
+    /// The SCAN pattern of every record key (the prefix's glob characters escaped).
+    var tenantRecordPattern: String { "{" + Self.globEscaped(prefix) + ":*}:tenant" }
+
+    /// The tenant a record key names (nil for a key of another shape).
+    func tenant(ofRecordKey key: String) -> String? {
+        let head = "{" + prefix + ":"
+        let tail = "}:tenant"
+        guard key.hasPrefix(head), key.hasSuffix(tail), key.count > head.count + tail.count else { return nil }
+        return String(key.dropFirst(head.count).dropLast(tail.count))
+    }
 }
 
 /// The outcome of charging a request, with what its response says about the limits.

@@ -231,23 +231,31 @@ struct RequestPhases {
                 ("RateLimit-Reset", String(h.reset)),
             ]
         }
-        switch outcome.verdict {
-        case .admit:
+        guard var denial = limitDenial(outcome) else {
             ctx.responseHeaders += rateHeaders
             ctx.failOpen = outcome.failOpen
             return .next
-        case .rateLimited, .quotaExceeded:
+        }
+        if outcome.verdict != .storeUnavailable {
             metrics.ratelimitDenied[ctx.plan, default: 0] += 1
-            var denial =
-                outcome.verdict == .rateLimited
-                ? Denial.rateLimited(
-                    retryAfter: outcome.retryAfter,
-                    "The tenant's request rate limit is exhausted; retry after \(outcome.retryAfter) s.")
-                : Denial.quotaExceeded(retryAfter: outcome.retryAfter, "The tenant's request quota for this period is used up.")
             denial.headers += rateHeaders
-            return .deny(denial)
+        }
+        return .deny(denial)
+    }
+
+    /// The denial of a limiter verdict (nil: admitted), without its rate headers (``gatehouse explain`` says
+    /// the same).
+    static func limitDenial(_ outcome: LimitOutcome) -> Denial? {
+        switch outcome.verdict {
+        case .admit:
+            return nil
+        case .rateLimited:
+            return .rateLimited(
+                retryAfter: outcome.retryAfter, "The tenant's request rate limit is exhausted; retry after \(outcome.retryAfter) s.")
+        case .quotaExceeded:
+            return .quotaExceeded(retryAfter: outcome.retryAfter, "The tenant's request quota for this period is used up.")
         case .storeUnavailable:
-            return .deny(.storeUnavailable(retryAfter: outcome.retryAfter))
+            return .storeUnavailable(retryAfter: outcome.retryAfter)
         }
     }
 

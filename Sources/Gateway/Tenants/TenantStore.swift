@@ -132,18 +132,7 @@ final class RedisTenantStore: TenantStore {
     }
 
     /// A tenant's record key.
-    func recordKey(_ tenant: String) -> String { keys.tag(tenant) + "tenant" }
-
-    /// The SCAN pattern of every record key (the prefix's glob characters escaped).
-    var recordPattern: String { "{" + LimitKeys.globEscaped(keys.prefix) + ":*}:tenant" }
-
-    /// The tenant a record key names (nil for a key of another shape).
-    func tenant(ofRecordKey key: String) -> String? {
-        let head = "{" + keys.prefix + ":"
-        let tail = "}:tenant"
-        guard key.hasPrefix(head), key.hasSuffix(tail), key.count > head.count + tail.count else { return nil }
-        return String(key.dropFirst(head.count).dropLast(tail.count))
-    }
+    func recordKey(_ tenant: String) -> String { keys.tenantRecord(tenant) }
 
     func start() {
         client.start()
@@ -175,20 +164,33 @@ final class RedisTenantStore: TenantStore {
     /// in batches (off the request path: bulk calls may take longer than one per-request call).
     @discardableResult
     func reloadAll() -> EventLoopFuture<Bool> {
-        let eventLoop = client.eventLoop
         let mark = directory.writeMark
         return migrateLegacyLayout().flatMap {
-            self.client.scan(match: self.recordPattern, count: 1000, timeout: .seconds(5))
-        }.flatMap { found -> EventLoopFuture<[String: TenantRecord]> in
+            Self.readRecords(self.client, keys: self.keys)
+        }.map { records in
+            self.directory.replaceStored(records, since: mark)
+            self.migrated.store(true, ordering: .relaxed)
+            return true
+        }.recover { error in
+            self.logger.warning("tenant reload failed; cached records keep serving", metadata: ["gh-error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Every stored record (tombstones included), read with SCAN on every master and GETs in batches; nothing
+    /// is written (``gatehouse explain`` reads the fleet's records this way too).
+    static func readRecords(_ client: RedisClient, keys: LimitKeys) -> EventLoopFuture<[String: TenantRecord]> {
+        let eventLoop = client.eventLoop
+        return client.scan(match: keys.tenantRecordPattern, count: 1000, timeout: .seconds(5)).flatMap { found in
             // A sibling prefix (`gh:eu` beside `gh`) matches the pattern too: only valid tenant ids are ours.
-            let ids = found.compactMap { self.tenant(ofRecordKey: $0) }.filter(TenantID.isValid)
+            let ids = found.compactMap { keys.tenant(ofRecordKey: $0) }.filter(TenantID.isValid)
             var records: [String: TenantRecord] = [:]
             var chain = eventLoop.makeSucceededVoidFuture()
             for start in stride(from: 0, to: ids.count, by: 500) {
                 let batch = Array(ids[start..<min(ids.count, start + 500)])
                 chain = chain.flatMap {
                     let reads = batch.map { id in
-                        self.client.send(["GET", self.recordKey(id)], timeout: .seconds(5)).map { reply -> (String, TenantRecord?) in
+                        client.send(["GET", keys.tenantRecord(id)], timeout: .seconds(5)).map { reply -> (String, TenantRecord?) in
                             if case .string(let json) = reply { return (id, TenantRecordCodec.decode(json)) }
                             return (id, nil)
                         }
@@ -199,13 +201,6 @@ final class RedisTenantStore: TenantStore {
                 }
             }
             return chain.map { records }
-        }.map { records in
-            self.directory.replaceStored(records, since: mark)
-            self.migrated.store(true, ordering: .relaxed)
-            return true
-        }.recover { error in
-            self.logger.warning("tenant reload failed; cached records keep serving", metadata: ["gh-error": "\(error)"])
-            return false
         }
     }
 

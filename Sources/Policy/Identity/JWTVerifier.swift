@@ -21,6 +21,27 @@ public struct JWTError: Error, Sendable, Equatable, CustomStringConvertible {
     public var name: String { code.rawValue }
     public var description: String { "\(code.rawValue): \(detail)" }
 
+    /// The verifier's checks, in the order ``JWTVerifier/verify(_:now:)`` makes them (the header's own `alg` and
+    /// `crit` are read with the format, before the issuer).
+    public static let checks = ["size", "format", "issuer", "alg", "key", "signature", "exp", "nbf", "iat", "aud", "claims"]
+
+    /// The check (one of ``checks``) that refused the token.
+    public var check: String {
+        switch code {
+        case .tooLarge: "size"
+        case .malformed: "format"
+        case .unknownIssuer: "issuer"
+        case .algorithm: "alg"
+        case .unknownKey: "key"
+        case .signature: "signature"
+        case .expired, .missingExpiry: "exp"
+        case .notYetValid: "nbf"
+        case .issuedInFuture: "iat"
+        case .audience: "aud"
+        case .badClaim: "claims"
+        }
+    }
+
     static func malformed(_ d: String) -> Self { .init(.malformed, d) }
     static let tooLarge = Self(.tooLarge, "the token is larger than \(JWTVerifier.maxTokenBytes) bytes")
     static func algorithm(_ d: String) -> Self { .init(.algorithm, d) }

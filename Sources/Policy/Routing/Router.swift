@@ -54,6 +54,92 @@ public struct Router: Sendable {
         return nil
     }
 
+    /// A route that did not take a request, and why (``nearMisses(host:path:method:limit:)``).
+    public struct NearMiss: Sendable, Equatable {
+        public enum Kind: Sendable, Equatable {
+            /// It matches too, but the chosen route is more specific.
+            case outranked
+            /// Its path prefix matches; its host or methods do not.
+            case hostOrMethod
+            /// Its path prefix does not match, though it shares a leading segment with the path (or its host
+            /// names this request's host).
+            case pathPrefix
+        }
+        /// The route's index in the config's routes.
+        public var index: Int
+        public var kind: Kind
+        /// What did not match, for people: `method DELETE is not among GET, POST`.
+        public var reason: String
+    }
+
+    /// The routes that came closest to taking a request without taking it, closest first, at most `limit`: those
+    /// that match too but rank below the chosen one, then those whose path prefix matches but whose host or
+    /// methods do not, then those whose prefix does not match but shares a leading segment with the path (or
+    /// whose host is this request's). The chosen route (``match(host:path:method:)``) is never among them.
+    public func nearMisses(host: String?, path: Substring, method: String, limit: Int = 5) -> [NearMiss] {
+        let chosen = match(host: host, path: path, method: method)
+        let bareHost = usesHost ? host.map(Self.normalizeHost) : nil
+        var found: [(miss: NearMiss, failures: Int)] = []
+        for e in entries where e.index != chosen {
+            var failures: [String] = []
+            var hostNamed = false
+            if let h = e.host {
+                if bareHost == h { hostNamed = true } else { failures.append("host \(Self.describe(bareHost)) is not \(h)") }
+            } else if let suffix = e.wildcardSuffix {
+                if let bh = bareHost, bh.hasSuffix(suffix), bh.utf8.count > suffix.utf8.count {
+                    hostNamed = true
+                } else {
+                    failures.append("host \(Self.describe(bareHost)) is not under *\(suffix)")
+                }
+            }
+            let prefixMatches = Self.segmentPrefix(e.prefix, of: path)
+            if !prefixMatches {
+                failures.append("path_prefix \(e.prefix) does not match \(path)")
+            }
+            if let methods = e.methods, !methods.contains(method) {
+                failures.append("method \(method) is not among \(methods.joined(separator: ", "))")
+            }
+            let kind: NearMiss.Kind
+            if failures.isEmpty {
+                kind = .outranked
+                failures.append("matches too, but a more specific route was chosen")
+            } else if prefixMatches {
+                kind = .hostOrMethod
+            } else if failures.count == 1 && (hostNamed || Self.sharedSegments(e.prefix, path) > 0) {
+                kind = .pathPrefix
+            } else {
+                continue
+            }
+            found.append((NearMiss(index: e.index, kind: kind, reason: failures.joined(separator: "; ")), failures.count))
+        }
+        func closeness(_ m: NearMiss.Kind) -> Int {
+            switch m {
+            case .outranked: 0
+            case .hostOrMethod: 1
+            case .pathPrefix: 2
+            }
+        }
+        // A stable sort keeps the router's own order (most specific first) among equals.
+        let ordered = found.enumerated().sorted { a, b in
+            let (ka, kb) = (closeness(a.element.miss.kind), closeness(b.element.miss.kind))
+            if ka != kb { return ka < kb }
+            if a.element.failures != b.element.failures { return a.element.failures < b.element.failures }
+            return a.offset < b.offset
+        }
+        return ordered.prefix(max(0, limit)).map(\.element.miss)
+    }
+
+    private static func describe(_ host: String?) -> String { host.map { "'\($0)'" } ?? "(none)" }
+
+    /// How many whole non-empty leading segments `prefix` and `path` share (`/api/admin` and `/api/echo/x`: 1).
+    static func sharedSegments<S: StringProtocol>(_ prefix: String, _ path: S) -> Int {
+        let a = prefix.split(separator: "/", omittingEmptySubsequences: true)
+        let b = path.split(separator: "/", omittingEmptySubsequences: true)
+        var n = 0
+        while n < a.count, n < b.count, a[n] == b[n] { n += 1 }
+        return n
+    }
+
     /// Lowercases a Host value and removes its port and a trailing dot (`API.example.com.:443` is
     /// `api.example.com`).
     public static func normalizeHost(_ host: String) -> String {
