@@ -149,16 +149,17 @@ import Testing
         #expect(malformed.out.isEmpty)
     }
 
-    /// Leased mode counts the units a loop takes from Redis, not the requests it admits: the day's count is the
-    /// admitted requests plus the units still leased (`gatehouse_ratelimit_lease_tokens`) or dropped unspent.
-    @Test func leasedModeCountsLeasedUnits() throws {
+    /// Leased mode counts the units a loop takes from Redis while the lease is held: the day's count is the
+    /// admitted requests plus the units still leased (`gatehouse_ratelimit_lease_tokens`). Unspent units are
+    /// given back when a lease is dropped (after 10 s) and at a graceful stop, so the count settles on the
+    /// requests admitted.
+    @Test func leasedModeCountsLeasedUnitsUntilTheLeaseIsGivenBack() throws {
         let redis = try RedisServer()
         defer { redis.stop() }
         let up = try TestUpstream()
         defer { up.stop() }
-        let gw = try GatewayProcess(
-            yaml: Self.config(upstream: up.port, redis: redis.port, mode: "leased", threads: 1), environment: Self.env)
-        defer { gw.stop() }
+        let yaml = Self.config(upstream: up.port, redis: redis.port, mode: "leased", threads: 1)
+        let gw = try GatewayProcess(yaml: yaml, environment: Self.env)
         try send(gw, tenant: "acme", count: 5)
         let (from, to) = Self.around
         let counted = totals(rows(try adminUsage(gw, "from=\(from)&to=\(to)&tenant=acme").json))["acme"] ?? 0
@@ -167,11 +168,18 @@ import Testing
         #expect(up.requests.count == 5)
         #expect(counted == 5 + leased, Comment(rawValue: "counted \(counted), leased \(leased)"))
         #expect(counted == 10)
-        // Without a rate and a quota the lease is 1,000 units: one request counts 1,000 (the README warns).
+        // Without a rate and a quota the lease is 1,000 units: one request holds 1,000 while the lease lives.
         try send(gw, tenant: "globex", count: 1)
         let open = totals(rows(try adminUsage(gw, "from=\(from)&to=\(to)&tenant=globex").json))["globex"] ?? 0
         #expect(open == 1000)
         #expect(Int(try gw.metrics().value("gatehouse_ratelimit_lease_tokens") ?? -1) == leased + 999)
+        // A graceful stop gives every unspent unit back: the counts are the requests admitted.
+        #expect(gw.stop() == 0)
+        let after = try GatewayProcess(yaml: yaml, environment: Self.env)
+        defer { after.stop() }
+        let settled = totals(rows(try adminUsage(after, "from=\(from)&to=\(to)").json))
+        #expect(settled["acme"] == 5)
+        #expect(settled["globex"] == 1)
     }
 
     @Test func theEmbeddedStoreThroughTheAdminAPIAndTheCommandLine() throws {

@@ -34,6 +34,9 @@ final class RateLimiter {
         var deniedUntil = 0.0
         var inFlight = false
         var waiters: [(LimitOutcome) -> Void] = []
+        /// The quota and day counters the lease's units were counted in when it was taken: unspent units are
+        /// given back to them when the lease is dropped, so usage and quota count requests, not leases.
+        var counted: [String] = []
     }
 
     typealias Completion = (LimitOutcome) -> Void
@@ -101,7 +104,10 @@ final class RateLimiter {
             done(LimitOutcome(d, c, now: now))
             return
         }
-        if now - lease.fetchedAt >= Self.leaseMaxAge { lease.left = 0 }
+        if now - lease.fetchedAt >= Self.leaseMaxAge {
+            giveBack(lease)
+            lease.left = 0
+        }
         lease.waiters.append(done)
         let start = !lease.inFlight
         lease.inFlight = true
@@ -148,6 +154,9 @@ final class RateLimiter {
                 lease.left = r.granted
                 lease.result = r
                 lease.fetchedAt = at
+                lease.counted = [
+                    self.script.keys.quota(c.tenant, c.period), self.script.keys.day(c.tenant, LimitKeys.dayStart(now)),
+                ]
                 let served = waiters.prefix(lease.left)
                 waiters.removeFirst(served.count)
                 lease.left -= served.count
@@ -228,13 +237,47 @@ final class RateLimiter {
     /// Units leased and not yet spent on this loop.
     var outstandingLeaseUnits: Int { leases.values.reduce(0) { $0 + $1.left } }
 
-    /// Forgets leases that expired and denials that ran out (called by the loop's sweeper).
+    /// Forgets leases that expired (giving their unspent units back) and denials that ran out (called by the
+    /// loop's sweeper).
     func sweep(now: Double) {
         guard leases.count > 0 else { return }
         leases = leases.filter { _, l in
-            l.inFlight || !l.waiters.isEmpty || (l.left > 0 && now - l.fetchedAt < Self.leaseMaxAge) || now < l.deniedUntil
+            let keep =
+                l.inFlight || !l.waiters.isEmpty || (l.left > 0 && now - l.fetchedAt < Self.leaseMaxAge) || now < l.deniedUntil
+            if !keep { giveBack(l) }
+            return keep
         }
     }
+
+    /// Gives back every lease's unspent units (graceful stop); the calls' futures, to wait for before the
+    /// connection closes.
+    func giveBackAll() -> [EventLoopFuture<RedisReply>] {
+        let all = leases.values.compactMap { giveBack($0) }
+        for key in leases.keys { leases[key]?.left = 0 }
+        return all
+    }
+
+    /// Takes a dropped lease's unspent units off the quota and day counters they were counted in (never below
+    /// zero, never creating a key that expired). The tokens are not returned: buckets refill by themselves.
+    @discardableResult
+    private func giveBack(_ lease: Lease) -> EventLoopFuture<RedisReply>? {
+        guard lease.left > 0, !lease.counted.isEmpty, case .redis(let client, leased: true) = backend else { return nil }
+        let future = client.send(["EVAL", Self.giveBackSource, String(lease.counted.count)] + lease.counted + [String(lease.left)])
+        let logger = self.logger
+        future.whenFailure { error in
+            logger.warning("unspent leased units could not be given back", metadata: ["gh-error": "\(error)"])
+        }
+        return future
+    }
+
+    static let giveBackSource = """
+        local n = tonumber(ARGV[1])
+        for i = 1, #KEYS do
+          local v = tonumber(redis.call('GET', KEYS[i]) or '0')
+          if v > 0 then redis.call('DECRBY', KEYS[i], math.min(n, v)) end
+        end
+        return 1
+        """
 }
 
 @available(*, unavailable)

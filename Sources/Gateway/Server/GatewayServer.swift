@@ -460,6 +460,12 @@ public final class GatewayServer: Sendable {
             try? await loop.submit { state.value.forceClose() }.get()
         }
         try? await admin?.close()
+        // Leased units no request will spend go back to the quota and day counters (usage counts requests).
+        for loop in group.makeIterator() {
+            let state = loops[ObjectIdentifier(loop)]!
+            let calls = try? await loop.submit { state.value.limiter.giveBackAll() }.get()
+            for call in calls ?? [] { _ = try? await call.get() }
+        }
         logger.info("gatehouse drained")
     }
 
