@@ -90,7 +90,11 @@ import Testing
         #expect(!s.text.contains("secret-query"))
         #expect(!s.text.contains(TracingTests.apiKey))
         #expect(!s.text.contains("not-a-token"))
-        #expect(try gw.metrics().value("gatehouse_access_log_lines_total") == 3)
+        // The counter moves once the write has returned: poll it.
+        _ = try pollUntil("3 lines counted", seconds: 10) { () -> Polled<Double> in
+            let n = try gw.metrics().value("gatehouse_access_log_lines_total") ?? 0
+            return n == 3 ? .done(n) : .waiting("\(n) counted")
+        }
     }
 
     @Test func sampleZeroStillLogsEveryDenialAndEvery5xx() throws {

@@ -19,8 +19,8 @@ import Testing
                   - {issuer: "https://hs.test/", audiences: [api], algorithms: [HS256], secret_env: GH_TEST_HS_SECRET, tenant_claim: org_id}
             \(extra)
             plans:
-              free: {rate: {requests: 1, per: 60s, burst: 5}, quota: {requests: 3, per: day}, features: [core]}
-              pro: {rate: {requests: 1, per: 60s, burst: 5}, quota: unlimited, features: [core, analytics]}
+              free: {rate: {requests: 1, per: 1h, burst: 5}, quota: {requests: 3, per: day}, features: [core]}
+              pro: {rate: {requests: 1, per: 1h, burst: 5}, quota: unlimited, features: [core, analytics]}
             plan_order: [free, pro]
             tenants:
               acme: {plan: pro}

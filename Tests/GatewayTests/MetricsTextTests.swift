@@ -36,4 +36,28 @@ import Testing
             #expect(series.count == min(top, 500) + (top < 500 ? 1 : 0))
         }
     }
+
+    /// Across scrapes every series only grows: a place once given is kept, and what `other` showed stays there.
+    @Test func tenantSeriesAreCountersAcrossScrapes() {
+        var state = TenantSeries()
+        func scrape(_ counts: [String: Int], _ top: Int) -> [String: Int] {
+            Dictionary(uniqueKeysWithValues: state.render(counts, top: top).map { ($0.tenant, $0.requests) })
+        }
+        #expect(scrape(["a": 5, "b": 3, "c": 1], 2) == ["a": 5, "b": 3, "other": 1])
+        // c overtakes both: a and b keep their places, c's requests keep counting in other.
+        #expect(scrape(["a": 6, "b": 3, "c": 50], 2) == ["a": 6, "b": 3, "other": 50])
+        // More places (a reload): c gets one; the 50 already shown in other stay there, its series starts after.
+        #expect(scrape(["a": 6, "b": 3, "c": 60], 3) == ["a": 6, "b": 3, "c": 10, "other": 50])
+        // Fewer places: the smallest series (b) gives its place up, its requests join other; nothing goes down.
+        #expect(scrape(["a": 7, "b": 4, "c": 61], 2) == ["a": 7, "c": 11, "other": 54])
+        var previous: [String: Int] = [:]
+        var counts = ["a": 7, "b": 4, "c": 61, "d": 0]
+        for round in 0..<50 {
+            for k in counts.keys { counts[k]! += (round * 7 + Int(k.utf8.first!)) % 5 }
+            let now = scrape(counts, round % 4)
+            #expect(now.values.reduce(0, +) == counts.values.reduce(0, +), "sums stay exact")
+            for (k, v) in now where previous[k] != nil { #expect(v >= previous[k]!, "\(k) went down") }
+            previous = now
+        }
+    }
 }

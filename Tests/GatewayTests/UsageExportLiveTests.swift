@@ -72,7 +72,10 @@ import Testing
             let parts = row.split(separator: " ").map(String.init)
             let usage = try request(port: gw.adminPort!, "GET", "/admin/tenants/\(parts[0])/usage", headers: Self.admin)
             let days = (usage.json["days"] as? [[String: Any]]) ?? []
-            guard let day = days.first(where: { $0["date"] as? String == parts[1] }) else { continue }
+            guard let day = days.first(where: { $0["date"] as? String == parts[1] }) else {
+                Issue.record(Comment(rawValue: "\(row): no such day in \(usage.text)"))
+                continue
+            }
             #expect(day["requests"] as? Int == Int(parts[2]), Comment(rawValue: "\(row) vs \(usage.text)"))
         }
     }

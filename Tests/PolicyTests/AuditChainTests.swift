@@ -25,6 +25,20 @@ import Testing
         #expect(CivilDate.rfc3339(milliseconds: 1_795_000_000_123).hasSuffix(".123Z"))
     }
 
+    @Test func aCappedValueIsCutBeforeACharacterNeverInsideOne() {
+        func capped(_ s: String, _ n: Int) -> String {
+            var out: [UInt8] = []
+            JSONText.appendQuoted(s[...], maxBytes: n, to: &out)
+            return String(decoding: out, as: UTF8.self)
+        }
+        #expect(capped("abcdef", 3) == "\"abc\"")
+        #expect(capped("ab€cd", 3) == "\"ab\"")  // € is 3 bytes: cutting at 3 or 4 would split it
+        #expect(capped("ab€cd", 4) == "\"ab\"")
+        #expect(capped("ab€cd", 5) == "\"ab€\"")
+        #expect(capped("a\"b", 10) == "\"a\\\"b\"")
+        #expect(capped("short", 1024) == JSONText.quote("short"))
+    }
+
     @Test func byteEscapingMatchesTheStringEscaper() {
         for text in ["plain", "", "q\"b\\s", "\u{0}\u{1f}\u{7f}", "é€😀", "a\u{2028}b\u{2029}c\u{2027}", "\r\n\t", "\u{E2}x"] {
             var out: [UInt8] = []

@@ -61,10 +61,22 @@ final class AuditLog: Service, Sendable {
     private let written = Atomic<Int>(0)
     private let logger: Logger
     private let writer: Mutex<Writer>
+    /// The writer's own thread for blocking sink calls (a disk or Redis that stalls holds only this one; DNS
+    /// lookups and the access log use other pools), and the loop its futures complete on.
+    private let pool: NIOThreadPool
+    private let eventLoop: EventLoop
+    /// When the sinks were last asked to sync.
+    private let lastSync = Mutex(ContinuousClock.now)
     /// How long the writer collects records before writing a batch.
     static let collectInterval = Duration.milliseconds(5)
 
-    private init(config: AuditConfig, chain: AuditChain, sinks: sending [AuditSink], clock: WallClock, logger: Logger) {
+    private init(
+        config: AuditConfig, chain: AuditChain, sinks: sending [AuditSink], clock: WallClock, logger: Logger,
+        eventLoop: EventLoop
+    ) {
+        self.eventLoop = eventLoop
+        self.pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
         self.queue = Mutex(Queue(denials: DenialBudget(limit: config.maxDenialsPerSecond)))
         self.clock = clock
         self.methods = Set(config.methods.map { $0.uppercased() })
@@ -117,7 +129,9 @@ final class AuditLog: Service, Sendable {
         if let c = chain {
             logger.info("audit chain recovered", metadata: ["gh-seq": "\(c.seq)", "gh-keyed": "\(key != nil)"])
         }
-        return AuditLog(config: config, chain: (chain ?? AuditChain()).keyed(key), sinks: sinks, clock: clock, logger: logger)
+        return AuditLog(
+            config: config, chain: (chain ?? AuditChain()).keyed(key), sinks: sinks, clock: clock, logger: logger,
+            eventLoop: eventLoop)
     }
 
     var queueDepth: Int { depth.load(ordering: .relaxed) }
@@ -189,11 +203,13 @@ final class AuditLog: Service, Sendable {
                 }
             }
         }
+        try? await pool.shutdownGracefully()
     }
 
-    /// Runs `body` on the blocking-I/O pool (sinks block on disks and on Redis).
+    /// Runs `body` on the writer's thread (sinks block on disks and on Redis). Through a future, so a cancelled
+    /// task (a service group cancelled at stop) still gets its records written.
     private func blocking<T: Sendable>(_ body: @escaping @Sendable (borrowing Mutex<Writer>) throws -> T) async throws -> T {
-        try await NIOThreadPool.singleton.runIfActive { try body(self.writer) }
+        try await pool.runIfActive(eventLoop: eventLoop) { try body(self.writer) }.get()
     }
 
     private func writeQueued(final: Bool) async {
@@ -209,7 +225,15 @@ final class AuditLog: Service, Sendable {
             return b
         }
         if !batch.isEmpty { await writeBatch(batch, final: final) }
-        _ = try? await blocking { $0.withLock { w in for s in w.sinks { try? s.sync(final: false) } } }
+        // Each sink syncs as its fsync policy says; it is asked after a batch, and at least every 100 ms (a batch
+        // whose sync was not yet due), not on every idle 5 ms turn.
+        let now = ContinuousClock.now
+        let due = lastSync.withLock { last -> Bool in
+            guard !batch.isEmpty || now - last >= .milliseconds(100) else { return false }
+            last = now
+            return true
+        }
+        if due { _ = try? await blocking { $0.withLock { w in for s in w.sinks { try? s.sync(final: false) } } } }
     }
 
     private func writeBatch(_ batch: [Entry], final: Bool) async {
@@ -234,7 +258,7 @@ final class AuditLog: Service, Sendable {
                     break
                 } catch {
                     attempt += 1
-                    if attempt >= 10 && (final || Task.isShuttingDownGracefully) {
+                    if attempt >= 10 && (final || Task.isShuttingDownGracefully || Task.isCancelled) {
                         logger.error(
                             "audit sink failed at stop; records not delivered to it",
                             metadata: ["gh-error": "\(error)", "gh-records": "\(batch.count)"])

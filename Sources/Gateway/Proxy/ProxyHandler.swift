@@ -732,8 +732,12 @@ final class ProxyHandler: ChannelDuplexHandler {
             startMillis =
                 ctx.wallClockReading.map { Int64($0 * 1000) } ?? (Int64(loop.clock.now() * 1000) - elapsed / 1_000_000)
         }
+        // The path without the query; a target not in origin form (absolute, perhaps with user:password@) is
+        // recorded by the path validation read from it, or as "-".
         let uri = ctx.head.uri
-        let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
+        let path: Substring =
+            uri.hasPrefix("/") || uri == "-" || uri == "*"
+            ? (uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]) : (ctx.path.isEmpty ? "-" : ctx.path)
         if let audit = loop.audit {
             let method = ctx.head.method.rawValue
             if ctx.auditReserved || ctx.tunnelOpened != nil || audit.audits(method: method) || (audit.denials && end.denied) {
@@ -818,6 +822,9 @@ final class ProxyHandler: ChannelDuplexHandler {
             .init("http.response.status_code", .int(Int64(status))),
             .init("gatehouse.upstream", .string(ctx.upstreamName)),
             .init("gatehouse.tenant", .string(ctx.caller.tenant ?? "")),
+            .init("gatehouse.plan", .string(ctx.caller.plan ?? "")),
+            .init("gatehouse.decision", .string(end.denied ? "deny" : "allow")),
+            .init("gatehouse.code", .string(end.code)),
         ]
         if let target = ctx.pool?.target {
             attributes.append(.init("server.address", .string(target.host)))

@@ -52,6 +52,8 @@ public final class GatewayServer: Sendable {
     private let instanceID = UUID().uuidString
     /// Wall-clock time for the admin API, the billing webhook, the rate limiters and the heartbeat.
     public let clock: WallClock
+    /// Which tenants have a metric series of their own (kept across scrapes).
+    private let tenantSeries = Mutex(TenantSeries())
     /// Tells every proxy connection to finish and close, and reports when the last one has (the drain).
     private let quiesce: ServerQuiescingHelper
     /// The running key-set fetcher, as the request phases see it (for early refetches).
@@ -99,7 +101,8 @@ public final class GatewayServer: Sendable {
         }
         let audit = self.audit
         let instanceID = self.instanceID
-        let accessLog = try config.accessLog.map { try AccessLog(config: $0, shards: threads, logger: logger) }
+        let logLoop = group.next()
+        let accessLog = try config.accessLog.map { try AccessLog(config: $0, shards: threads, eventLoop: logLoop, logger: logger) }
         self.accessLog = accessLog
         let exportLoop = group.next()
         let spanExporter = try config.tracing.map {
@@ -150,11 +153,11 @@ public final class GatewayServer: Sendable {
 
     /// The long-lived parts that run beside the listeners, each a `Service` of the process's one
     /// `ServiceGroup`, in start order. The group stops them in reverse, after the gateway has drained: health
-    /// checks and the tenant subscriber, then the heartbeat (which leaves the instance set), then the writers,
-    /// which put out everything the drained requests handed them.
+    /// the audit log (everything queued written and synced), health checks and the tenant subscriber, the
+    /// heartbeat (which leaves the instance set), then the span exporter and the access log, which put out what
+    /// the drained requests handed them.
     public var backgroundServices: [any Service] {
         var services: [any Service] = []
-        if let audit { services.append(audit) }
         if let accessLog { services.append(accessLog) }
         if let spanExporter { services.append(spanExporter) }
         if let client = limitClients.first {
@@ -166,6 +169,8 @@ public final class GatewayServer: Sendable {
         }
         services.append(
             ClosureService(name: "health-checks", start: { self.startHealthChecks() }, stop: { self.stopHealthChecks() }))
+        // Last: the first to stop after the drain, so its final sync never waits behind a slow collector.
+        if let audit { services.append(audit) }
         return services
     }
 
@@ -439,11 +444,13 @@ public final class GatewayServer: Sendable {
         let (admin, jwks) = listeners.withLock { ($0.admin, $0.jwks) }
         jwks?.stop()
         keyRefetch.install(nil)
+        // The listener closes first (the helper), so no connection is accepted after the loops begin draining.
+        let drained = group.next().makePromise(of: Void.self)
+        quiesce.initiateShutdown(promise: drained)
         for loop in group.makeIterator() {
             let state = loops[ObjectIdentifier(loop)]!
             try? await loop.submit { state.value.beginDrain() }.get()
         }
-        let drained = group.next().makePromise(of: Void.self)
         let loops = self.loops
         let group = self.group
         let cut = group.next().scheduleTask(in: .nanoseconds(snapshot.config.server.drainTimeout)) {
@@ -452,7 +459,6 @@ public final class GatewayServer: Sendable {
                 loop.execute { state.value.forceClose() }
             }
         }
-        quiesce.initiateShutdown(promise: drained)
         try? await drained.futureResult.get()
         cut.cancel()
         for loop in group.makeIterator() {
@@ -504,7 +510,10 @@ public final class GatewayServer: Sendable {
                 merged.accessLogWritten = log.written
                 merged.accessLogDropped = log.dropped
             }
-            return MetricsText.render(merged, registry: snapshot.upstreams, tenantSeries: snapshot.config.metrics.tenantSeries)
+            let tenants = self.tenantSeries.withLock {
+                $0.render(merged.tenantRequests, top: snapshot.config.metrics.tenantSeries)
+            }
+            return MetricsText.render(merged, registry: snapshot.upstreams, tenants: tenants)
         }
     }
 }

@@ -3,8 +3,8 @@ import Upstream
 
 /// Renders merged metrics in the Prometheus text exposition format.
 enum MetricsText {
-    /// - Parameter tenantSeries: `metrics.tenant_series`, the tenants that get a series of their own.
-    static func render(_ m: MetricsSnapshot, registry: UpstreamRegistry, tenantSeries: Int) -> String {
+    /// - Parameter tenants: the per-tenant series as rendered (``TenantSeries``).
+    static func render(_ m: MetricsSnapshot, registry: UpstreamRegistry, tenants: [(tenant: String, requests: Int)]) -> String {
         var out = ""
         out += "# HELP gatehouse_requests_total Requests answered, by route, status, decision and problem code.\n"
         out += "# TYPE gatehouse_requests_total counter\n"
@@ -13,7 +13,7 @@ enum MetricsText {
         }
         out += "# HELP gatehouse_tenant_requests_total Requests by tenant (known tenants only): the top tenants by requests, the rest summed as tenant=\"other\".\n"
         out += "# TYPE gatehouse_tenant_requests_total counter\n"
-        for (tenant, n) in Self.tenantSeries(m.tenantRequests, top: tenantSeries) {
+        for (tenant, n) in tenants {
             out += "gatehouse_tenant_requests_total{tenant=\(label(tenant))} \(n)\n"
         }
         out += histogram("gatehouse_request_duration_seconds", "Time from request head to response end, by route.", "route", m.durations)
@@ -65,19 +65,10 @@ enum MetricsText {
     /// The label value that sums every tenant without a series of its own.
     static let otherTenants = "other"
 
-    /// Folds per-tenant counts into at most `top` series and `other`: tenants by count, most first (ties by id,
-    /// byte order); the first `top` keep their own, the rest are summed into `other`, which appears whenever
-    /// something is folded into it. A tenant whose id is `other` is always counted there (its own series would
-    /// be the same series). The counts' sum is kept exactly.
+    /// One scrape's folding from fresh state (see ``TenantSeries``).
     static func tenantSeries(_ counts: [String: Int], top: Int) -> [(tenant: String, requests: Int)] {
-        var other = counts[otherTenants]
-        let ranked = counts.filter { $0.key != otherTenants }.sorted { a, b in
-            a.value != b.value ? a.value > b.value : a.key.utf8.lexicographicallyPrecedes(b.key.utf8)
-        }
-        var series = ranked.prefix(max(0, top)).map { (tenant: $0.key, requests: $0.value) }
-        for (_, n) in ranked.dropFirst(max(0, top)) { other = (other ?? 0) + n }
-        if let other { series.append((otherTenants, other)) }
-        return series
+        var state = TenantSeries()
+        return state.render(counts, top: top)
     }
 
     /// One unlabelled series with its HELP and TYPE lines.
@@ -117,5 +108,58 @@ enum MetricsText {
             }
         }
         return out + "\""
+    }
+}
+
+/// Which tenants have a `gatehouse_tenant_requests_total` series of their own, kept from scrape to scrape so every
+/// series is a counter that only grows (Prometheus `rate()` and `increase()` stay right).
+///
+/// At a scrape, free places (up to `top`) go to the tenants with the most requests, most first (ties by id, byte
+/// order); a tenant that has a place keeps it for the life of the process. A tenant's requests already shown
+/// inside `other` stay there when it gets a place (its own series starts from what came after), so `other` never
+/// goes down; when `top` is lowered by a reload, the members with the smallest series give their places up and
+/// their requests join `other`. The series always sum to the requests counted, exactly. A tenant whose id is
+/// `other` is always counted in `other` (its own series would be the same series).
+struct TenantSeries: Sendable {
+    /// Members and the part of their count that was shown in `other` before they got a place.
+    private var members: [String: Int] = [:]
+    /// Each non-member's count as last shown inside `other`.
+    private var shownInOther: [String: Int] = [:]
+
+    mutating func render(_ counts: [String: Int], top: Int) -> [(tenant: String, requests: Int)] {
+        let top = max(0, top)
+        if members.count > top {
+            let smallest = members.sorted { a, b in
+                let x = (counts[a.key] ?? 0) - a.value
+                let y = (counts[b.key] ?? 0) - b.value
+                return x != y ? x < y : b.key.utf8.lexicographicallyPrecedes(a.key.utf8)
+            }
+            for (tenant, _) in smallest.prefix(members.count - top) { members.removeValue(forKey: tenant) }
+        }
+        if members.count < top {
+            let candidates = counts.filter { $0.key != MetricsText.otherTenants && members[$0.key] == nil }.sorted { a, b in
+                a.value != b.value ? a.value > b.value : a.key.utf8.lexicographicallyPrecedes(b.key.utf8)
+            }
+            for (tenant, _) in candidates.prefix(top - members.count) {
+                members[tenant] = shownInOther.removeValue(forKey: tenant) ?? 0
+            }
+        }
+        var series: [(tenant: String, requests: Int)] = []
+        var other = 0
+        var folded = false
+        for (tenant, n) in counts {
+            if let base = members[tenant] {
+                series.append((tenant, n - base))
+                other += base
+                if base > 0 { folded = true }
+            } else {
+                other += n
+                folded = true
+                shownInOther[tenant] = n
+            }
+        }
+        series.sort { a, b in a.requests != b.requests ? a.requests > b.requests : a.tenant.utf8.lexicographicallyPrecedes(b.tenant.utf8) }
+        if folded { series.append((MetricsText.otherTenants, other)) }
+        return series
     }
 }

@@ -47,21 +47,30 @@ final class AccessLog: Service, Sendable {
     static let maxPathBytes = 1024
     static let maxUserAgentBytes = 256
 
-    /// One loop's buffer.
+    /// One loop's buffer: lines not yet written, and how many.
     private final class Buffer: Sendable {
-        let bytes = Mutex<[UInt8]>([])
+        struct Lines {
+            var bytes: [UInt8] = []
+            var count = 0
+        }
+        let lines = Mutex(Lines())
     }
     private let buffers: [Buffer]
     private let droppedCount = Atomic<Int>(0)
     private let writtenLines = Atomic<Int>(0)
     private let fd: Int32
     private let logger: Logger
+    /// The writer's own thread (a stalled disk holds only this one) and the loop its futures complete on.
+    private let pool = NIOThreadPool(numberOfThreads: 1)
+    private let eventLoop: EventLoop
 
     /// Opens (creates) the file; `shards` is the number of event loops.
-    init(config: AccessLogConfig, shards: Int, logger: Logger) throws {
+    init(config: AccessLogConfig, shards: Int, eventLoop: EventLoop, logger: Logger) throws {
         self.config = config
+        self.eventLoop = eventLoop
         self.logger = logger
         self.buffers = (0..<max(1, shards)).map { _ in Buffer() }
+        pool.start()
         switch config.destination {
         case .stdout:
             fd = STDOUT_FILENO
@@ -86,14 +95,13 @@ final class AccessLog: Service, Sendable {
         return Double(random.next() >> 11) * 0x1p-53 < config.sample
     }
 
-    /// Appends one line to loop `shard`'s buffer (never waits on I/O).
+    /// Appends one line to loop `shard`'s buffer (encoded in place; never waits on I/O: only the writer, every
+    /// ``interval``, takes this lock as well).
     func append(_ line: Line, shard: Int) {
-        var out: [UInt8] = []
-        out.reserveCapacity(400)
-        Self.encode(line, into: &out)
-        let kept = buffers[shard % buffers.count].bytes.withLock { buffer -> Bool in
-            guard buffer.count + out.count <= Self.maxBufferedBytes else { return false }
-            buffer.append(contentsOf: out)
+        let kept = buffers[shard % buffers.count].lines.withLock { buffer -> Bool in
+            guard buffer.bytes.count < Self.maxBufferedBytes else { return false }
+            Self.encode(line, into: &buffer.bytes)
+            buffer.count += 1
             return true
         }
         if !kept { droppedCount.add(1, ordering: .relaxed) }
@@ -117,15 +125,16 @@ final class AccessLog: Service, Sendable {
         raw("\",\"request_id\":")
         str(l.requestID)
         raw(",\"trace_id\":\"")
-        out.append(contentsOf: l.trace.traceID.utf8)
+        TraceContext.appendHex(l.trace.traceHigh, to: &out)
+        TraceContext.appendHex(l.trace.traceLow, to: &out)
         raw("\",\"span_id\":\"")
-        out.append(contentsOf: l.trace.spanID.utf8)
+        TraceContext.appendHex(l.trace.span, to: &out)
         raw("\",\"client_ip\":")
         str(l.clientIP)
         raw(",\"method\":")
         str(l.method)
         raw(",\"path\":")
-        str(String(AuditRecord.capped(String(l.path), max: maxPathBytes).0))
+        JSONText.appendQuoted(l.path, maxBytes: maxPathBytes, to: &out)
         raw(",\"route\":")
         str(l.route)
         raw(",\"status\":")
@@ -150,7 +159,7 @@ final class AccessLog: Service, Sendable {
         raw(",\"bytes_out\":")
         AuditRecord.appendDecimal(l.bytesOut, to: &out)
         raw(",\"user_agent\":")
-        str(l.userAgent.map { AuditRecord.capped($0, max: maxUserAgentBytes).0 })
+        if let ua = l.userAgent { JSONText.appendQuoted(ua[...], maxBytes: maxUserAgentBytes, to: &out) } else { raw("null") }
         raw("}\n")
     }
 
@@ -161,27 +170,31 @@ final class AccessLog: Service, Sendable {
         }
         await flush()
         if fd != STDOUT_FILENO { close(fd) }
+        try? await pool.shutdownGracefully()
     }
 
     /// Writes what every loop has buffered, on the blocking-I/O pool.
     func flush() async {
         var taken: [UInt8] = []
+        var lines = 0
         for b in buffers {
-            b.bytes.withLock { buffer in
+            b.lines.withLock { buffer in
+                lines += buffer.count
+                buffer.count = 0
                 if taken.isEmpty {
-                    swap(&taken, &buffer)
+                    swap(&taken, &buffer.bytes)
+                    buffer.bytes.reserveCapacity(taken.count)
                 } else {
-                    taken.append(contentsOf: buffer)
-                    buffer.removeAll(keepingCapacity: true)
+                    taken.append(contentsOf: buffer.bytes)
+                    buffer.bytes.removeAll(keepingCapacity: true)
                 }
             }
         }
         guard !taken.isEmpty else { return }
         let batch = taken
-        let lines = batch.reduce(0) { $0 + ($1 == UInt8(ascii: "\n") ? 1 : 0) }
         let fd = self.fd
         do {
-            try await NIOThreadPool.singleton.runIfActive {
+            try await pool.runIfActive(eventLoop: eventLoop) {
                 var offset = 0
                 while offset < batch.count {
                     let n = batch[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -191,7 +204,7 @@ final class AccessLog: Service, Sendable {
                     }
                     offset += n
                 }
-            }
+            }.get()
             writtenLines.add(lines, ordering: .relaxed)
         } catch {
             droppedCount.add(lines, ordering: .relaxed)

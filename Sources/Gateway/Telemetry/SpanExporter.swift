@@ -71,7 +71,15 @@ final class SpanExporter: Service, Sendable {
             }
             tasks.cancelAll()
         }
-        await exportQueued()
+        // At stop, one last batch (one attempt, bounded by the export timeout); what does not fit is dropped and
+        // counted, so a dead collector delays the exit by at most one timeout.
+        let last = queue.withLock { q -> [SpanData] in
+            defer { q.removeAll() }
+            return q
+        }
+        let kept = Array(last.prefix(Self.batchSize * 4))
+        if last.count > kept.count { droppedCount.add(last.count - kept.count, ordering: .relaxed) }
+        if !kept.isEmpty { await export(kept) }
     }
 
     /// Sends what is queued, a batch at a time.

@@ -25,9 +25,26 @@ public enum JSONText {
     /// Appends `value` as a quoted JSON string to `out`, escaping exactly as ``quote(_:)`` does, byte by byte
     /// (the audit writer's hot path: no intermediate strings).
     public static func appendQuoted(_ value: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
+        var value = value
+        value.withUTF8 { appendQuoted(utf8: $0, to: &out) }
+    }
+
+    /// As ``appendQuoted(_:to:)``, for at most the first `maxBytes` bytes of `value` (cut before a character, never
+    /// inside one).
+    public static func appendQuoted(_ value: Substring, maxBytes: Int, to out: inout [UInt8]) {
         var value = value
         value.withUTF8 { bytes in
+            guard bytes.count > maxBytes else { return appendQuoted(utf8: bytes, to: &out) }
+            var end = maxBytes
+            while end > 0, bytes[end] & 0xC0 == 0x80 { end -= 1 }
+            appendQuoted(utf8: UnsafeBufferPointer(rebasing: bytes[..<end]), to: &out)
+        }
+    }
+
+    /// Appends UTF-8 `bytes` as a quoted JSON string.
+    public static func appendQuoted(utf8 bytes: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        do {
             // Runs of bytes that need no escaping are copied in one go.
             var i = 0
             var run = 0

@@ -112,6 +112,11 @@ public struct TraceContext: Sendable, Equatable {
 
     private static let digits = Array("0123456789abcdef".utf8)
 
+    /// Appends `v` as 16 lowercase hex digits.
+    public static func appendHex(_ v: UInt64, to out: inout [UInt8]) {
+        for i in 0..<16 { out.append(digits[Int((v >> UInt64(60 - 4 * i)) & 0xf)]) }
+    }
+
     static func writeHex(_ v: UInt64, into out: inout [UInt8], at offset: Int) {
         for i in 0..<16 { out[offset + i] = digits[Int((v >> UInt64(60 - 4 * i)) & 0xf)] }
     }
