@@ -40,3 +40,15 @@ struct InstanceHeartbeat: Service {
         _ = try? await client.send(["ZREM", key, id]).get()
     }
 }
+
+/// The key-set refresher (remote JWKS and OpenID discovery): fetches before the listeners serve (they wait for
+/// it), refreshes until shutdown, and stops after the drain (requests still draining may ask for a refetch).
+struct KeySetService: Service {
+    let server: GatewayServer
+
+    func run() async throws {
+        await server.startKeySets()
+        try? await gracefulShutdown()
+        server.stopKeySets()
+    }
+}

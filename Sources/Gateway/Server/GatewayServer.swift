@@ -52,6 +52,8 @@ public final class GatewayServer: Sendable {
     private let instanceID = UUID().uuidString
     /// Wall-clock time for the admin API, the billing webhook, the rate limiters and the heartbeat.
     public let clock: WallClock
+    /// Succeeded once the key-set service has fetched the remote key sets the first time (or failed: no serving).
+    private let keySetsReady: EventLoopPromise<Void>
     /// Which tenants have a metric series of their own (kept across scrapes).
     private let tenantSeries = Mutex(TenantSeries())
     /// Tells every proxy connection to finish and close, and reports when the last one has (the drain).
@@ -147,6 +149,8 @@ public final class GatewayServer: Sendable {
         } else {
             self.adminToken = nil
         }
+        // Last, after everything that can throw: a promise dropped unfulfilled is a leak NIO traps on.
+        self.keySetsReady = group.next().makePromise(of: Void.self)
     }
 
     public var snapshot: RuntimeSnapshot { current.withLock { $0 } }
@@ -169,6 +173,7 @@ public final class GatewayServer: Sendable {
         }
         services.append(
             ClosureService(name: "health-checks", start: { self.startHealthChecks() }, stop: { self.stopHealthChecks() }))
+        services.append(KeySetService(server: self))
         // Last: the first to stop after the drain, so its final sync never waits behind a slow collector.
         if let audit { services.append(audit) }
         return services
@@ -206,13 +211,11 @@ public final class GatewayServer: Sendable {
             }
             _ = try? await redisStore.reloadAll().get()
         }
-        let jwks = try makeRefresher(for: snapshot)
-        await jwks.start()
-        keyRefetch.install(jwks)
+        // The key sets are a service of their own; their first fetch gates serving.
+        try await keySetsReady.futureResult.get()
         listeners.withLock {
             $0.proxy = proxy
             $0.admin = admin
-            $0.jwks = jwks
         }
         ready.store(true, ordering: .relaxed)
         logger.info(
@@ -412,6 +415,33 @@ public final class GatewayServer: Sendable {
 
     // MARK: Drain and stop
 
+    /// The remote key sets (JWKS URLs, OpenID discovery) of the current snapshot, fetched once before the
+    /// listeners serve; a reload replaces the refresher with the config.
+    func startKeySets() async {
+        do {
+            let jwks = try makeRefresher(for: snapshot)
+            await jwks.start()
+            keyRefetch.install(jwks)
+            let old = listeners.withLock { l -> JWKSRefresher? in
+                defer { l.jwks = jwks }
+                return l.jwks
+            }
+            old?.stop()
+            keySetsReady.succeed(())
+        } catch {
+            logger.error("key sets cannot be fetched", metadata: ["gh-error": "\(error)"])
+            keySetsReady.fail(error)
+        }
+    }
+
+    func stopKeySets() {
+        keyRefetch.install(nil)
+        listeners.withLock { l -> JWKSRefresher? in
+            defer { l.jwks = nil }
+            return l.jwks
+        }?.stop()
+    }
+
     /// Health checks of the current snapshot's upstreams (replacing the running ones, after a reload); none once
     /// stopped.
     func startHealthChecks() {
@@ -441,9 +471,7 @@ public final class GatewayServer: Sendable {
     /// loops stop in ``close()``.
     public func shutdown() async {
         ready.store(false, ordering: .relaxed)
-        let (admin, jwks) = listeners.withLock { ($0.admin, $0.jwks) }
-        jwks?.stop()
-        keyRefetch.install(nil)
+        let admin = listeners.withLock { $0.admin }
         // The listener closes first (the helper), so no connection is accepted after the loops begin draining.
         let drained = group.next().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
