@@ -33,6 +33,25 @@ import Testing
 
     static let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
+    /// An upstream, a receiver and a gateway exporting to it (`ratio`), stopped when the test ends.
+    final class Traced {
+        let up: TestUpstream
+        let rx: OTLPReceiver
+        let gw: GatewayProcess
+        init(mode: OTLPReceiver.Mode = .normal, ratio: String = "1.0") throws {
+            up = try TestUpstream()
+            rx = try OTLPReceiver(mode: mode)
+            gw = try GatewayProcess(
+                yaml: TracingTests.config(upstream: up.port, tracing: TracingTests.tracing(rx.endpoint, ratio: ratio)),
+                environment: TracingTests.env)
+        }
+        deinit {
+            _ = gw.stop()
+            rx.stop()
+            up.stop()
+        }
+    }
+
     /// The traceparent the upstream received for the request whose path is `path`.
     static func upstreamParent(_ up: TestUpstream, _ path: String) throws -> TraceContext.Parent {
         guard let r = up.requests.last(where: { $0.uri == path }) else {
@@ -53,12 +72,9 @@ import Testing
     }
 
     @Test func aValidTraceparentIsContinuedAndTheUpstreamsParentIsTheGatewaysSpan() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let rx = try OTLPReceiver()
-        defer { rx.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, tracing: Self.tracing(rx.endpoint)), environment: Self.env)
-        defer { _ = gw.stop() }
+        let t = try Traced()
+        defer { withExtendedLifetime(t) {} }  // stopped at the end of the test, not after its last use
+        let (up, rx, gw) = (t.up, t.rx, t.gw)
 
         let r = try request(
             port: gw.port, "GET", "/api/continued?x=1",
@@ -100,12 +116,9 @@ import Testing
     }
 
     @Test func anInvalidTraceparentIsReplacedAndItsTracestateDropped() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let rx = try OTLPReceiver()
-        defer { rx.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, tracing: Self.tracing(rx.endpoint)), environment: Self.env)
-        defer { _ = gw.stop() }
+        let t = try Traced()
+        defer { withExtendedLifetime(t) {} }  // stopped at the end of the test, not after its last use
+        let (up, rx, gw) = (t.up, t.rx, t.gw)
         let invalid = [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  // upper case
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  // version ff
@@ -144,12 +157,9 @@ import Testing
     }
 
     @Test func aTraceIsStartedWhenNoneCameAndAnUnsampledParentIsFollowed() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let rx = try OTLPReceiver()
-        defer { rx.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, tracing: Self.tracing(rx.endpoint)), environment: Self.env)
-        defer { _ = gw.stop() }
+        let t = try Traced()
+        defer { withExtendedLifetime(t) {} }  // stopped at the end of the test, not after its last use
+        let (up, rx, gw) = (t.up, t.rx, t.gw)
 
         let unsampled = "00-11111111111111111111111111111111-2222222222222222-00"
         _ = try request(port: gw.port, "GET", "/api/unsampled", headers: [("X-API-Key", Self.apiKey), ("traceparent", unsampled)])
@@ -183,13 +193,9 @@ import Testing
     }
 
     @Test func sampleRatioZeroExportsNothingNewButStillPropagates() throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let rx = try OTLPReceiver()
-        defer { rx.stop() }
-        let gw = try GatewayProcess(
-            yaml: Self.config(upstream: up.port, tracing: Self.tracing(rx.endpoint, ratio: "0")), environment: Self.env)
-        defer { _ = gw.stop() }
+        let t = try Traced(ratio: "0")
+        defer { withExtendedLifetime(t) {} }  // stopped at the end of the test, not after its last use
+        let (up, rx, gw) = (t.up, t.rx, t.gw)
         for i in 0..<20 {
             let r = try request(port: gw.port, "GET", "/api/r\(i)", headers: [("X-API-Key", Self.apiKey)])
             #expect(r.status == 200)
@@ -220,12 +226,9 @@ import Testing
     /// answered all the same (the export runs off the request path), and the lost spans are counted.
     @Test(arguments: [OTLPReceiver.Mode.refuse, .blackhole])
     func aSickCollectorNeverHoldsRequestsUpAndItsSpansAreCounted(mode: OTLPReceiver.Mode) throws {
-        let up = try TestUpstream()
-        defer { up.stop() }
-        let rx = try OTLPReceiver(mode: mode)
-        defer { rx.stop() }
-        let gw = try GatewayProcess(yaml: Self.config(upstream: up.port, tracing: Self.tracing(rx.endpoint)), environment: Self.env)
-        defer { _ = gw.stop() }
+        let t = try Traced(mode: mode)
+        defer { withExtendedLifetime(t) {} }  // stopped at the end of the test, not after its last use
+        let gw = t.gw
         for i in 0..<50 {
             let r = try request(port: gw.port, "GET", "/api/s\(i)", headers: [("X-API-Key", Self.apiKey)])
             #expect(r.status == 200)

@@ -78,5 +78,15 @@ struct TraceContextTests {
         #expect(TraceContext.validTraceState(["a=b=c"]) == nil)
         #expect(TraceContext.validTraceState([String(repeating: "k=v,", count: 33)]) == nil)
         #expect(TraceContext.validTraceState(["a=" + String(repeating: "x", count: 600)]) == nil)
+        #expect(TraceContext.validTraceState(["1abc=x"]) == nil)  // a plain key starts with a letter
+        #expect(TraceContext.validTraceState(["1abc@sys=x"]) == "1abc@sys=x")  // a tenant key may start with a digit
+        #expect(TraceContext.validTraceState(["a@b@c=x"]) == nil)
+        #expect(TraceContext.validTraceState(["t@" + String(repeating: "s", count: 15) + "=x"]) == nil)
+        #expect(TraceContext.validTraceState(["t@1sys=x"]) == nil)
+        #expect(TraceContext.validTraceState(["a=1,b=2,a=3"]) == nil)  // a key twice
+        #expect(TraceContext.validTraceState(["a=1", "b=2"]) == "a=1,b=2")
+        #expect(TraceContext.validTraceState(["a=x "]) == "a=x ")  // the list's whitespace is trimmed, not the value's
+        #expect(TraceContext.validTraceState([(0..<32).map { "k\($0)=v" }.joined(separator: ",")]) != nil)
+        #expect(TraceContext.validTraceState([(0..<33).map { "k\($0)=v" }.joined(separator: ",")]) == nil)
     }
 }

@@ -112,14 +112,7 @@ final class AccessLog: Service, Sendable {
         func str(_ s: String?) {
             if let s { JSONText.appendQuoted(s, to: &out) } else { raw("null") }
         }
-        func millis(_ micros: Int64) {
-            AuditRecord.appendDecimal(micros / 1000, to: &out)
-            out.append(UInt8(ascii: "."))
-            let frac = Int(micros % 1000)
-            out.append(UInt8(48 + frac / 100))
-            out.append(UInt8(48 + frac / 10 % 10))
-            out.append(UInt8(48 + frac % 10))
-        }
+        func millis(_ micros: Int64) { AuditRecord.appendMillis(micros: micros, to: &out) }
         raw("{\"ts\":\"")
         CivilDate.appendRFC3339(milliseconds: l.timeMillis, to: &out)
         raw("\",\"request_id\":")

@@ -122,12 +122,7 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
         raw(",\"code\":")
         str(code)
         raw(",\"latency_ms\":")
-        int(latencyMicros / 1000)
-        out.append(UInt8(ascii: "."))
-        let frac = Int(latencyMicros % 1000)
-        out.append(UInt8(48 + frac / 100))
-        out.append(UInt8(48 + frac / 10 % 10))
-        out.append(UInt8(48 + frac % 10))
+        Self.appendMillis(micros: latencyMicros, to: &out)
         raw(",\"client_ip\":")
         str(clientIP)
         raw(",\"upstream\":")
@@ -146,6 +141,16 @@ public struct AuditRecord: AuditEntry, Sendable, Equatable {
         raw(",\"prev_hash\":\"")
         out.append(contentsOf: prevHash)
         raw("\"}")
+    }
+
+    /// Microseconds as milliseconds with three decimals (`1.234`).
+    public static func appendMillis(micros: Int64, to out: inout [UInt8]) {
+        appendDecimal(micros / 1000, to: &out)
+        out.append(UInt8(ascii: "."))
+        let frac = Int(micros % 1000)
+        out.append(UInt8(48 + frac / 100))
+        out.append(UInt8(48 + frac / 10 % 10))
+        out.append(UInt8(48 + frac % 10))
     }
 
     /// Decimal digits of `n`, without a String in between.

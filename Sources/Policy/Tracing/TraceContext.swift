@@ -62,34 +62,49 @@ public struct TraceContext: Sendable, Equatable {
         return v
     }
 
-    /// The combined `tracestate` header(s) when well formed (at most 32 `key=value` members, keys of
-    /// `[a-z0-9_-*/@]`, values of printable ASCII without `,` and `=`, at most 512 bytes); nil otherwise, so a
-    /// malformed one is dropped rather than passed on.
+    /// The combined `tracestate` header(s) when well formed (W3C Trace Context Level 1: at most 32 list members,
+    /// each `key=value`, no key twice; a key is `lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`, or
+    /// `tenant@system` with a tenant of 1 to 241 such characters starting with a letter or digit and a system of 1 to
+    /// 14 starting with a letter; a value is 1 to 256 printable ASCII characters without `,` and `=`, not ending in a
+    /// space; at most 512 bytes in all); nil otherwise, so a malformed one is dropped rather than passed on.
     public static func validTraceState(_ values: [String]) -> String? {
         guard !values.isEmpty else { return nil }
         let joined = values.count == 1 ? values[0] : values.joined(separator: ",")
         guard joined.utf8.count <= 512 else { return nil }
-        var members = 0
+        var keys = Set<Substring>()
         for raw in joined.split(separator: ",", omittingEmptySubsequences: true) {
             var member = raw
             while let f = member.first, f == " " || f == "\t" { member = member.dropFirst() }
             while let l = member.last, l == " " || l == "\t" { member = member.dropLast() }
             if member.isEmpty { continue }
-            members += 1
-            guard members <= 32, let eq = member.firstIndex(of: "=") else { return nil }
-            let key = member[..<eq].utf8
-            let val = member[member.index(after: eq)...].utf8
-            guard !key.isEmpty, key.count <= 256,
-                key.allSatisfy({
-                    ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z")) || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9"))
-                        || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "*")
-                        || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@")
-                }),
-                !val.isEmpty, val.count <= 256,
-                val.allSatisfy({ $0 >= 0x20 && $0 <= 0x7e && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "=") })
+            guard keys.count < 32, let eq = member.firstIndex(of: "=") else { return nil }
+            let key = member[..<eq]
+            let value = member[member.index(after: eq)...].utf8
+            guard validKey(key.utf8), keys.insert(key).inserted, !value.isEmpty, value.count <= 256,
+                value.last != UInt8(ascii: " "),
+                value.allSatisfy({ $0 >= 0x20 && $0 <= 0x7e && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "=") })
             else { return nil }
         }
-        return members == 0 ? nil : joined
+        return keys.isEmpty ? nil : joined
+    }
+
+    private static func validKey(_ key: Substring.UTF8View) -> Bool {
+        func isLower(_ c: UInt8) -> Bool { c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z") }
+        func isDigit(_ c: UInt8) -> Bool { c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9") }
+        func isKeyChar(_ c: UInt8) -> Bool {
+            isLower(c) || isDigit(c) || c == UInt8(ascii: "_") || c == UInt8(ascii: "-") || c == UInt8(ascii: "*")
+                || c == UInt8(ascii: "/")
+        }
+        guard let first = key.first else { return false }
+        if let at = key.firstIndex(of: UInt8(ascii: "@")) {
+            let tenant = key[..<at]
+            let system = key[key.index(after: at)...]
+            guard let s = system.first, (1...241).contains(tenant.count), (1...14).contains(system.count),
+                isLower(first) || isDigit(first), isLower(s)
+            else { return false }
+            return tenant.allSatisfy(isKeyChar) && system.allSatisfy(isKeyChar)
+        }
+        return isLower(first) && key.count <= 256 && key.allSatisfy(isKeyChar)
     }
 
     /// The trace id as 32 lowercase hex digits.

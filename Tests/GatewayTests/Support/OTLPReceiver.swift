@@ -12,23 +12,9 @@ final class OTLPReceiver: Sendable {
     init(mode: Mode = .normal) throws {
         output = FileManager.default.temporaryDirectory.appendingPathComponent("otlp-\(UUID().uuidString).jsonl").path
         FileManager.default.createFile(atPath: output, contents: nil)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", peerScript("otlp_receiver.py"), output, mode.rawValue]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        let lines = LineLog()
-        let started = lines.follow(out.fileHandleForReading) { $0.hasPrefix("listening ") }
-        try p.run()
-        process = p
-        guard started.wait(timeout: .now() + 20) == .success,
-            let line = lines.all.first(where: { $0.hasPrefix("listening ") }), let port = Int(line.dropFirst(10))
-        else {
-            kill(p.processIdentifier, SIGKILL)
-            throw RawClientError(description: "OTLP receiver did not start (is opentelemetry-proto installed? `make deps`)")
-        }
-        self.port = port
+        (process, port, _) = try startPythonPeer(
+            "otlp_receiver.py", [output, mode.rawValue],
+            missing: "OTLP receiver did not start (is opentelemetry-proto installed? `make deps`)")
     }
 
     var endpoint: String { "http://127.0.0.1:\(port)" }

@@ -6,6 +6,27 @@ func peerScript(_ name: String) -> String {
     URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(name).path
 }
 
+/// Starts the Python peer `script` (beside this file) and waits for its `listening PORT` line; its process, port
+/// and the lines it prints.
+func startPythonPeer(_ script: String, _ arguments: [String], missing: String) throws -> (Process, Int, LineLog) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", peerScript(script)] + arguments
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    let lines = LineLog()
+    let started = lines.follow(out.fileHandleForReading) { $0.hasPrefix("listening ") }
+    try p.run()
+    guard started.wait(timeout: .now() + 20) == .success,
+        let line = lines.all.first(where: { $0.hasPrefix("listening ") }), let port = Int(line.dropFirst(10))
+    else {
+        kill(p.processIdentifier, SIGKILL)
+        throw RawClientError(description: missing)
+    }
+    return (p, port, lines)
+}
+
 /// A real WebSocket upstream (`ws_upstream.py`, the Python `websockets` library) on a loopback port, with what
 /// it reported: HTTP requests that reached it, tunnels opened and closed, bytes sent while flooding.
 final class WebSocketUpstream: Sendable {
@@ -15,24 +36,9 @@ final class WebSocketUpstream: Sendable {
 
     /// `tls`: certificate and key files; the upstream then speaks TLS only (wss).
     init(tls: (cert: String, key: String)? = nil) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", peerScript("ws_upstream.py"), "0"] + (tls.map { [$0.cert, $0.key] } ?? [])
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        let lines = LineLog()
-        self.lines = lines
-        let started = lines.follow(out.fileHandleForReading) { $0.hasPrefix("listening ") }
-        try p.run()
-        process = p
-        guard started.wait(timeout: .now() + 20) == .success,
-            let line = lines.all.first(where: { $0.hasPrefix("listening ") }), let port = Int(line.dropFirst(10))
-        else {
-            kill(p.processIdentifier, SIGKILL)
-            throw RawClientError(description: "WebSocket upstream did not start (is python3-websockets installed? `make deps`)")
-        }
-        self.port = port
+        (process, port, lines) = try startPythonPeer(
+            "ws_upstream.py", ["0"] + (tls.map { [$0.cert, $0.key] } ?? []),
+            missing: "WebSocket upstream did not start (is python3-websockets installed? `make deps`)")
     }
 
     var log: [String] { lines.all }
