@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOPosix
 import Policy
 
 /// The tenant, API key and usage endpoints of the admin API (SPEC "Admin API"), as plain request → response.
@@ -145,8 +146,9 @@ struct AdminAPI {
         if let tenant, !TenantID.isValid(tenant) {
             return now(problem(.badRequest("tenant must be 1-64 characters of A-Z a-z 0-9 . _ -."), requestID))
         }
-        return export.export(range, tenant: tenant, now: clock.now(), on: eventLoop).map { report in
-            Response(status: 200, body: report.json)
+        let eventLoop = self.eventLoop
+        return export.export(range, tenant: tenant, now: clock.now(), on: eventLoop).flatMap { report in
+            NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { Response(status: 200, body: report.json) }
         }
     }
 

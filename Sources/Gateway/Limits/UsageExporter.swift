@@ -32,8 +32,12 @@ public struct UsageExporter: Sendable {
     }
 
     func export(_ range: UsageRange, tenant: String?, now: Double, on eventLoop: EventLoop) -> EventLoopFuture<UsageReport> {
+        // Gathering, sorting and (by the caller) rendering a fleet's report are not event-loop work: they run on
+        // the blocking pool.
         if let memory {
-            return eventLoop.makeSucceededFuture(UsageReport(range: range, rows: memory.dayCounts(range, tenant: tenant, now: now)))
+            return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                UsageReport(range: range, rows: memory.dayCounts(range, tenant: tenant, now: now))
+            }
         }
         guard let client else { return eventLoop.makeFailedFuture(RedisError.unavailable("no store")) }
         if let tenant {
@@ -48,12 +52,18 @@ public struct UsageExporter: Sendable {
                 days[tenant, default: []].insert(day)
             }
             let wanted = days.keys.sorted().map { ($0, days[$0]!.sorted()) }
-            var chain = client.eventLoop.makeSucceededFuture([UsageReport.Row]())
+            // The batches' rows are kept apart and joined once (appending each batch to one growing array would
+            // copy it at every batch).
+            var chain = client.eventLoop.makeSucceededFuture([[UsageReport.Row]]())
             for start in stride(from: 0, to: wanted.count, by: Self.batch) {
                 let part = Array(wanted[start..<min(wanted.count, start + Self.batch)])
-                chain = chain.flatMap { rows in self.read(client, part).map { rows + $0 } }
+                chain = chain.flatMap { parts in self.read(client, part).map { parts + [$0] } }
             }
-            return chain.map { UsageReport(range: range, rows: $0) }
+            return chain.flatMap { parts in
+                NIOThreadPool.singleton.runIfActive(eventLoop: client.eventLoop) {
+                    UsageReport(range: range, rows: parts.flatMap { $0 })
+                }
+            }
         }
     }
 
