@@ -65,3 +65,26 @@ struct TelemetryConfigTests {
         #expect(out.contains { $0.contains("tracing.sample_ratio must be a number from 0 to 1") })
     }
 }
+
+/// `identity.sign_headers`: parsed, defaulted, and its key checked where the config names it.
+struct SignHeadersConfigTests {
+    @Test func parsedWithItsDefaultHeader() throws {
+        let yaml = minimal + "\nidentity:\n  sign_headers: {key_env: SIGN_KEY}\n"
+        let config = try load(["gw.yaml": yaml]).get()
+        #expect(config.identity.signHeaders?.keyEnv == "SIGN_KEY")
+        #expect(config.identity.signHeaders?.header == "Gatehouse-Signature")
+        let key = String(repeating: "k", count: 32)
+        #expect(try config.identity.signHeaders?.key(environment: ["SIGN_KEY": key]) == Array(key.utf8))
+        #expect(throws: ConfigError.self) { try config.identity.signHeaders?.key(environment: ["SIGN_KEY": "short"]) }
+        #expect(throws: ConfigError.self) { try config.identity.signHeaders?.key(environment: [:]) }
+    }
+
+    @Test func problemsAreReported() {
+        let yaml = minimal + "\nidentity:\n  sign_headers: {header: X-Sig, algo: sha1}\n"
+        #expect(
+            problems(["gw.yaml": yaml]) == [
+                "gw.yaml:9:17: identity.sign_headers needs key_env (the environment variable holding the HMAC key)",
+                "gw.yaml:9:33: unknown key 'algo' in identity.sign_headers",
+            ])
+    }
+}

@@ -353,7 +353,16 @@ struct RequestPhases {
         if let tenant = caller.tenant { head.headers.add(name: "X-Tenant-ID", value: tenant) }
         if let user = caller.user { head.headers.add(name: "X-User-ID", value: user) }
         if let plan = caller.plan { head.headers.add(name: "X-Plan", value: plan) }
-        if !caller.roles.isEmpty { head.headers.add(name: "X-Roles", value: caller.roles.joined(separator: ",")) }
+        let roles = caller.roles.isEmpty ? nil : caller.roles.joined(separator: ",")
+        if let roles { head.headers.add(name: "X-Roles", value: roles) }
+        if let signing = loop.snapshot.signing {
+            let t = Int(ctx.wallNow(loop.clock))
+            head.headers.add(
+                name: signing.header,
+                value: IdentitySignature.header(
+                    key: signing.key, time: t, requestID: ctx.requestID, method: head.method.rawValue, target: head.uri,
+                    tenant: caller.tenant, user: caller.user, plan: caller.plan, roles: roles))
+        }
         if ctx.websocket {
             // Hop-by-hop, so dropped above: the handshake asks the upstream for the switch itself.
             head.headers.add(name: "Connection", value: "Upgrade")

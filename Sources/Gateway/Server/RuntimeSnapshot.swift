@@ -17,8 +17,11 @@ public final class RuntimeSnapshot: Sendable {
     public let leeways: [String: Double]
     /// The proxy listener's TLS context (certificates loaded from this config); nil for plain HTTP.
     public let serverTLS: NIOSSLContext?
-    /// Identity headers only the gateway may set; client-sent copies are removed before forwarding.
-    public static let identityHeaders: Set<String> = ["x-tenant-id", "x-user-id", "x-plan", "x-roles"]
+    /// Identity headers only the gateway may set; client-sent copies are removed before forwarding (the
+    /// signature header too, whether or not this gateway signs).
+    public static let identityHeaders: Set<String> = ["x-tenant-id", "x-user-id", "x-plan", "x-roles", "gatehouse-signature"]
+    /// `identity.sign_headers`: the header name and key the forwarded identity is signed with.
+    let signing: (header: String, key: [UInt8])?
 
     /// Builds a snapshot; resolves upstream addresses and loads key material (blocking: never call on an event
     /// loop).
@@ -27,6 +30,12 @@ public final class RuntimeSnapshot: Sendable {
         self.router = Router(routes: config.routes)
         var reserved = Self.identityHeaders
         reserved.insert(config.identity.tenantHeader.lowercased())
+        if let sign = config.identity.signHeaders {
+            reserved.insert(sign.header.lowercased())
+            self.signing = (sign.header, try sign.key())
+        } else {
+            self.signing = nil
+        }
         self.rewriter = HeaderRewriter(reserved: reserved)
         self.upstreams = try UpstreamRegistry(upstreams: config.upstreams)
         self.identity = IdentityResolver(config: config.identity, tenants: tenants)

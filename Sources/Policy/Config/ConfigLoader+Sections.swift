@@ -255,7 +255,8 @@ extension ConfigLoader {
     }
 
     func parseIdentity(_ at: Located, _ r: YAMLReader) -> IdentityConfig? {
-        guard let f = r.fields(at, "identity", allowed: ["tenant_header", "header_tenancy", "jwt", "api_keys"]) else {
+        guard let f = r.fields(at, "identity", allowed: ["tenant_header", "header_tenancy", "jwt", "api_keys", "sign_headers"])
+        else {
             return nil
         }
         var id = IdentityConfig()
@@ -269,6 +270,16 @@ extension ConfigLoader {
             let h = k["header"], let name = headerName(h, "identity.api_keys.header", r)
         {
             id.apiKeyHeader = name
+        }
+        if let v = f["sign_headers"], let g = r.fields(v, "identity.sign_headers", allowed: ["key_env", "header"]) {
+            if let e = g["key_env"], let env = r.nonEmptyString(e, "identity.sign_headers.key_env") {
+                var sign = SignHeadersConfig(keyEnv: env)
+                sign.keyEnvAt = (e.file, e.line, e.column)
+                if let h = g["header"], let name = headerName(h, "identity.sign_headers.header", r) { sign.header = name }
+                id.signHeaders = sign
+            } else if g["key_env"] == nil {
+                r.problem(v, "identity.sign_headers needs key_env (the environment variable holding the HMAC key)")
+            }
         }
         if let v = f["jwt"], let j = r.fields(v, "identity.jwt", allowed: ["issuers"]), let list = j["issuers"] {
             for item in r.sequence(list, "identity.jwt.issuers") ?? [] {

@@ -233,8 +233,39 @@ public struct IdentityConfig: Sendable {
     public var headerTenancy: HeaderTenancy = .apiKeyOnly
     public var issuers: [IssuerConfig] = []
     public var apiKeyHeader = "X-API-Key"
+    /// `sign_headers`: the upstream receives an HMAC over the identity it is given; nil: not signed.
+    public var signHeaders: SignHeadersConfig? = nil
 
     public init() {}
+}
+
+/// `identity.sign_headers`: the key (from the environment) and the header the signature goes in.
+public struct SignHeadersConfig: Sendable {
+    public var keyEnv: String
+    public var header = "Gatehouse-Signature"
+    /// Where the config names `key_env`, for the error when the variable is missing or short.
+    var keyEnvAt = (file: "identity.sign_headers", line: 0, column: 0)
+    /// The shortest key accepted (bytes).
+    public static let minKeyBytes = 32
+
+    public init(keyEnv: String, header: String = "Gatehouse-Signature") {
+        self.keyEnv = keyEnv
+        self.header = header
+    }
+
+    /// The key: the bytes of `key_env`'s value, at least ``minKeyBytes``; otherwise a config error (at start and
+    /// on reload).
+    public func key(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> [UInt8] {
+        guard let value = environment[keyEnv], value.utf8.count >= Self.minKeyBytes else {
+            let at = keyEnvAt
+            throw ConfigError(problems: [
+                ConfigProblem(
+                    file: at.file, line: at.line, column: at.column,
+                    message: "identity.sign_headers.key_env: environment variable \(keyEnv) must hold at least \(Self.minKeyBytes) bytes")
+            ])
+        }
+        return Array(value.utf8)
+    }
 }
 
 /// One trusted JWT issuer.
