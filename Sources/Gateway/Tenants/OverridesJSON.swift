@@ -3,12 +3,13 @@ import Policy
 
 /// A tenant's `overrides` object, as the admin API accepts and shows it and as the store keeps it:
 /// `{"rate": {"requests": 100, "per": "1s", "burst": 200}, "quota": {"requests": 5000, "per": "month"} | "unlimited",
-/// "max_body_bytes": 1048576, "max_websockets": 10}`.
+/// "max_body_bytes": 1048576, "max_websockets": 10, "features": ["beta"]}`.
 enum OverridesJSON {
     static func encode(_ r: TenantRecord) -> [String: Any] {
         var o: [String: Any] = [:]
         if let m = r.maxBodyBytes { o["max_body_bytes"] = m }
         if let w = r.maxWebsocketsOverride { o["max_websockets"] = w }
+        if !r.featureOverrides.isEmpty { o["features"] = r.featureOverrides }
         if let rate = r.rateOverride {
             o["rate"] = ["requests": rate.requests, "per": Self.duration(rate.per), "burst": rate.burst]
         }
@@ -23,8 +24,18 @@ enum OverridesJSON {
     /// Applies a decoded `overrides` object to `record`; the error names the bad field.
     static func decode(_ raw: Any, into record: inout TenantRecord) -> String? {
         guard let o = raw as? [String: Any] else { return "Field 'overrides' must be an object." }
-        if let unknown = o.keys.sorted().first(where: { !["rate", "quota", "max_body_bytes", "max_websockets"].contains($0) }) {
+        if let unknown = o.keys.sorted().first(where: {
+            !["rate", "quota", "max_body_bytes", "max_websockets", "features"].contains($0)
+        }) {
             return "Unknown field 'overrides.\(unknown)'."
+        }
+        if let raw = o["features"], !(raw is NSNull) {
+            guard let list = raw as? [Any], list.count <= 256,
+                let names = list.map({ $0 as? String }) as? [String], names.allSatisfy(TenantRecord.isFeatureName)
+            else {
+                return "Field 'overrides.features' must be a list of feature names (1-64 of A-Z a-z 0-9 . _ : -)."
+            }
+            record.featureOverrides = Array(Set(names)).sorted()
         }
         if let raw = o["max_websockets"], !(raw is NSNull) {
             guard !isBool(raw), let n = raw as? Int, n >= 0, n <= 1_000_000 else {

@@ -455,7 +455,15 @@ extension ConfigLoader {
         if t.status == "trialing" && t.trialEnds == nil, let v = f["status"] {
             r.problem(v, "a trialing tenant needs trial_ends")
         }
-        if let v = f["overrides"], let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes", "max_websockets"]) {
+        if let v = f["overrides"],
+            let o = r.fields(v, "overrides", allowed: ["rate", "quota", "max_body_bytes", "max_websockets", "features"])
+        {
+            if let x = o["features"], let list = r.locatedStringList(x, "overrides.features") {
+                for item in list where !TenantRecord.isFeatureName(item.value) {
+                    r.problem(item.at, "overrides.features: '\(item.value)' is not a feature name (1-64 of A-Z a-z 0-9 . _ : -)")
+                }
+                t.featureOverrides = list.map(\.value).filter(TenantRecord.isFeatureName)
+            }
             if let x = o["max_websockets"] { t.maxWebsocketsOverride = r.int(x, "overrides.max_websockets", min: 0, max: 1_000_000) }
             if let x = o["rate"] { t.rateOverride = parseRate(x, "overrides.rate", r) }
             if let x = o["quota"] {

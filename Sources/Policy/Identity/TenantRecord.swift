@@ -27,6 +27,8 @@ public struct TenantRecord: Sendable {
     public var quotaOverride: PlanConfig.Quota? = nil
     /// Concurrent WebSocket tunnels, instead of the plan's `max_websockets`.
     public var maxWebsocketsOverride: Int? = nil
+    /// Features this tenant has beside its plan's (`overrides.features`: a beta for one tenant).
+    public var featureOverrides: [String] = []
     /// `created` of the newest billing event applied (seconds since the epoch): an older event is ignored.
     public var billingEventAt: Double? = nil
     /// SHA-256 hashes of API keys revoked from this tenant: they never authenticate again, even when a YAML
@@ -35,6 +37,16 @@ public struct TenantRecord: Sendable {
     /// A stored tombstone: `DELETE /admin/tenants/{id}` leaves the tenant unknown, its seed included, until
     /// the next PUT. Never true for a record that requests are gated by.
     public var deleted = false
+
+    /// A feature name a tenant may be given: 1-64 characters of `A-Z a-z 0-9 . _ : -`.
+    public static func isFeatureName(_ name: String) -> Bool {
+        let u = name.utf8
+        return (1...64).contains(u.count)
+            && u.allSatisfy {
+                ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2E
+                    || $0 == 0x5F || $0 == 0x3A || $0 == 0x2D
+            }
+    }
 
     public init(plan: String) {
         self.plan = plan

@@ -52,7 +52,8 @@ public enum Gate {
         }
         if let feature = route.feature {
             let features = plan?.features ?? []
-            if !features.contains(feature) && !features.contains("*") {
+            // The tenant's own features (`overrides.features`) add to the plan's.
+            if !features.contains(feature) && !features.contains("*") && !record.featureOverrides.contains(feature) {
                 let required =
                     config.planOrder.first { name in
                         let f = config.plans[name]?.features ?? []
