@@ -344,9 +344,8 @@ struct RequestPhases {
         if ctx.framing == .none, [.POST, .PUT, .PATCH].contains(ctx.head.method) {
             head.headers.add(name: "Content-Length", value: "0")
         }
-        // The trace goes on with this gateway's span as the upstream's parent; the client's copies are replaced.
-        head.headers.remove(name: "traceparent")
-        head.headers.remove(name: "tracestate")
+        // The trace goes on with this gateway's span as the upstream's parent (the client's copies were dropped
+        // by the rewriter: reserved headers).
         head.headers.add(name: "traceparent", value: ctx.trace.traceparent)
         if let state = ctx.trace.traceState { head.headers.add(name: "tracestate", value: state) }
         let caller = ctx.caller

@@ -20,6 +20,8 @@ public final class RuntimeSnapshot: Sendable {
     /// Identity headers only the gateway may set; client-sent copies are removed before forwarding (the
     /// signature header too, whether or not this gateway signs).
     public static let identityHeaders: Set<String> = ["x-tenant-id", "x-user-id", "x-plan", "x-roles", "gatehouse-signature"]
+    /// Trace context the gateway sets from its own span (a client's copies are read, then replaced).
+    static let traceHeaders: Set<String> = ["traceparent", "tracestate"]
     /// `identity.sign_headers`: the header name and key the forwarded identity is signed with.
     let signing: (header: String, key: [UInt8])?
 
@@ -28,7 +30,7 @@ public final class RuntimeSnapshot: Sendable {
     public init(config: GatewayConfig, tenants: TenantDirectory) throws {
         self.config = config
         self.router = Router(routes: config.routes)
-        var reserved = Self.identityHeaders
+        var reserved = Self.identityHeaders.union(Self.traceHeaders)
         reserved.insert(config.identity.tenantHeader.lowercased())
         if let sign = config.identity.signHeaders {
             reserved.insert(sign.header.lowercased())
