@@ -15,7 +15,8 @@ import Testing
     /// `gatehouse_tenant_requests_total`: the top N tenants by requests (ties by id), the rest summed as `other`.
     @Test func tenantSeriesFoldTheRestIntoOther() {
         func fold(_ counts: [String: Int], _ top: Int) -> [String] {
-            MetricsText.tenantSeries(counts, top: top).map { "\($0.tenant)=\($0.requests)" }
+            var fresh = TenantSeries()
+            return fresh.render(counts, top: top).map { "\($0.tenant)=\($0.requests)" }
         }
         let counts = ["acme": 5, "globex": 3, "initech": 3, "umbrella": 1, "hooli": 7]
         #expect(fold(counts, 2) == ["hooli=7", "acme=5", "other=7"])
@@ -31,7 +32,8 @@ import Testing
         // Sums are exact whatever N is.
         let many = Dictionary(uniqueKeysWithValues: (0..<500).map { ("t\($0)", $0 % 17 + 1) })
         for top in [0, 1, 20, 499, 500, 501] {
-            let series = MetricsText.tenantSeries(many, top: top)
+            var fresh = TenantSeries()
+            let series = fresh.render(many, top: top)
             #expect(series.reduce(0) { $0 + $1.requests } == many.values.reduce(0, +))
             #expect(series.count == min(top, 500) + (top < 500 ? 1 : 0))
         }

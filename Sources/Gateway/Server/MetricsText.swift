@@ -65,11 +65,6 @@ enum MetricsText {
     /// The label value that sums every tenant without a series of its own.
     static let otherTenants = "other"
 
-    /// One scrape's folding from fresh state (see ``TenantSeries``).
-    static func tenantSeries(_ counts: [String: Int], top: Int) -> [(tenant: String, requests: Int)] {
-        var state = TenantSeries()
-        return state.render(counts, top: top)
-    }
 
     /// One unlabelled series with its HELP and TYPE lines.
     private static func single(_ name: String, _ type: String, _ help: String, _ value: Int) -> String {
