@@ -92,7 +92,7 @@ public struct Explainer: Sendable {
                 let client = RedisClient(configuration: settings, eventLoop: loop, logger: logger)
                 redis = client
                 client.start()
-                reachable = await Self.available(client, within: .seconds(3))
+                reachable = await client.available(within: 3)
                 if reachable {
                     do {
                         tenants.replaceStored(try await RedisTenantStore.readRecords(client, keys: keys).get())
@@ -132,19 +132,8 @@ public struct Explainer: Sendable {
         guard let listen = config.server.adminListen, listen.port != 0, let env = config.server.adminTokenEnv,
             let token = environment[env], !token.isEmpty
         else { return nil }
-        // A wildcard listener is reached on loopback.
-        let host = listen.host == "0.0.0.0" ? "127.0.0.1" : (listen.host == "::" ? "::1" : listen.host)
-        guard let address = try? SocketAddress.makeAddressResolvingHost(host, port: listen.port) else { return nil }
-        return (address, HostPort(host: host, port: listen.port).description, token)
-    }
-
-    /// Polls until `client` can send (every 20 ms), for at most `within`.
-    static func available(_ client: RedisClient, within: TimeAmount) async -> Bool {
-        let deadline = NIODeadline.now() + within
-        while true {
-            if (try? await client.isAvailable.get()) == true { return true }
-            if NIODeadline.now() >= deadline { return false }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        let target = listen.reachable
+        guard let address = try? SocketAddress.makeAddressResolvingHost(target.host, port: target.port) else { return nil }
+        return (address, target.description, token)
     }
 }

@@ -115,10 +115,8 @@ extension UsageExporter {
         client.start()
         let result: Result<UsageReport, Error>
         do {
-            let deadline = Date().addingTimeInterval(connectWithin)
-            while try await client.isAvailable.get() != true {
-                guard Date() < deadline else { throw Failure("cannot reach the store's Redis within \(connectWithin) s") }
-                try await Task.sleep(for: .milliseconds(20))
+            guard await client.available(within: connectWithin) else {
+                throw Failure("cannot reach the store's Redis within \(connectWithin) s")
             }
             let exporter = UsageExporter(memory: nil, client: client, keys: LimitKeys(prefix: store.keyPrefix))
             result = .success(try await exporter.export(range, tenant: tenant, now: Date().timeIntervalSince1970, on: client.eventLoop).get())
@@ -137,21 +135,16 @@ extension UsageExporter {
     public static func askGateway(
         admin: HostPort, token: String, range: UsageRange, tenant: String?, timeout: Double = 30
     ) async throws -> UsageReport {
-        let host: String
-        switch admin.host {
-        case "0.0.0.0": host = "127.0.0.1"
-        case "::": host = "::1"
-        default: host = admin.host
-        }
+        let target = admin.reachable
         let address: SocketAddress
         do {
-            address = try SocketAddress.makeAddressResolvingHost(host, port: admin.port)
+            address = try SocketAddress.makeAddressResolvingHost(target.host, port: target.port)
         } catch {
-            throw Failure("server.admin_listen: cannot resolve \(host): \(error)")
+            throw Failure("server.admin_listen: cannot resolve \(target.host): \(error)")
         }
         var path = "/admin/usage?from=\(CivilDate.isoDate(range.from))&to=\(CivilDate.isoDate(range.to))"
         if let tenant { path += "&tenant=" + tenant }
-        let hostHeader = HostPort(host: host, port: admin.port).description
+        let hostHeader = target.description
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let result: Result<HTTPFetch.Response, Error>
         do {

@@ -19,6 +19,7 @@ public final class GatewayServer: Sendable {
         var healthChecker: HealthChecker?
         var healthChecksStopped = false
         var jwks: JWKSRefresher?
+        var keySetsStopped = false
     }
 
     public let configPath: String
@@ -383,13 +384,7 @@ public final class GatewayServer: Sendable {
                 let state = loops[ObjectIdentifier(loop)]!
                 try? await loop.submit { state.value.install(snapshot) }.get()
             }
-            keyRefetch.install(jwks)
-            let oldJWKS = listeners.withLock { l -> JWKSRefresher? in
-                let old = l.jwks
-                l.jwks = jwks
-                return old
-            }
-            oldJWKS?.stop()
+            installKeySets(jwks)
             startHealthChecks()
             logger.info("config reloaded", metadata: ["gh-routes": "\(snapshot.config.routes.count)"])
             return []
@@ -421,12 +416,7 @@ public final class GatewayServer: Sendable {
         do {
             let jwks = try makeRefresher(for: snapshot)
             await jwks.start()
-            keyRefetch.install(jwks)
-            let old = listeners.withLock { l -> JWKSRefresher? in
-                defer { l.jwks = jwks }
-                return l.jwks
-            }
-            old?.stop()
+            installKeySets(jwks)
             keySetsReady.succeed(())
         } catch {
             logger.error("key sets cannot be fetched", metadata: ["gh-error": "\(error)"])
@@ -434,9 +424,22 @@ public final class GatewayServer: Sendable {
         }
     }
 
+    /// Makes `jwks` the running refresher (the one early refetches ask), stopping the one it replaces; once the
+    /// key sets have stopped (shutdown), `jwks` is stopped instead.
+    private func installKeySets(_ jwks: JWKSRefresher) {
+        let replaced = listeners.withLock { l -> JWKSRefresher? in
+            guard !l.keySetsStopped else { return jwks }
+            keyRefetch.install(jwks)
+            defer { l.jwks = jwks }
+            return l.jwks
+        }
+        replaced?.stop()
+    }
+
     func stopKeySets() {
-        keyRefetch.install(nil)
         listeners.withLock { l -> JWKSRefresher? in
+            l.keySetsStopped = true
+            keyRefetch.install(nil)
             defer { l.jwks = nil }
             return l.jwks
         }?.stop()

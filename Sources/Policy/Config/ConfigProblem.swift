@@ -26,3 +26,22 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 
     public var description: String { problems.map(\.description).joined(separator: "\n") }
 }
+
+extension ConfigError {
+    /// The bytes of the environment variable `name`, which the config names as `setting` at `at` (a `*_env`
+    /// secret): a config error there when it is unset, empty, or shorter than `minBytes`.
+    static func secret(
+        _ name: String, setting: String, at: (file: String, line: Int, column: Int), minBytes: Int = 1,
+        environment: [String: String]
+    ) throws(ConfigError) -> [UInt8] {
+        guard let value = environment[name], !value.isEmpty, value.utf8.count >= minBytes else {
+            let why = minBytes > 1 ? "must hold at least \(minBytes) bytes" : "is not set or empty"
+            throw ConfigError(problems: [
+                ConfigProblem(
+                    file: at.file, line: at.line, column: at.column,
+                    message: "\(setting): environment variable \(name) \(why)")
+            ])
+        }
+        return Array(value.utf8)
+    }
+}

@@ -49,6 +49,16 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
+    /// Where a client on this machine reaches a listener bound here: a wildcard address (`0.0.0.0`, `::`) is
+    /// reached on loopback.
+    public var reachable: HostPort {
+        switch host {
+        case "0.0.0.0": return HostPort(host: "127.0.0.1", port: port)
+        case "::": return HostPort(host: "::1", port: port)
+        default: return self
+        }
+    }
+
     /// Parses `host:port`, `[v6]:port`; host may be an IPv4/IPv6 literal or a DNS name.
     public static func parse(_ text: String) -> HostPort? {
         var host: Substring
@@ -256,15 +266,9 @@ public struct SignHeadersConfig: Sendable {
     /// The key: the bytes of `key_env`'s value, at least ``minKeyBytes``; otherwise a config error (at start and
     /// on reload).
     public func key(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> [UInt8] {
-        guard let value = environment[keyEnv], value.utf8.count >= Self.minKeyBytes else {
-            let at = keyEnvAt
-            throw ConfigError(problems: [
-                ConfigProblem(
-                    file: at.file, line: at.line, column: at.column,
-                    message: "identity.sign_headers.key_env: environment variable \(keyEnv) must hold at least \(Self.minKeyBytes) bytes")
-            ])
-        }
-        return Array(value.utf8)
+        try ConfigError.secret(
+            keyEnv, setting: "identity.sign_headers.key_env", at: keyEnvAt, minBytes: Self.minKeyBytes,
+            environment: environment)
     }
 }
 
@@ -506,14 +510,6 @@ public struct AuditConfig: Sendable {
     /// named but unset or empty is an error (at start, and on reload), never a silently unkeyed chain.
     public func hmacKey(environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> [UInt8]? {
         guard let env = hmacKeyEnv else { return nil }
-        guard let value = environment[env], !value.isEmpty else {
-            let at = hmacKeyEnvAt
-            throw ConfigError(problems: [
-                ConfigProblem(
-                    file: at.file, line: at.line, column: at.column,
-                    message: "audit.hmac_key_env: environment variable \(env) is not set or empty")
-            ])
-        }
-        return Array(value.utf8)
+        return try ConfigError.secret(env, setting: "audit.hmac_key_env", at: hmacKeyEnvAt, environment: environment)
     }
 }
