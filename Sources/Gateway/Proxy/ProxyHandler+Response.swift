@@ -9,6 +9,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
     func upstreamResponseHead(_ head: HTTP1ResponseParser.Head) {
         guard let ctx = current, ctx.connection != nil else { return }
         let code = head.status
+        reportOutcome(ctx, success: code < 500 || ctx.pool?.circuit?.on5xx != true)
         // Only a handshake's response can be a 101 (the upstream's parser refuses one to anything else).
         if code == 101 {
             openTunnel(ctx, head)

@@ -478,11 +478,34 @@ final class ProxyHandler: ChannelDuplexHandler {
         guard !ctx.ended else { return }
         // After a reload the upstream's pools are new ones: pick from those (the old ones take no new work).
         if let fresh = loop.groups[ctx.upstreamName] { ctx.group = fresh }
-        guard let group = ctx.group, let pool = group.pick(excluding: excluding) else {
-            deny(ctx, .upstreamUnavailable("No healthy target for upstream '\(ctx.upstreamName)'."))
+        guard let group = ctx.group else {
+            deny(ctx, .upstreamUnavailable("Upstream '\(ctx.upstreamName)' is not available."))
             return
         }
+        if ctx.inFlightPlace == nil, let limit = group.inFlightLimit {
+            guard limit.tryAcquire() else {
+                deny(
+                    ctx,
+                    .upstreamUnavailable(
+                        "Upstream '\(ctx.upstreamName)' already has \(limit.max) requests in flight (max_in_flight)."))
+                return
+            }
+            ctx.inFlightPlace = limit
+        }
+        guard let picked = group.pick(excluding: excluding) else {
+            // A retry with no target left answers as the failed attempt would have.
+            deny(
+                ctx,
+                ctx.failedAttempt
+                    ?? .upstreamUnavailable(
+                        "No target of upstream '\(ctx.upstreamName)' is available (unhealthy or circuit open)."))
+            return
+        }
+        if ctx.probe && !ctx.outcomeReported { ctx.pool?.circuit?.probeAbandoned() }
+        let pool = picked.pool
         ctx.pool = pool
+        ctx.probe = picked.probe
+        ctx.outcomeReported = false
         ctx.attempts += 1
         machine.acquiring()
         switch pool.acquire({ { [self] result in self.acquired(ctx, pool, result) } }) {
@@ -538,6 +561,7 @@ final class ProxyHandler: ChannelDuplexHandler {
 
     func upstreamFailed(_ ctx: RequestContext, _ error: UpstreamError, mayRetry: Bool = true) {
         ctx.connection = nil
+        if error.isTargetFailure { reportOutcome(ctx, success: false) }
         var retry = mayRetry && ctx.mayRetry(after: error, retries: ctx.group?.config.retries ?? 0)
         if error.isPoolClosed {
             // A reload replaced the pools while this waited: once more on the new ones, not counted as an attempt.
@@ -547,20 +571,21 @@ final class ProxyHandler: ChannelDuplexHandler {
         let metadata: Logger.Metadata = [
             "gh-request-id": "\(ctx.requestID)", "gh-upstream": "\(ctx.upstreamName)", "gh-error": "\(error)",
         ]
+        let denial: Denial
+        if error.isTimeout {
+            denial = .upstreamTimeout("Upstream '\(ctx.upstreamName)' did not answer in time.")
+        } else if error.isUnavailable {
+            denial = .upstreamUnavailable("No connection to upstream '\(ctx.upstreamName)' is available.")
+        } else {
+            denial = .badGateway("Upstream '\(ctx.upstreamName)' refused or reset the connection.")
+        }
         switch machine.upstreamFailed(retry: retry) {
         case .retry:
             loop.logger.debug("retrying upstream request", metadata: metadata)
+            ctx.failedAttempt = denial
             connect(ctx, excluding: ctx.pool)
         case .deny:
             loop.logger.warning("upstream request failed", metadata: metadata)
-            let denial: Denial
-            if error.isTimeout {
-                denial = .upstreamTimeout("Upstream '\(ctx.upstreamName)' did not answer in time.")
-            } else if error.isUnavailable {
-                denial = .upstreamUnavailable("No connection to upstream '\(ctx.upstreamName)' is available.")
-            } else {
-                denial = .badGateway("Upstream '\(ctx.upstreamName)' refused or reset the connection.")
-            }
             deny(ctx, denial)
         case .ended(let end):
             // Mid-response: the client's response cannot be completed; the cut is made visible by closing.
@@ -568,6 +593,31 @@ final class ProxyHandler: ChannelDuplexHandler {
             finish(end, ctx)
         case .none:
             break
+        }
+    }
+
+    /// The current attempt's outcome, to its target's circuit breaker (once per attempt; a no-op without one).
+    func reportOutcome(_ ctx: RequestContext, success: Bool) {
+        guard !ctx.outcomeReported, let pool = ctx.pool else { return }
+        ctx.outcomeReported = true
+        guard let circuit = pool.circuit else { return }
+        switch circuit.record(success: success, probe: ctx.probe, now: .now()) {
+        case .none:
+            break
+        case .opened:
+            loop.logger.warning(
+                "upstream target circuit opened",
+                metadata: [
+                    "gh-request-id": "\(ctx.requestID)", "gh-upstream": "\(ctx.upstreamName)",
+                    "gh-target": "\(pool.target)", "gh-probe": "\(ctx.probe)",
+                ])
+        case .closed:
+            loop.logger.notice(
+                "upstream target circuit closed",
+                metadata: [
+                    "gh-request-id": "\(ctx.requestID)", "gh-upstream": "\(ctx.upstreamName)",
+                    "gh-target": "\(pool.target)",
+                ])
         }
     }
 
@@ -616,6 +666,9 @@ final class ProxyHandler: ChannelDuplexHandler {
         }
         ctx.tunnelOpened = .now()
         loop.metrics.websocketsOpen += 1
+        // A tunnel is no longer a request in flight (`max_websockets` bounds tunnels).
+        ctx.inFlightPlace?.release()
+        ctx.inFlightPlace = nil
         // The audit place was held for the handshake (back-pressure); the record written at the close does not
         // need one, and a long-lived tunnel must not hold a place in the queue.
         if ctx.auditReserved, let audit = loop.audit {
@@ -680,6 +733,13 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.waiter = nil
         ctx.held.removeAll()
         pendingChunkTotal = nil
+        if ctx.probe && !ctx.outcomeReported {
+            // The probe's client went away before the target answered: the next request probes.
+            ctx.outcomeReported = true
+            ctx.pool?.circuit?.probeAbandoned()
+        }
+        ctx.inFlightPlace?.release()
+        ctx.inFlightPlace = nil
         if let slot = ctx.tunnelSlot {
             ctx.tunnelSlot = nil
             loop.tunnels.release(slot)

@@ -80,6 +80,15 @@ final class RequestContext {
     var waiter: TargetPoolStateMachine.WaiterID?
     var upstreamStart: NIODeadline?
     var attempts = 0
+    /// The current attempt is its target's half-open circuit probe.
+    var probe = false
+    /// The current attempt's outcome went to its target's circuit breaker (once per attempt).
+    var outcomeReported = false
+    /// What a failed attempt would have been answered with, for a retry that finds no target left.
+    var failedAttempt: Denial?
+    /// The place held in the upstream's `max_in_flight` bound, released when the exchange ends (or becomes a
+    /// tunnel).
+    var inFlightPlace: InFlightLimit?
     /// The W3C trace context (continued from the client's `traceparent`, or started here) and the upstream
     /// call's span.
     var trace = TraceContext()

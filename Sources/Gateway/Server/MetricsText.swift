@@ -1,3 +1,4 @@
+import NIOCore
 import Policy
 import Upstream
 
@@ -58,6 +59,37 @@ enum MetricsText {
             for t in entry.targets {
                 out += "gatehouse_upstream_healthy{upstream=\(label(name)),target=\(label(t.hostPort.description))} \(t.health.isHealthy ? 1 : 0)\n"
             }
+        }
+        let upstreams = registry.upstreams.sorted(by: { $0.key < $1.key })
+        let now = NIODeadline.now()
+        out += "# HELP gatehouse_upstream_circuit_state 1 for the state each target's circuit breaker is in (upstreams with circuit_breaker).\n"
+        out += "# TYPE gatehouse_upstream_circuit_state gauge\n"
+        for (name, entry) in upstreams {
+            for t in entry.targets {
+                guard let phase = t.circuit?.phase(now: now) else { continue }
+                for state in CircuitBreakerStateMachine.Phase.allCases {
+                    out += "gatehouse_upstream_circuit_state{upstream=\(label(name)),target=\(label(t.hostPort.description)),state=\"\(state.rawValue)\"} \(state == phase ? 1 : 0)\n"
+                }
+            }
+        }
+        out += "# HELP gatehouse_upstream_circuit_opened_total Times a target's circuit breaker opened (re-openings after a failed probe included).\n"
+        out += "# TYPE gatehouse_upstream_circuit_opened_total counter\n"
+        for (name, entry) in upstreams {
+            for t in entry.targets {
+                guard let circuit = t.circuit else { continue }
+                out += "gatehouse_upstream_circuit_opened_total{upstream=\(label(name)),target=\(label(t.hostPort.description))} \(circuit.openedCount)\n"
+            }
+        }
+        let limits = registry.inFlightLimits.sorted(by: { $0.key < $1.key })
+        out += "# HELP gatehouse_upstream_in_flight Requests in flight to the upstream from this instance (upstreams with max_in_flight).\n"
+        out += "# TYPE gatehouse_upstream_in_flight gauge\n"
+        for (name, limit) in limits {
+            out += "gatehouse_upstream_in_flight{upstream=\(label(name))} \(limit.current)\n"
+        }
+        out += "# HELP gatehouse_upstream_shed_total Requests answered 503 because the upstream had max_in_flight requests in flight.\n"
+        out += "# TYPE gatehouse_upstream_shed_total counter\n"
+        for (name, limit) in limits {
+            out += "gatehouse_upstream_shed_total{upstream=\(label(name))} \(limit.shedCount)\n"
         }
         return out
     }

@@ -530,7 +530,7 @@ extension ConfigLoader {
                 at, "upstream '\(name)'",
                 allowed: [
                     "targets", "balance", "health_check", "connect_timeout", "response_timeout", "retries",
-                    "max_connections_per_target", "keepalive_timeout", "tls",
+                    "max_connections_per_target", "keepalive_timeout", "tls", "circuit_breaker", "max_in_flight",
                 ])
         else { return nil }
         guard let targetsAt = f["targets"] else {
@@ -577,6 +577,24 @@ extension ConfigLoader {
         }
         if let v = f["keepalive_timeout"], let d = r.duration(v, "keepalive_timeout") { u.keepaliveTimeout = d }
         if let v = f["tls"] { u.tls = parseClientTLS(v, "upstreams.\(name).tls", r) }
+        if let v = f["circuit_breaker"],
+            let c = r.fields(v, "circuit_breaker", allowed: ["consecutive_failures", "open_for", "on_5xx"])
+        {
+            var cb = UpstreamConfig.CircuitBreaker()
+            if let x = c["consecutive_failures"], let n = r.int(x, "circuit_breaker.consecutive_failures", min: 1, max: 1000) {
+                cb.consecutiveFailures = n
+            }
+            if let x = c["open_for"], let d = r.duration(x, "circuit_breaker.open_for") {
+                if d < 1_000_000 || d > 3_600_000_000_000 {
+                    r.problem(x, "circuit_breaker.open_for must be between 1ms and 1h")
+                } else {
+                    cb.openFor = d
+                }
+            }
+            if let x = c["on_5xx"], let b = r.bool(x, "circuit_breaker.on_5xx") { cb.on5xx = b }
+            u.circuitBreaker = cb
+        }
+        if let v = f["max_in_flight"], let n = r.int(v, "max_in_flight", min: 1, max: 10_000_000) { u.maxInFlight = n }
         return u
     }
 

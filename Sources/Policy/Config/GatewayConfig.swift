@@ -391,6 +391,16 @@ public struct UpstreamConfig: Sendable {
         public var unhealthyAfter = 3
         public var healthyAfter = 2
     }
+    /// `circuit_breaker:`: passive health, per target, from the outcomes of real requests.
+    public struct CircuitBreaker: Sendable, Equatable {
+        /// Connect errors, resets and timeouts (and 5xx answers with `on5xx`) in a row that open the circuit.
+        public var consecutiveFailures = 5
+        /// How long an open circuit keeps its target out of balancing before one request probes it (ns).
+        public var openFor: Int64 = 10_000_000_000
+        /// A 5xx answer counts as a failure too (default: only transport failures do).
+        public var on5xx = false
+        public init() {}
+    }
     public var name: String
     public var targets: [HostPort]
     public var balance: Balance = .roundRobin
@@ -404,6 +414,11 @@ public struct UpstreamConfig: Sendable {
     public var keepaliveTimeout: Int64 = 30_000_000_000
     /// HTTPS to the targets (requests and health checks); nil: plain HTTP.
     public var tls: ClientTLSConfig? = nil
+    /// Passive health per target; nil (no `circuit_breaker` section): failures do not eject a target.
+    public var circuitBreaker: CircuitBreaker? = nil
+    /// Requests in flight to this upstream per gateway instance; beyond it new ones get 503
+    /// `upstream_unavailable` at once. nil: no bound besides the connection pools' own.
+    public var maxInFlight: Int? = nil
 }
 
 /// One route: what it matches, where it goes and what it demands.

@@ -23,6 +23,8 @@ public final class TargetPool {
 
     public let target: HostPort
     public let health: TargetHealth
+    /// The target's circuit breaker, shared by every loop; nil when the upstream has none.
+    public let circuit: TargetCircuit?
     let address: SocketAddress
     let eventLoop: EventLoop
     let connectTimeout: TimeAmount
@@ -34,13 +36,15 @@ public final class TargetPool {
     private var nextID = 0
 
     init(
-        target: HostPort, address: SocketAddress, health: TargetHealth, eventLoop: EventLoop, maxConnections: Int,
+        target: HostPort, address: SocketAddress, health: TargetHealth, circuit: TargetCircuit? = nil,
+        eventLoop: EventLoop, maxConnections: Int,
         connectTimeout: TimeAmount, keepaliveTimeout: TimeAmount, tls: ClientTLS? = nil
     ) {
         self.tls = tls
         self.target = target
         self.address = address
         self.health = health
+        self.circuit = circuit
         self.eventLoop = eventLoop
         self.connectTimeout = connectTimeout
         self.machine = TargetPoolStateMachine(maxConnections: maxConnections, keepalive: keepaliveTimeout)

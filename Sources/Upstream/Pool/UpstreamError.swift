@@ -39,6 +39,14 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible, Equatable
     public var nothingSent: Bool {
         code == .connectFailed || code == .connectTimeout || code == .poolExhausted || code == .poolClosed
     }
+    /// A failure of the target itself (connect error, reset, timeout, malformed answer), which its circuit breaker
+    /// counts; the gateway's own limits, shutdowns and cancellations are not.
+    public var isTargetFailure: Bool {
+        switch code {
+        case .connectFailed, .connectTimeout, .connectionClosed, .malformedResponse, .responseTimeout: true
+        case .poolExhausted, .noHealthyTarget, .poolClosed, .cancelled: false
+        }
+    }
     public var isPoolClosed: Bool { code == .poolClosed }
     public var isTimeout: Bool { code == .responseTimeout }
     public var isUnavailable: Bool { code == .poolExhausted || code == .noHealthyTarget || code == .poolClosed }

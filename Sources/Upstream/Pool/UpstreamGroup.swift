@@ -8,18 +8,48 @@ public final class UpstreamGroup {
     public let pools: [TargetPool]
     /// `Host` sent upstream when the client sent none (HTTP/1.0): the first target.
     public let defaultHost: String
+    /// `max_in_flight`, shared with the other loops' groups of this upstream; nil: unbounded.
+    public let inFlightLimit: InFlightLimit?
     private var next = 0
 
-    init(name: String, config: UpstreamConfig, pools: [TargetPool]) {
+    init(name: String, config: UpstreamConfig, pools: [TargetPool], inFlightLimit: InFlightLimit?) {
         self.name = name
         self.config = config
         self.pools = pools
+        self.inFlightLimit = inFlightLimit
         self.defaultHost = pools.first?.target.description ?? "localhost"
     }
 
-    /// Picks a healthy target's pool by the configured balance, skipping `excluding` (a failed attempt's
-    /// target) when another healthy one exists. Nil when no target is healthy.
-    public func pick(excluding: TargetPool? = nil) -> TargetPool? {
+    /// A target chosen for one attempt.
+    public struct Pick {
+        public let pool: TargetPool
+        /// The attempt is its target's half-open circuit's probe: its outcome must be reported as such, or the
+        /// probe abandoned.
+        public let probe: Bool
+    }
+
+    /// Picks an available target's pool by the configured balance: healthy (active checks) and admitted by its
+    /// circuit breaker. `excluding` (a failed attempt's target) is skipped when another one is available. Nil
+    /// when none is.
+    public func pick(excluding: TargetPool? = nil) -> Pick? {
+        // A circuit that looked half-open may have had its probe taken by another loop meanwhile: choose again.
+        for _ in 0...pools.count {
+            guard let pool = choose(excluding: excluding) else { return nil }
+            guard let circuit = pool.circuit else { return Pick(pool: pool, probe: false) }
+            switch circuit.admit(now: .now()) {
+            case .allow: return Pick(pool: pool, probe: false)
+            case .probe: return Pick(pool: pool, probe: true)
+            case .reject: continue
+            }
+        }
+        return nil
+    }
+
+    private func available(_ pool: TargetPool) -> Bool {
+        pool.health.isHealthy && (pool.circuit?.wouldAdmit(now: .now()) ?? true)
+    }
+
+    private func choose(excluding: TargetPool?) -> TargetPool? {
         let n = pools.count
         guard n > 0 else { return nil }
         switch config.balance {
@@ -27,7 +57,7 @@ public final class UpstreamGroup {
             var fallback: TargetPool? = nil
             for step in 0..<n {
                 let pool = pools[(next + step) % n]
-                guard pool.health.isHealthy else { continue }
+                guard available(pool) else { continue }
                 if pool === excluding {
                     fallback = pool
                     continue
@@ -40,11 +70,11 @@ public final class UpstreamGroup {
             var best: TargetPool? = nil
             for step in 0..<n {
                 let pool = pools[(next + step) % n]
-                guard pool.health.isHealthy, pool !== excluding else { continue }
+                guard pool !== excluding, available(pool) else { continue }
                 if best == nil || pool.inFlight < best!.inFlight { best = pool }
             }
             next = (next + 1) % n
-            if best == nil, let excluding, excluding.health.isHealthy { return excluding }
+            if best == nil, let excluding, available(excluding) { return excluding }
             return best
         }
     }
@@ -70,6 +100,8 @@ public final class UpstreamRegistry: Sendable {
         public let hostPort: HostPort
         public let address: SocketAddress
         public let health: TargetHealth
+        /// Passive health (`circuit_breaker`); nil when the upstream has none.
+        public let circuit: TargetCircuit?
     }
 
     public let upstreams: [String: (config: UpstreamConfig, targets: [Target])]
@@ -77,6 +109,8 @@ public final class UpstreamRegistry: Sendable {
     let tls: [String: [ClientTLS]]
     /// Upstreams configured with `insecure_skip_verify` (warned about at every load).
     public let insecureUpstreams: [String]
+    /// Each upstream's `max_in_flight` bound, for the whole instance.
+    public let inFlightLimits: [String: InFlightLimit]
 
     /// Resolves every target address. Blocking (DNS): call at start-up or reload, never on an event loop.
     public init(upstreams: [String: UpstreamConfig]) throws {
@@ -86,7 +120,13 @@ public final class UpstreamRegistry: Sendable {
             var targets: [Target] = []
             for hp in upstream.targets {
                 let address = try SocketAddress.makeAddressResolvingHost(hp.host, port: hp.port)
-                targets.append(Target(hostPort: hp, address: address, health: TargetHealth()))
+                let circuit = upstream.circuitBreaker.map {
+                    TargetCircuit(
+                        CircuitBreakerStateMachine(
+                            consecutiveFailures: $0.consecutiveFailures, openFor: .nanoseconds($0.openFor)),
+                        on5xx: $0.on5xx)
+                }
+                targets.append(Target(hostPort: hp, address: address, health: TargetHealth(), circuit: circuit))
             }
             result[name] = (upstream, targets)
             if let config = upstream.tls, let first = upstream.targets.first {
@@ -98,6 +138,7 @@ public final class UpstreamRegistry: Sendable {
         }
         self.upstreams = result
         self.tls = tls
+        self.inFlightLimits = upstreams.compactMapValues { $0.maxInFlight.map(InFlightLimit.init(max:)) }
         self.insecureUpstreams = upstreams.values.filter { $0.tls?.insecureSkipVerify == true }.map(\.name).sorted()
     }
 
@@ -108,11 +149,12 @@ public final class UpstreamRegistry: Sendable {
             let perLoop = max(1, (entry.config.maxConnectionsPerTarget + loopCount - 1) / loopCount)
             let pools = entry.targets.enumerated().map { i, t in
                 TargetPool(
-                    target: t.hostPort, address: t.address, health: t.health, eventLoop: eventLoop,
+                    target: t.hostPort, address: t.address, health: t.health, circuit: t.circuit, eventLoop: eventLoop,
                     maxConnections: perLoop, connectTimeout: .nanoseconds(entry.config.connectTimeout),
                     keepaliveTimeout: .nanoseconds(entry.config.keepaliveTimeout), tls: tls[name]?[i])
             }
-            groups[name] = UpstreamGroup(name: name, config: entry.config, pools: pools)
+            groups[name] = UpstreamGroup(
+                name: name, config: entry.config, pools: pools, inFlightLimit: inFlightLimits[name])
         }
         return groups
     }

@@ -1,0 +1,203 @@
+import Foundation
+import Testing
+
+/// Live: upstream circuit breakers (passive health per target) and `max_in_flight` shedding, on the real binary
+/// against real upstreams. Time passing (`open_for`) is waited for as an event: the circuit's gauge turning
+/// `half_open` on `/metrics`.
+@Suite(.serialized) struct CircuitBreakerLiveTests {
+    static let routes = catchAllRoute
+
+    static func breaker(failures: Int, openFor: String, on5xx: Bool = false, extra: String = "") -> String {
+        "    circuit_breaker: {consecutive_failures: \(failures), open_for: \(openFor), on_5xx: \(on5xx)}\n" + extra
+    }
+
+    static func circuit(_ gw: GatewayProcess, _ port: Int, _ state: String) throws -> Double? {
+        try gw.metrics().value(
+            "gatehouse_upstream_circuit_state", ["upstream": "app", "target": "127.0.0.1:\(port)", "state": state])
+    }
+
+    /// Waits (polling `/metrics`, bounded) until the target's circuit is in `state`.
+    static func waitForCircuit(_ gw: GatewayProcess, _ port: Int, _ state: String) throws {
+        try waitUntil { (try? circuit(gw, port, state)) == 1 }
+    }
+
+    @Test func aFailingTargetIsEjectedAfterTheConfiguredFailuresAndProbedOnceAfterOpenFor() throws {
+        let good = try TestUpstream()
+        // Answers every request with garbage: each attempt is a target failure (a malformed answer).
+        let bad = try RawUpstream(reply: "HTTP/1.1 ABC Broken\r\nContent-Length: 2\r\n\r\nhi")
+        defer {
+            good.stop()
+            bad.stop()
+        }
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [good.port, bad.port]], routes: Self.routes,
+                upstreamExtra: "    retries: 1\n" + Self.breaker(failures: 3, openFor: "400ms")))
+        defer { gw.stop() }
+        #expect(try Self.circuit(gw, bad.port, "closed") == 1)
+        // Round robin sends every other request to the bad target; each is retried on the good one.
+        for i in 0..<20 where bad.connections.load(ordering: .relaxed) < 3 {
+            let r = try request(port: gw.port, "GET", "/warm\(i)")
+            #expect(r.status == 200, "request \(i) answered \(r.status)")
+        }
+        let afterThird = bad.connections.load(ordering: .relaxed)
+        #expect(afterThird == 3)
+        #expect(try Self.circuit(gw, bad.port, "open") == 1)
+        #expect(try Self.circuit(gw, good.port, "closed") == 1)
+        // Ejected: nothing goes to it while open, and nobody sees an error.
+        let servedBefore = good.requests.count
+        for j in 0..<20 { #expect(try request(port: gw.port, "GET", "/ejected\(j)").status == 200) }
+        #expect(bad.connections.load(ordering: .relaxed) == 3, "an open circuit's target was tried")
+        #expect(good.requests.count == servedBefore + 20)
+        let m = try gw.metrics()
+        #expect(m.value("gatehouse_upstream_circuit_opened_total", ["target": "127.0.0.1:\(bad.port)"]) == 1)
+        // After open_for, exactly one request probes it; the probe fails (retried on the good target) and the
+        // circuit opens again.
+        try Self.waitForCircuit(gw, bad.port, "half_open")
+        for j in 0..<10 { #expect(try request(port: gw.port, "GET", "/probe\(j)").status == 200) }
+        #expect(bad.connections.load(ordering: .relaxed) == 4, "not exactly one probe")
+        #expect(try Self.circuit(gw, bad.port, "open") == 1)
+        #expect(try gw.metrics().value("gatehouse_upstream_circuit_opened_total", ["target": "127.0.0.1:\(bad.port)"]) == 2)
+        try gw.waitUntilQuiet()
+    }
+
+    @Test func allTargetsOpenIsAFast503AndASuccessfulProbeClosesTheCircuit() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [up.port]], routes: Self.routes,
+                upstreamExtra: "    retries: 0\n" + Self.breaker(failures: 3, openFor: "300ms", on5xx: true)))
+        defer { gw.stop() }
+        // 5xx answers count with on_5xx; they still reach the client as they are.
+        for j in 0..<3 { #expect(try request(port: gw.port, "GET", "/status/500?\(j)").status == 500) }
+        #expect(try Self.circuit(gw, up.port, "open") == 1)
+        let seen = up.requests.count
+        let connections = up.connections
+        #expect(seen == 3)
+        // The only target is ejected: 503 upstream_unavailable without trying it.
+        for j in 0..<5 {
+            let r = try request(port: gw.port, "GET", "/fast\(j)")
+            #expect(r.status == 503)
+            #expect(r.json["code"] as? String == "upstream_unavailable")
+            #expect(r.header("Content-Type") == "application/problem+json")
+        }
+        #expect(up.requests.count == seen, "an open circuit's target got a request")
+        #expect(up.connections == connections, "an open circuit's target got a connection")
+        // The probe succeeds: closed again, and traffic flows.
+        try Self.waitForCircuit(gw, up.port, "half_open")
+        #expect(try request(port: gw.port, "GET", "/probe").status == 200)
+        #expect(try Self.circuit(gw, up.port, "closed") == 1)
+        for j in 0..<5 { #expect(try request(port: gw.port, "GET", "/after\(j)").status == 200) }
+        #expect(up.requests.map(\.uri).suffix(6) == ["/probe", "/after0", "/after1", "/after2", "/after3", "/after4"])
+        // Two failures are not three in a row once a success broke the run.
+        for _ in 0..<2 { _ = try request(port: gw.port, "GET", "/status/502") }
+        #expect(try request(port: gw.port, "GET", "/ok").status == 200)
+        for _ in 0..<2 { _ = try request(port: gw.port, "GET", "/status/503") }
+        #expect(try Self.circuit(gw, up.port, "closed") == 1)
+        let m = try gw.metrics()
+        #expect(
+            m.value("gatehouse_requests_total", ["code": "upstream_unavailable", "status": "503"]) == 5)
+    }
+
+    @Test func withoutOn5xxAnswersOfAnyStatusKeepTheCircuitClosed() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [up.port]], routes: Self.routes,
+                upstreamExtra: Self.breaker(failures: 1, openFor: "10s")))
+        defer { gw.stop() }
+        for j in 0..<5 { #expect(try request(port: gw.port, "GET", "/status/503?\(j)").status == 503) }
+        #expect(try Self.circuit(gw, up.port, "closed") == 1)
+        #expect(up.requests.count == 5)
+    }
+
+    @Test func theFailureThatOpensTheLastCircuitIsAnsweredAsItHappened() throws {
+        let dead = try TestUpstream()
+        let port = dead.port
+        dead.stop()  // refused from now on
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [port]], routes: Self.routes,
+                upstreamExtra: "    retries: 1\n" + Self.breaker(failures: 1, openFor: "1h")))
+        defer { gw.stop() }
+        // The refused connect opens the circuit; the retry finds no target and the client hears the refusal.
+        let first = try request(port: gw.port, "GET", "/x")
+        #expect(first.status == 502)
+        #expect(first.json["code"] as? String == "bad_gateway")
+        let next = try request(port: gw.port, "GET", "/y")
+        #expect(next.status == 503)
+        #expect(next.json["code"] as? String == "upstream_unavailable")
+        #expect(try Self.circuit(gw, port, "open") == 1)
+    }
+
+    @Test func aProbeWhoseClientHangsUpLetsTheNextRequestProbe() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [up.port]], routes: Self.routes,
+                upstreamExtra: "    retries: 0\n" + Self.breaker(failures: 2, openFor: "300ms", on5xx: true)))
+        defer { gw.stop() }
+        for _ in 0..<2 { _ = try request(port: gw.port, "GET", "/status/500") }
+        try Self.waitForCircuit(gw, up.port, "half_open")
+        // The probe waits on the upstream; its client goes away.
+        let c = try RawConnection(port: gw.port)
+        try c.send("GET /hold/probe HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil { up.heads.contains("/hold/probe") }
+        // Meanwhile the circuit admits nobody else.
+        let during = try request(port: gw.port, "GET", "/during")
+        #expect(during.status == 503)
+        #expect(during.json["code"] as? String == "upstream_unavailable")
+        c.close()
+        try gw.waitForExchangesInFlight { $0 == 0 }
+        // The abandoned probe does not hold the target out: the next request probes, succeeds and closes it.
+        #expect(try request(port: gw.port, "GET", "/next").status == 200)
+        #expect(try Self.circuit(gw, up.port, "closed") == 1)
+        up.release("probe")
+    }
+
+    @Test func maxInFlightShedsWith503AndEveryPlaceComesBack() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [up.port]], routes: Self.routes, upstreamExtra: "    max_in_flight: 2\n"))
+        defer { gw.stop() }
+        let a = try RawConnection(port: gw.port)
+        let b = try RawConnection(port: gw.port)
+        try a.send("GET /hold/a HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try b.send("GET /hold/b HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil { up.heads.contains("/hold/a") && up.heads.contains("/hold/b") }
+        #expect(try gw.metrics().value("gatehouse_upstream_in_flight", ["upstream": "app"]) == 2)
+        // A third request is shed at once, never sent.
+        let shed = try request(port: gw.port, "POST", "/third", body: "{}")
+        #expect(shed.status == 503)
+        #expect(shed.json["code"] as? String == "upstream_unavailable")
+        #expect(!up.heads.contains("/third"))
+        #expect(try gw.metrics().value("gatehouse_upstream_shed_total", ["upstream": "app"]) == 1)
+        // An answered request gives its place back.
+        up.release("a")
+        #expect(try a.readResponse()?.status == 200)
+        #expect(try request(port: gw.port, "GET", "/fourth").status == 200)
+        // So does one whose client hangs up while it waits.
+        b.close()
+        try waitUntil { (try? gw.metrics().value("gatehouse_upstream_in_flight", ["upstream": "app"])) == 0 }
+        let c = try RawConnection(port: gw.port)
+        let d = try RawConnection(port: gw.port)
+        try c.send("GET /hold/c HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try d.send("GET /hold/d HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil { up.heads.contains("/hold/c") && up.heads.contains("/hold/d") }
+        #expect(try request(port: gw.port, "GET", "/fifth").status == 503)
+        up.release("c")
+        up.release("d")
+        #expect(try c.readResponse()?.status == 200)
+        #expect(try d.readResponse()?.status == 200)
+        up.release("b")
+        try gw.waitUntilQuiet()
+        let m = try gw.metrics()
+        #expect(m.value("gatehouse_upstream_in_flight", ["upstream": "app"]) == 0)
+        #expect(m.value("gatehouse_upstream_shed_total", ["upstream": "app"]) == 2)
+    }
+}
