@@ -322,6 +322,87 @@ let minimal = """
         #expect(p.contains { $0.hasPrefix("gw.yaml:10:27: unknown rate limit 'galaxy'") })
     }
 
+    @Test func routeMatchHeadersAreReadAsStrings() throws {
+        let yaml = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - name: v2
+                match: {path_prefix: /api/orders, headers: {Accept-Version: 2, X-Beta: "yes", X-Flag: true, X-Ver: 2.10}}
+                upstream: users
+              - name: orders
+                match: {path_prefix: /api/orders}
+                upstream: users
+            """
+        let config = try load(["gw.yaml": yaml]).get()
+        // Plain scalars keep their text: `2` is "2", `2.10` is "2.10" (not the number 2.1).
+        #expect(
+            config.routes[0].headers == [
+                .init(name: "Accept-Version", value: "2"), .init(name: "X-Beta", value: "yes"),
+                .init(name: "X-Flag", value: "true"), .init(name: "X-Ver", value: "2.10"),
+            ])
+        #expect(config.routes[1].headers.isEmpty)
+    }
+
+    @Test func routeMatchHeaderProblems() {
+        let yaml = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - name: empty
+                match: {path_prefix: /a, headers: {}}
+                upstream: users
+              - name: bad
+                match:
+                  path_prefix: /b
+                  headers:
+                    Host: api.example.com
+                    Bad Name: x
+                    X-Version: ""
+                    X-List: [1]
+                    X-Null: ~
+                    X-Space: " 2"
+                    X-Ctl: "a\\u0001b"
+                    x-version: 3
+                upstream: users
+              - name: typo
+                match: {path_prefix: /c, header: {X-Version: 1}}
+                upstream: users
+              - name: listed
+                match: {path_prefix: /e, headers: [X-Version]}
+                upstream: users
+            """
+        #expect(
+            problems(["gw.yaml": yaml]) == [
+                "gw.yaml:5:39: route 'empty' match.headers must name at least one header (leave it out to match any headers)",
+                "gw.yaml:11:9: route 'bad' match.headers: match on the host with match.host, not a Host header",
+                "gw.yaml:12:9: route 'bad' match.headers: invalid header name 'Bad Name' (an HTTP token of at most 128 bytes)",
+                "gw.yaml:13:20: route 'bad' match.headers.X-Version must not be empty",
+                "gw.yaml:14:17: route 'bad' match.headers.X-List must be a string",
+                "gw.yaml:15:17: route 'bad' match.headers.X-Null must be a string",
+                "gw.yaml:16:18: route 'bad' match.headers.X-Space starts or ends with whitespace, which a request's value never does",
+                "gw.yaml:17:16: route 'bad' match.headers.X-Ctl holds control characters",
+                "gw.yaml:18:9: route 'bad' match.headers names header 'x-version' twice (also as 'X-Version'; names are case-insensitive)",
+                "gw.yaml:21:30: unknown key 'header' in route.match",
+                "gw.yaml:24:39: route 'listed' match.headers must be a mapping",
+            ])
+    }
+
+    @Test func routeMatchHeaderLimits() {
+        func config(_ headers: String) -> String {
+            "upstreams:\n  users: {targets: [127.0.0.1:9001]}\nroutes:\n"
+                + "  - {name: r, upstream: users, match: {path_prefix: /r, headers: {\(headers)}}}\n"
+        }
+        let sixteen = (1...16).map { "X-H\($0): v" }.joined(separator: ", ")
+        #expect(problems(["gw.yaml": config(sixteen)]).isEmpty)
+        #expect(problems(["gw.yaml": config(sixteen + ", X-H17: v")]) == ["gw.yaml:4:66: route 'r' match.headers names 17 headers; at most 16"])
+        let name = String(repeating: "n", count: 128)
+        let value = String(repeating: "v", count: 1024)
+        #expect(problems(["gw.yaml": config("\(name): \(value)")]).isEmpty)
+        #expect(problems(["gw.yaml": config("\(name)n: v")]).first?.contains("invalid header name") == true)
+        #expect(problems(["gw.yaml": config("X-V: \(value)v")]).first?.hasSuffix("match.headers.X-V is longer than 1024 bytes") == true)
+    }
+
     @Test func jwtIssuerGuardsAgainstAlgorithmConfusion() {
         let yaml = """
             identity:

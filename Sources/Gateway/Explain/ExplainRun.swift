@@ -126,7 +126,7 @@ final class ExplainRun: PhaseResumer {
     /// The method the router matched by: a CORS preflight's is the one it asks about, when a `cors` route takes it.
     private func routedMethod() -> String {
         if let preflight = RequestPhases.preflight(ctx.head), let route = ctx.route, route.cors != nil,
-            let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: preflight.method),
+            let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: preflight.method, headers: { ctx.head.headers[$0] }),
             config.routes[i].name == route.name
         {
             return preflight.method
@@ -143,7 +143,7 @@ final class ExplainRun: PhaseResumer {
             return
         }
         let method = routedMethod()
-        out.nearMisses = snapshot.router.nearMisses(host: ctx.host, path: ctx.path, method: method).map {
+        out.nearMisses = snapshot.router.nearMisses(host: ctx.host, path: ctx.path, method: method, headers: { ctx.head.headers[$0] }).map {
             .init(route: config.routes[$0.index].name, reason: $0.reason)
         }
         guard let route = ctx.route else { return }
