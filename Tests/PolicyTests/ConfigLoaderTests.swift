@@ -403,6 +403,59 @@ let minimal = """
         #expect(problems(["gw.yaml": config("X-V: \(value)v")]).first?.hasSuffix("match.headers.X-V is longer than 1024 bytes") == true)
     }
 
+    @Test func routeMatchHeadersWithUnderscoresNeedThemAllowed() {
+        let routes = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - name: v2
+                match: {path_prefix: /api, headers: {X_Version: 2}}
+                upstream: users
+            """
+        #expect(
+            problems(["gw.yaml": routes]) == [
+                "gw.yaml:4:5: route 'v2': match.headers names 'X_Version', but headers with _ in the name are dropped "
+                    + "(server.underscores_in_headers: drop); rename it or set underscores_in_headers: allow"
+            ])
+        #expect(problems(["gw.yaml": "server: {underscores_in_headers: allow}\n" + routes]).isEmpty)
+    }
+
+    @Test func routesThatCanNeverBeChosenAreReported() {
+        let yaml = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - {name: a, match: {path_prefix: /api/orders}, upstream: users}
+              - {name: b, match: {path_prefix: /api/orders}, upstream: users}
+              - {name: v2, match: {path_prefix: /api/orders, headers: {Accept-Version: "2"}}, upstream: users}
+              - {name: v2-again, match: {path_prefix: /api/orders, headers: {accept-version: 2}}, upstream: users}
+              - {name: v3, match: {path_prefix: /api/orders, headers: {Accept-Version: 3}}, upstream: users}
+              - {name: get, match: {path_prefix: /api/items, methods: [GET]}, upstream: users}
+              - {name: post, match: {path_prefix: /api/items, methods: [POST]}, upstream: users}
+              - {name: both, match: {path_prefix: /api/items, methods: [POST, GET]}, upstream: users}
+              - {name: any, match: {path_prefix: /api/items}, upstream: users}
+              - {name: some, match: {path_prefix: /api/items, methods: [GET, PUT]}, upstream: users}
+              - {name: eu, match: {path_prefix: /api/items, host: eu.example.com}, upstream: users}
+              - {name: eu-get, match: {path_prefix: /api/items, host: EU.example.com, methods: [GET]}, upstream: users}
+              - {name: things, match: {path_prefix: /api/things, methods: [GET, HEAD]}, upstream: users}
+              - {name: things-head, match: {path_prefix: /api/things, methods: [HEAD]}, upstream: users}
+              - {name: things-any, match: {path_prefix: /api/things/}, upstream: users}
+            """
+        // Told apart: other header values, methods the earlier routes lack, another host or prefix, and a route
+        // listing methods after one that takes any (it ranks first).
+        #expect(
+            problems(["gw.yaml": yaml]) == [
+                "gw.yaml:5:5: route 'b' can never be chosen: route 'a' (gw.yaml:4) matches the same host, path_prefix "
+                    + "and headers and takes any method first",
+                "gw.yaml:7:5: route 'v2-again' can never be chosen: route 'v2' (gw.yaml:6) matches the same host, "
+                    + "path_prefix and headers and takes any method first",
+                "gw.yaml:11:5: route 'both' can never be chosen: routes 'get' (gw.yaml:9), 'post' (gw.yaml:10) match "
+                    + "the same host, path_prefix and headers and take all of its methods first",
+                "gw.yaml:17:5: route 'things-head' can never be chosen: route 'things' (gw.yaml:16) matches the same "
+                    + "host, path_prefix and headers and takes all of its methods first",
+            ])
+    }
+
     @Test func jwtIssuerGuardsAgainstAlgorithmConfusion() {
         let yaml = """
             identity:

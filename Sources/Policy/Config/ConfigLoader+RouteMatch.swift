@@ -1,4 +1,4 @@
-/// Route matching beyond path, host and methods: `match.headers`.
+/// Route matching beyond one route's own keys: `match.headers`, and routes that can never be told apart.
 extension ConfigLoader {
     /// Most `match.headers` entries on one route.
     static let maxMatchHeaders = 16
@@ -65,6 +65,58 @@ extension ConfigLoader {
             }
         }
         return ok ? headers : nil
+    }
+
+    /// Problems of the route list as a whole, each at the route it is about (`located[i]` is `routes[i]`'s
+    /// entry):
+    /// - a route that can never be chosen: another with the same host, path prefix and `match.headers` ranks
+    ///   before it and takes every method it takes (``Router``'s order: a route listing methods before one that
+    ///   takes any, then config order), or several such routes do between them;
+    /// - `match.headers` naming a header with `_` while `server.underscores_in_headers: drop`: the gateway
+    ///   treats such headers as not sent.
+    func checkRouteMatches(_ routes: [RouteConfig], located: [Located], server: ServerConfig, _ r: YAMLReader) {
+        struct Key: Hashable {
+            var host: String?
+            var prefix: String
+            var headers: Set<RouteConfig.HeaderMatch>
+        }
+        // Routes by what they match apart from methods, each group in config order.
+        var groups: [Key: [Int]] = [:]
+        for (i, route) in routes.enumerated() {
+            groups[Key(host: route.host, prefix: route.pathPrefix, headers: route.headerSet), default: []].append(i)
+            if server.dropUnderscoreHeaders,
+                let named = route.headers.first(where: { $0.name.utf8.contains(UInt8(ascii: "_")) })
+            {
+                r.problem(
+                    located[i],
+                    "route '\(route.name)': match.headers names '\(named.name)', but headers with _ in the name are "
+                        + "dropped (server.underscores_in_headers: drop); rename it or set underscores_in_headers: allow")
+            }
+        }
+        for group in groups.values where group.count > 1 {
+            for (position, i) in group.enumerated() {
+                let before = group[..<position]
+                let route = routes[i]
+                let coveredBy: [Int]
+                if let methods = route.methods {
+                    // Outranked only by earlier routes that list methods; it is lost when they list all of its own.
+                    let earlier = before.filter { routes[$0].methods != nil }
+                    let taken = Set(earlier.flatMap { routes[$0].methods! })
+                    guard Set(methods).isSubset(of: taken) else { continue }
+                    coveredBy = earlier.filter { !Set(routes[$0].methods!).isDisjoint(with: methods) }
+                } else {
+                    // Any-method routes rank below every route listing methods, so only an earlier one shadows it.
+                    guard let first = before.first(where: { routes[$0].methods == nil }) else { continue }
+                    coveredBy = [first]
+                }
+                let names = coveredBy.map { j in "'\(routes[j].name)' (\(located[j].file):\(located[j].line))" }
+                let subject = names.count == 1 ? "route \(names[0]) matches" : "routes \(names.joined(separator: ", ")) match"
+                r.problem(
+                    located[i],
+                    "route '\(route.name)' can never be chosen: \(subject) the same host, path_prefix and headers "
+                        + "and take\(names.count == 1 ? "s" : "") \(route.methods == nil ? "any method" : "all of its methods") first")
+            }
+        }
     }
 
     /// RFC 9110 `tchar`: the bytes of a header name.
