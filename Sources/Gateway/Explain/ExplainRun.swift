@@ -150,6 +150,7 @@ final class ExplainRun: PhaseResumer {
         var why = "path_prefix \(route.pathPrefix)"
         if let host = route.host { why += ", host \(host)" }
         why += ", methods \(route.methods?.joined(separator: ",") ?? "any")"
+        if !route.headers.isEmpty { why += ", headers " + route.headers.map { "\($0.name): \($0.value)" }.joined(separator: "; ") }
         var checks: [Explanation.Check] = []
         if method != ctx.head.method.rawValue {
             checks.append(.init("preflight", .info, "matched by the method it asks about, \(method)"))
@@ -176,6 +177,7 @@ final class ExplainRun: PhaseResumer {
         }
         out.route = .init(
             name: route.name, pathPrefix: route.pathPrefix, host: route.host, methods: route.methods,
+            headers: route.headers.isEmpty ? nil : route.headers.map { "\($0.name): \($0.value)" },
             upstream: route.upstream, auth: route.auth.rawValue, why: why,
             local: ctx.local == .preflight ? "cors_preflight" : nil, checks: checks)
     }
