@@ -35,6 +35,7 @@ run: build
 	echo "  curl -i http://127.0.0.1:8080/api/echo/hello               # 401: a token or API key is required"; \
 	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/api/echo/hello"; \
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/echo/items"; \
+	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' -H 'Accept-Version: 2' http://127.0.0.1:8080/api/echo/items   # route echo-v2"; \
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/admin/x   # 403 forbidden (no role)"; \
 	echo "  curl -i -X POST -H 'X-API-Key: gh_dev_globex_key' -d '{}' http://127.0.0.1:8080/api/echo/items  # audited"; \
 	echo "  .build/debug/gatehouse audit verify var/audit.jsonl        # the audit log's hash chain"; \

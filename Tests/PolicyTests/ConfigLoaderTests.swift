@@ -322,6 +322,140 @@ let minimal = """
         #expect(p.contains { $0.hasPrefix("gw.yaml:10:27: unknown rate limit 'galaxy'") })
     }
 
+    @Test func routeMatchHeadersAreReadAsStrings() throws {
+        let yaml = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - name: v2
+                match: {path_prefix: /api/orders, headers: {Accept-Version: 2, X-Beta: "yes", X-Flag: true, X-Ver: 2.10}}
+                upstream: users
+              - name: orders
+                match: {path_prefix: /api/orders}
+                upstream: users
+            """
+        let config = try load(["gw.yaml": yaml]).get()
+        // Plain scalars keep their text: `2` is "2", `2.10` is "2.10" (not the number 2.1).
+        #expect(
+            config.routes[0].headers == [
+                .init(name: "Accept-Version", value: "2"), .init(name: "X-Beta", value: "yes"),
+                .init(name: "X-Flag", value: "true"), .init(name: "X-Ver", value: "2.10"),
+            ])
+        #expect(config.routes[1].headers.isEmpty)
+    }
+
+    @Test func routeMatchHeaderProblems() {
+        let yaml = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - name: empty
+                match: {path_prefix: /a, headers: {}}
+                upstream: users
+              - name: bad
+                match:
+                  path_prefix: /b
+                  headers:
+                    Host: api.example.com
+                    Bad Name: x
+                    X-Version: ""
+                    X-List: [1]
+                    X-Null: ~
+                    X-Space: " 2"
+                    X-Ctl: "a\\u0001b"
+                    x-version: 3
+                upstream: users
+              - name: typo
+                match: {path_prefix: /c, header: {X-Version: 1}}
+                upstream: users
+              - name: listed
+                match: {path_prefix: /e, headers: [X-Version]}
+                upstream: users
+            """
+        #expect(
+            problems(["gw.yaml": yaml]) == [
+                "gw.yaml:5:39: route 'empty' match.headers must name at least one header (leave it out to match any headers)",
+                "gw.yaml:11:9: route 'bad' match.headers: match on the host with match.host, not a Host header",
+                "gw.yaml:12:9: route 'bad' match.headers: invalid header name 'Bad Name' (an HTTP token of at most 128 bytes)",
+                "gw.yaml:13:20: route 'bad' match.headers.X-Version must not be empty",
+                "gw.yaml:14:17: route 'bad' match.headers.X-List must be a string",
+                "gw.yaml:15:17: route 'bad' match.headers.X-Null must be a string",
+                "gw.yaml:16:18: route 'bad' match.headers.X-Space starts or ends with whitespace, which a request's value never does",
+                "gw.yaml:17:16: route 'bad' match.headers.X-Ctl holds control characters",
+                "gw.yaml:18:9: route 'bad' match.headers names header 'x-version' twice (also as 'X-Version'; names are case-insensitive)",
+                "gw.yaml:21:30: unknown key 'header' in route.match",
+                "gw.yaml:24:39: route 'listed' match.headers must be a mapping",
+            ])
+    }
+
+    @Test func routeMatchHeaderLimits() {
+        func config(_ headers: String) -> String {
+            "upstreams:\n  users: {targets: [127.0.0.1:9001]}\nroutes:\n"
+                + "  - {name: r, upstream: users, match: {path_prefix: /r, headers: {\(headers)}}}\n"
+        }
+        let sixteen = (1...16).map { "X-H\($0): v" }.joined(separator: ", ")
+        #expect(problems(["gw.yaml": config(sixteen)]).isEmpty)
+        #expect(problems(["gw.yaml": config(sixteen + ", X-H17: v")]) == ["gw.yaml:4:66: route 'r' match.headers names 17 headers; at most 16"])
+        let name = String(repeating: "n", count: 128)
+        let value = String(repeating: "v", count: 1024)
+        #expect(problems(["gw.yaml": config("\(name): \(value)")]).isEmpty)
+        #expect(problems(["gw.yaml": config("\(name)n: v")]).first?.contains("invalid header name") == true)
+        #expect(problems(["gw.yaml": config("X-V: \(value)v")]).first?.hasSuffix("match.headers.X-V is longer than 1024 bytes") == true)
+    }
+
+    @Test func routeMatchHeadersWithUnderscoresNeedThemAllowed() {
+        let routes = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - name: v2
+                match: {path_prefix: /api, headers: {X_Version: 2}}
+                upstream: users
+            """
+        #expect(
+            problems(["gw.yaml": routes]) == [
+                "gw.yaml:4:5: route 'v2': match.headers names 'X_Version', but headers with _ in the name are dropped "
+                    + "(server.underscores_in_headers: drop); rename it or set underscores_in_headers: allow"
+            ])
+        #expect(problems(["gw.yaml": "server: {underscores_in_headers: allow}\n" + routes]).isEmpty)
+    }
+
+    @Test func routesThatCanNeverBeChosenAreReported() {
+        let yaml = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - {name: a, match: {path_prefix: /api/orders}, upstream: users}
+              - {name: b, match: {path_prefix: /api/orders}, upstream: users}
+              - {name: v2, match: {path_prefix: /api/orders, headers: {Accept-Version: "2"}}, upstream: users}
+              - {name: v2-again, match: {path_prefix: /api/orders, headers: {accept-version: 2}}, upstream: users}
+              - {name: v3, match: {path_prefix: /api/orders, headers: {Accept-Version: 3}}, upstream: users}
+              - {name: get, match: {path_prefix: /api/items, methods: [GET]}, upstream: users}
+              - {name: post, match: {path_prefix: /api/items, methods: [POST]}, upstream: users}
+              - {name: both, match: {path_prefix: /api/items, methods: [POST, GET]}, upstream: users}
+              - {name: any, match: {path_prefix: /api/items}, upstream: users}
+              - {name: some, match: {path_prefix: /api/items, methods: [GET, PUT]}, upstream: users}
+              - {name: eu, match: {path_prefix: /api/items, host: eu.example.com}, upstream: users}
+              - {name: eu-get, match: {path_prefix: /api/items, host: EU.example.com, methods: [GET]}, upstream: users}
+              - {name: things, match: {path_prefix: /api/things, methods: [GET, HEAD]}, upstream: users}
+              - {name: things-head, match: {path_prefix: /api/things, methods: [HEAD]}, upstream: users}
+              - {name: things-any, match: {path_prefix: /api/things/}, upstream: users}
+            """
+        // Told apart: other header values, methods the earlier routes lack, another host or prefix, and a route
+        // listing methods after one that takes any (it ranks first).
+        #expect(
+            problems(["gw.yaml": yaml]) == [
+                "gw.yaml:5:5: route 'b' can never be chosen: route 'a' (gw.yaml:4) matches the same host, path_prefix "
+                    + "and headers and takes any method first",
+                "gw.yaml:7:5: route 'v2-again' can never be chosen: route 'v2' (gw.yaml:6) matches the same host, "
+                    + "path_prefix and headers and takes any method first",
+                "gw.yaml:11:5: route 'both' can never be chosen: routes 'get' (gw.yaml:9), 'post' (gw.yaml:10) match "
+                    + "the same host, path_prefix and headers and take all of its methods first",
+                "gw.yaml:17:5: route 'things-head' can never be chosen: route 'things' (gw.yaml:16) matches the same "
+                    + "host, path_prefix and headers and takes all of its methods first",
+            ])
+    }
+
     @Test func jwtIssuerGuardsAgainstAlgorithmConfusion() {
         let yaml = """
             identity:

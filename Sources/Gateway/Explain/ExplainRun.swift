@@ -126,7 +126,7 @@ final class ExplainRun: PhaseResumer {
     /// The method the router matched by: a CORS preflight's is the one it asks about, when a `cors` route takes it.
     private func routedMethod() -> String {
         if let preflight = RequestPhases.preflight(ctx.head), let route = ctx.route, route.cors != nil,
-            let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: preflight.method),
+            let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: preflight.method, headers: { ctx.head.headers[$0] }),
             config.routes[i].name == route.name
         {
             return preflight.method
@@ -143,13 +143,14 @@ final class ExplainRun: PhaseResumer {
             return
         }
         let method = routedMethod()
-        out.nearMisses = snapshot.router.nearMisses(host: ctx.host, path: ctx.path, method: method).map {
+        out.nearMisses = snapshot.router.nearMisses(host: ctx.host, path: ctx.path, method: method, headers: { ctx.head.headers[$0] }).map {
             .init(route: config.routes[$0.index].name, reason: $0.reason)
         }
         guard let route = ctx.route else { return }
         var why = "path_prefix \(route.pathPrefix)"
         if let host = route.host { why += ", host \(host)" }
         why += ", methods \(route.methods?.joined(separator: ",") ?? "any")"
+        if !route.headers.isEmpty { why += ", headers " + route.headers.map { "\($0.name): \($0.value)" }.joined(separator: "; ") }
         var checks: [Explanation.Check] = []
         if method != ctx.head.method.rawValue {
             checks.append(.init("preflight", .info, "matched by the method it asks about, \(method)"))
@@ -176,6 +177,7 @@ final class ExplainRun: PhaseResumer {
         }
         out.route = .init(
             name: route.name, pathPrefix: route.pathPrefix, host: route.host, methods: route.methods,
+            headers: route.headers.isEmpty ? nil : route.headers.map { "\($0.name): \($0.value)" },
             upstream: route.upstream, auth: route.auth.rawValue, why: why,
             local: ctx.local == .preflight ? "cors_preflight" : nil, checks: checks)
     }

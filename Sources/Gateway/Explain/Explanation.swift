@@ -42,6 +42,8 @@ public struct Explanation: Sendable, Encodable {
         public var host: String?
         /// nil: any method.
         public var methods: [String]?
+        /// `match.headers` as `Name: value` (the name as configured); nil: none.
+        public var headers: [String]? = nil
         public var upstream: String
         public var auth: String
         /// Why it was chosen.

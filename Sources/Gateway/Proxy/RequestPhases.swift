@@ -112,11 +112,15 @@ struct RequestPhases {
             ctx.bodyLimit = min(ctx.bodyLimit, BillingWebhookHandler.maxBody)
             return .next
         }
-        var matched = snapshot.router.match(host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue)
+        // Headers are read only when some route has `match.headers` (and then only the names it lists).
+        var matched = snapshot.router.match(
+            host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue, headers: { ctx.head.headers[$0] })
         // A CORS preflight asks about the request to come, so it is matched by the method it names (a route that
-        // lists its methods seldom lists OPTIONS); when no route with `cors` takes that method, by OPTIONS.
+        // lists its methods seldom lists OPTIONS); when no route with `cors` takes that method, by OPTIONS. It
+        // carries none of the request's own headers: a route that needs `match.headers` never takes it.
         if let preflight = Self.preflight(ctx.head),
-            let i = snapshot.router.match(host: ctx.host, path: ctx.path, method: preflight.method),
+            let i = snapshot.router.match(
+                host: ctx.host, path: ctx.path, method: preflight.method, headers: { ctx.head.headers[$0] }),
             snapshot.config.routes[i].cors != nil
         {
             matched = i

@@ -614,7 +614,7 @@ extension ConfigLoader {
             if f["name"] == nil { r.problem(at, "route needs a name") }
             return nil
         }
-        guard let matchAt = f["match"], let m = r.fields(matchAt, "route.match", allowed: ["path_prefix", "methods", "host"])
+        guard let matchAt = f["match"], let m = r.fields(matchAt, "route.match", allowed: ["path_prefix", "methods", "host", "headers"])
         else {
             if f["match"] == nil { r.problem(at, "route '\(name)' needs match") }
             return nil
@@ -645,6 +645,9 @@ extension ConfigLoader {
             route.methods = methods.map(\.value)
         }
         if let v = m["host"], let host = r.nonEmptyString(v, "match.host") { route.host = host.lowercased() }
+        if let v = m["headers"] {
+            if let headers = parseMatchHeaders(v, route: name, r) { route.headers = headers } else { ok = false }
+        }
         if let v = f["strip_prefix"], let strip = r.nonEmptyString(v, "strip_prefix") {
             if !strip.hasPrefix("/") || !Router.segmentPrefix(strip, of: prefix) {
                 r.problem(v, "strip_prefix '\(strip)' must be a path-segment prefix of path_prefix '\(prefix)'")

@@ -203,6 +203,7 @@ public struct ConfigLoader {
                 routes.append(route)
             }
         }
+        checkRouteMatches(routes, located: routes.map { routeNames[$0.name]! }, server: server, reader)
         let audit = single["audit"].flatMap { parseAudit($0, reader) }
         if let audit, store == nil, let at = single["audit"],
             audit.sinks.contains(where: { if case .redisStream = $0 { return true } else { return false } })

@@ -428,6 +428,9 @@ public struct RouteConfig: Sendable {
     public var host: String? = nil
     public var pathPrefix: String
     public var methods: [String]? = nil
+    /// `match.headers`: each must be sent once with exactly its value (``HeaderMatch``); empty: headers are not
+    /// looked at.
+    public var headers: [HeaderMatch] = []
     public var upstream: String
     public var stripPrefix: String? = nil
     public var auth: Auth = .required

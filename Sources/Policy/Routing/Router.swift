@@ -1,24 +1,37 @@
-/// Picks the route for a request: by optional host, segment-aware path prefix and method.
+/// Picks the route for a request: by optional host, segment-aware path prefix, method and optional headers.
 ///
 /// The most specific route wins: an exact host before a `*.` wildcard host before no host, then the longest
-/// path prefix, then a route that lists methods before one that takes any.
+/// path prefix, then the route with more `match.headers`, then a route that lists methods before one that takes
+/// any, then config order.
+///
+/// A route with `match.headers` takes a request only when each header it names is sent exactly once with exactly
+/// the configured value (names any case). A header sent twice takes no route that names it, even when one of the
+/// copies has the value: which copy counts is for nobody to guess, so ambiguous input never selects a route.
 public struct Router: Sendable {
+    /// All values the request carries for a header name (any case), in order; empty when it is absent. Called
+    /// only for names some route's `match.headers` lists.
+    public typealias HeaderValues = (_ name: String) -> [String]
+
     private struct Entry: Sendable {
         var index: Int
         var host: String?
         var wildcardSuffix: String?
         var prefix: String
         var methods: [String]?
+        var headers: [RouteConfig.HeaderMatch]
     }
 
     private let entries: [Entry]
     /// Some route matches on host; otherwise the Host header is not looked at.
     private let usesHost: Bool
+    /// Some route matches on headers; otherwise no header is looked at.
+    private let usesHeaders: Bool
 
     public init(routes: [RouteConfig]) {
         var entries: [Entry] = []
         for (i, r) in routes.enumerated() {
-            var e = Entry(index: i, host: r.host, wildcardSuffix: nil, prefix: r.pathPrefix, methods: r.methods)
+            var e = Entry(
+                index: i, host: r.host, wildcardSuffix: nil, prefix: r.pathPrefix, methods: r.methods, headers: r.headers)
             if let h = r.host, h.hasPrefix("*.") {
                 e.host = nil
                 e.wildcardSuffix = String(h.dropFirst(1))  // ".example.com"
@@ -26,10 +39,12 @@ public struct Router: Sendable {
             entries.append(e)
         }
         self.usesHost = entries.contains { $0.host != nil || $0.wildcardSuffix != nil }
+        self.usesHeaders = entries.contains { !$0.headers.isEmpty }
         func hostRank(_ e: Entry) -> Int { e.host != nil ? 0 : (e.wildcardSuffix != nil ? 1 : 2) }
         self.entries = entries.sorted { a, b in
             if hostRank(a) != hostRank(b) { return hostRank(a) < hostRank(b) }
             if a.prefix.utf8.count != b.prefix.utf8.count { return a.prefix.utf8.count > b.prefix.utf8.count }
+            if a.headers.count != b.headers.count { return a.headers.count > b.headers.count }
             if (a.methods != nil) != (b.methods != nil) { return a.methods != nil }
             return a.index < b.index
         }
@@ -39,7 +54,9 @@ public struct Router: Sendable {
     /// - Parameters:
     ///   - host: the request's Host header, any case, port allowed; nil when absent.
     ///   - path: the request path without the query.
-    public func match(host: String?, path: Substring, method: String) -> Int? {
+    ///   - headers: the request's values of a header; called only when some route has `match.headers`, and then
+    ///     only for the names of routes whose host, path prefix and method match.
+    public func match(host: String?, path: Substring, method: String, headers: HeaderValues) -> Int? {
         let bareHost = usesHost ? host.map(Self.normalizeHost) : nil
         for e in entries {
             if let h = e.host {
@@ -49,17 +66,38 @@ public struct Router: Sendable {
             }
             guard Self.segmentPrefix(e.prefix, of: path) else { continue }
             if let methods = e.methods, !methods.contains(method) { continue }
+            if usesHeaders, !e.headers.isEmpty, !e.headers.allSatisfy({ Self.satisfied($0, headers($0.name)) }) {
+                continue
+            }
             return e.index
         }
         return nil
     }
 
-    /// A route that did not take a request, and why (``nearMisses(host:path:method:limit:)``).
+    /// True when `values` (the request's, for `wanted.name`) are exactly one, equal to `wanted.value` byte for byte.
+    private static func satisfied(_ wanted: RouteConfig.HeaderMatch, _ values: [String]) -> Bool {
+        values.count == 1 && values[0].utf8.elementsEqual(wanted.value.utf8)
+    }
+
+    /// Why `values` do not satisfy `wanted` (``satisfied(_:_:)``), for people; nil when they do.
+    private static func mismatch(_ wanted: RouteConfig.HeaderMatch, _ values: [String]) -> String? {
+        if satisfied(wanted, values) { return nil }
+        switch values.count {
+        case 0: return "header \(wanted.name) is missing"
+        case 1: return "header \(wanted.name) is \"\(clip(values[0]))\", not \"\(wanted.value)\""
+        default: return "header \(wanted.name) is sent \(values.count) times, not once"
+        }
+    }
+
+    /// A request's value as a reason shows it: at most 64 characters.
+    private static func clip(_ value: String) -> String { value.count <= 64 ? value : String(value.prefix(64)) + "…" }
+
+    /// A route that did not take a request, and why (``nearMisses(host:path:method:headers:limit:)``).
     public struct NearMiss: Sendable, Equatable {
         public enum Kind: Sendable, Equatable {
             /// It matches too, but the chosen route is more specific.
             case outranked
-            /// Its path prefix matches; its host or methods do not.
+            /// Its path prefix matches; its host, methods or headers do not.
             case hostOrMethod
             /// Its path prefix does not match, though it shares a leading segment with the path (or its host
             /// names this request's host).
@@ -73,11 +111,12 @@ public struct Router: Sendable {
     }
 
     /// The routes that came closest to taking a request without taking it, closest first, at most `limit`: those
-    /// that match too but rank below the chosen one, then those whose path prefix matches but whose host or
-    /// methods do not, then those whose prefix does not match but shares a leading segment with the path (or
-    /// whose host is this request's). The chosen route (``match(host:path:method:)``) is never among them.
-    public func nearMisses(host: String?, path: Substring, method: String, limit: Int = 5) -> [NearMiss] {
-        let chosen = match(host: host, path: path, method: method)
+    /// that match too but rank below the chosen one, then those whose path prefix matches but whose host,
+    /// methods or headers do not, then those whose prefix does not match but shares a leading segment with the
+    /// path (or whose host is this request's). The chosen route (``match(host:path:method:headers:)``) is never
+    /// among them.
+    public func nearMisses(host: String?, path: Substring, method: String, headers: HeaderValues, limit: Int = 5) -> [NearMiss] {
+        let chosen = match(host: host, path: path, method: method, headers: headers)
         let bareHost = usesHost ? host.map(Self.normalizeHost) : nil
         var found: [(miss: NearMiss, failures: Int)] = []
         for e in entries where e.index != chosen {
@@ -98,6 +137,9 @@ public struct Router: Sendable {
             }
             if let methods = e.methods, !methods.contains(method) {
                 failures.append("method \(method) is not among \(methods.joined(separator: ", "))")
+            }
+            for wanted in e.headers {
+                if let why = Self.mismatch(wanted, headers(wanted.name)) { failures.append(why) }
             }
             let kind: NearMiss.Kind
             if failures.isEmpty {
