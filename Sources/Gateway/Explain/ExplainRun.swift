@@ -207,8 +207,8 @@ final class ExplainRun: PhaseResumer {
                     if key.utf8.count <= IdentityResolver.maxAPIKeyBytes,
                         let owner = snapshot.tenants.apiKeyOwner(sha256Hex: Digest.hex(Digest.sha256(key.utf8)))
                     {
-                        keyOwner = owner
-                        checks.append(.init("api key", .ok, "key \(owner.id) of tenant \(owner.tenant)"))
+                        keyOwner = (owner.tenant, owner.key.id)
+                        checks.append(.init("api key", .ok, "key \(owner.key.id) of tenant \(owner.tenant)"))
                     } else {
                         checks.append(.init("api key", .failed, "no tenant holds this key (compared by SHA-256; revoked keys never match)"))
                     }
