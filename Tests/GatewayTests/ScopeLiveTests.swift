@@ -291,6 +291,12 @@ import Testing
         let enough = try explain(Self.token(["scp": ["orders:write", "orders:read"]]))
         #expect(enough.status == 0)
         #expect(scopeCheck(enough.doc)?["result"] as? String == "ok")
+        // The roles pass, then the scopes fail.
+        let scopeless = try explain(Self.token(["roles": ["deployer"], "scope": "orders:read"]), "/deploy/x")
+        let checks = (scopeless.doc["identity"] as? [String: Any])?["checks"] as? [[String: Any]] ?? []
+        #expect(checks.first { $0["name"] as? String == "roles" }?["result"] as? String == "ok")
+        #expect(scopeCheck(scopeless.doc)?["detail"] as? String == "needs all of deploy; the caller has orders:read (missing deploy)")
+        #expect((scopeless.doc["decision"] as? [String: Any])?["code"] as? String == "insufficient_scope")
         // Refused for its roles first: the scope check is not made.
         let roleless = try explain(Self.token(["scope": "deploy"]), "/deploy/x")
         #expect((roleless.doc["decision"] as? [String: Any])?["code"] as? String == "forbidden")
