@@ -78,8 +78,8 @@ public struct VerifiedToken: Sendable, Equatable {
 /// for that algorithm (an HS secret, or a parsed RSA/EC key chosen by `kid`), then the signature with OpenSSL
 /// on the key parsed when the key set loaded (``PublicKey``; HMAC compared in constant time; ECDSA's JWS form
 /// converted to DER), then `exp`, `nbf`, `iat`, `iss` and `aud` against an injected clock; then the identity
-/// claims (user, tenant, roles, scopes). `jku`, `x5u` and
-/// embedded `jwk` headers are ignored: keys come from config only.
+/// claims (user, tenant, roles, scopes). `jku`, `x5u` and embedded `jwk` headers are ignored: keys come from
+/// config only.
 public final class JWTVerifier: Sendable {
     public static let maxTokenBytes = 8192
     public static let supported: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
