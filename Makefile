@@ -29,7 +29,7 @@ run: build
 	@export GATEHOUSE_DEV_SECRET=$${GATEHOUSE_DEV_SECRET:-dev-only-secret-change-me-0123456789abcdef}; \
 	export GATEHOUSE_ADMIN_TOKEN=$${GATEHOUSE_ADMIN_TOKEN:-dev-admin-token}; \
 	python3 scripts/sample_upstream.py 9001 & UP=$$!; trap "kill $$UP 2>/dev/null" EXIT INT TERM; \
-	TOKEN=$$($(BIN) token --tenant acme --sub alice --roles admin --secret-env GATEHOUSE_DEV_SECRET); \
+	TOKEN=$$($(BIN) token --tenant acme --sub alice --roles admin --scope echo:admin --secret-env GATEHOUSE_DEV_SECRET); \
 	echo; echo "Gatehouse on http://127.0.0.1:8080 (admin on 127.0.0.1:9901). Try:"; \
 	echo "  curl -i http://127.0.0.1:8080/public/hello                 # no auth needed"; \
 	echo "  curl -i http://127.0.0.1:8080/api/echo/hello               # 401: a token or API key is required"; \
@@ -37,6 +37,7 @@ run: build
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/echo/items"; \
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' -H 'Accept-Version: 2' http://127.0.0.1:8080/api/echo/items   # route echo-v2"; \
 	echo "  curl -i -H 'X-API-Key: gh_dev_globex_key' http://127.0.0.1:8080/api/admin/x   # 403 forbidden (no role)"; \
+	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/api/admin/x   # role admin, scope echo:admin"; \
 	echo "  curl -i -X POST -H 'X-API-Key: gh_dev_globex_key' -d '{}' http://127.0.0.1:8080/api/echo/items  # audited"; \
 	echo "  .build/debug/gatehouse audit verify var/audit.jsonl        # the audit log's hash chain"; \
 	echo "  curl -s http://127.0.0.1:9901/metrics"; echo "Ctrl-C stops both."; echo; \

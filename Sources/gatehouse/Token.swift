@@ -9,6 +9,9 @@ struct Token: ParsableCommand {
     @Option(help: "The tenant the token names.") var tenant: String
     @Option(help: "The subject (user id).") var sub: String = "dev-user"
     @Option(help: "Comma-separated roles.") var roles: String = ""
+    @Option(
+        help: "Space-separated scopes, e.g. \"orders:read orders:write\": a string in the issuer's scopes_claim (default: scope).")
+    var scope: String?
     @Option(help: "Lifetime: 30s, 15m, 1h, 7d.") var ttl: String = "1h"
     @Option(name: .customLong("secret-env"), help: "Environment variable holding the HS256 secret.") var secretEnv: String?
     @Option(help: "PEM private key file (RSA -> RS256, EC -> ES256).") var key: String?
@@ -26,6 +29,9 @@ struct Token: ParsableCommand {
         }
         guard TenantID.isValid(tenant) else { throw ValidationError("--tenant must be 1-64 of A-Z a-z 0-9 . _ -") }
         guard Units.parseDuration(ttl) != nil else { throw ValidationError("--ttl must be a duration like 1h") }
+        if let scope, !scope.split(separator: " ").allSatisfy({ Scopes.isScope(String($0)) }) {
+            throw ValidationError("--scope: each scope is 1-\(Scopes.maxBytes) bytes of printable ASCII, no \" or \\")
+        }
     }
 
     func run() throws {
@@ -45,6 +51,7 @@ struct Token: ParsableCommand {
         for path in tenantPaths { set(&claims, path: path, tenant) }
         let roleList = roles.split(separator: ",").map(String.init)
         if !roleList.isEmpty { claims[issuerConfig?.rolesClaim ?? "roles"] = roleList }
+        if let scope { set(&claims, path: issuerConfig?.scopesClaim ?? "scope", scope) }
 
         let keyBytes: [UInt8]
         let algorithm: String

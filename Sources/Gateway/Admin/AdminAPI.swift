@@ -73,24 +73,20 @@ struct AdminAPI {
                     : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
             }
         case ("POST", 5) where parts[4] == "api-keys":
-            var keyID = "key-" + Self.randomToken(bytes: 6)
-            if !body.isEmpty {
-                guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
-                    return now(problem(.badRequest("The body must be a JSON object."), requestID))
-                }
-                if let given = object["id"] {
-                    guard let s = given as? String, TenantID.isValid(s) else {
-                        return now(problem(.badRequest("id must be 1-64 characters of A-Z a-z 0-9 . _ -."), requestID))
-                    }
-                    keyID = s
-                }
+            let request: KeyRequest
+            switch Self.parseKeyRequest(body) {
+            case .failure(let denial): return now(problem(denial, requestID))
+            case .success(let r): request = r
             }
+            let keyID = request.id ?? "key-" + Self.randomToken(bytes: 6)
             if tenants.record(id)?.apiKeys.contains(where: { $0.id == keyID }) == true {
                 return now(problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409))
             }
             let key = "gh_" + Self.randomToken(bytes: 32)
             let newID = keyID
-            return store.addKey(id, id: newID, sha256: Digest.hex(Digest.sha256(key.utf8))).map { added in
+            let record = TenantRecord.APIKey(
+                id: newID, sha256: Digest.hex(Digest.sha256(key.utf8)), scopes: request.scopes, roles: request.roles)
+            return store.addKey(id, record).map { added in
                 added
                     ? Response(status: 201, body: "{\"id\":\(JSONText.quote(newID)),\"key\":\(JSONText.quote(key))}")
                     : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
@@ -164,6 +160,55 @@ struct AdminAPI {
         return items
     }
 
+    /// A `POST …/api-keys` body: the key's id (else one is made up), and what it grants.
+    struct KeyRequest {
+        var id: String?
+        var scopes: [String] = []
+        var roles: [String] = []
+    }
+
+    /// Validates a `POST …/api-keys` body (optional): `{"id"?, "scopes"?: [scope, ...], "roles"?: [role, ...]}`;
+    /// anything else is a 400 naming the field.
+    static func parseKeyRequest(_ body: [UInt8]) -> Result<KeyRequest, Denial> {
+        var request = KeyRequest()
+        guard !body.isEmpty else { return .success(request) }
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
+            return .failure(.badRequest("The body must be a JSON object."))
+        }
+        let allowed: Set<String> = ["id", "scopes", "roles"]
+        if let unknown = object.keys.sorted().first(where: { !allowed.contains($0) }) {
+            return .failure(.badRequest("Unknown field '\(unknown)' (id, scopes, roles)."))
+        }
+        if let given = object["id"], !(given is NSNull) {
+            guard let s = given as? String, TenantID.isValid(s) else {
+                return .failure(.badRequest("id must be 1-64 characters of A-Z a-z 0-9 . _ -."))
+            }
+            request.id = s
+        }
+        // A list of distinct strings that all pass `valid`, at most `max`.
+        func names(_ field: String, max: Int, _ valid: (String) -> Bool, _ rule: String) -> Result<[String], Denial> {
+            guard let raw = object[field], !(raw is NSNull) else { return .success([]) }
+            let list = raw as? [Any] ?? []
+            let strings = list.compactMap { $0 as? String }
+            guard raw is [Any], strings.count == list.count, strings.allSatisfy(valid) else {
+                return .failure(.badRequest("Field '\(field)' must be an array of \(rule)."))
+            }
+            var distinct: [String] = []
+            for s in strings where !distinct.contains(s) { distinct.append(s) }
+            guard distinct.count <= max else { return .failure(.badRequest("Field '\(field)' holds at most \(max) names.")) }
+            return .success(distinct)
+        }
+        switch names("scopes", max: Scopes.maxCount, Scopes.isScope, "scopes (1-\(Scopes.maxBytes) bytes of printable ASCII, no space, \" or \\)") {
+        case .failure(let denial): return .failure(denial)
+        case .success(let scopes): request.scopes = scopes
+        }
+        switch names("roles", max: TenantRecord.maxRoles, TenantRecord.isRoleName, "role names (1-64 of A-Z a-z 0-9 . _ : -)") {
+        case .failure(let denial): return .failure(denial)
+        case .success(let roles): request.roles = roles
+        }
+        return .success(request)
+    }
+
     /// Validates a PUT body: `{plan, status, trial_ends?, overrides?: {max_body_bytes?, rate?, quota?}}`.
     func parseRecord(_ body: [UInt8]) -> Result<TenantRecord, Denial> {
         guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
@@ -217,9 +262,15 @@ struct AdminAPI {
         json += ",\"billing_anchor\":\(r.billingAnchor)"
         let overrides = (try? JSONSerialization.data(withJSONObject: OverridesJSON.encode(r), options: [.sortedKeys])) ?? Data("{}".utf8)
         json += ",\"overrides\":" + String(decoding: overrides, as: UTF8.self)
-        json += ",\"api_keys\":[" + r.apiKeys.map { "{\"id\":\(JSONText.quote($0.id))}" }.joined(separator: ",") + "]"
+        // Keys by id, with what they grant; never a hash (nor, kept nowhere, a plaintext).
+        json += ",\"api_keys\":[" + r.apiKeys.map(Self.keyDocument).joined(separator: ",") + "]"
         json += ",\"source\":\(JSONText.quote(source.rawValue))}"
         return json
+    }
+
+    static func keyDocument(_ key: TenantRecord.APIKey) -> String {
+        func list(_ names: [String]) -> String { "[" + names.map(JSONText.quote).joined(separator: ",") + "]" }
+        return "{\"id\":\(JSONText.quote(key.id)),\"scopes\":\(list(key.scopes)),\"roles\":\(list(key.roles))}"
     }
 
     private func problem(_ denial: Denial, _ requestID: String, status: Int? = nil) -> Response {

@@ -17,7 +17,7 @@ final class ExplainRun: PhaseResumer {
     private var out: Explanation
     /// The bearer token's verification, as the verifier answers it (for the identity checks).
     private var verified: VerifiedToken?
-    /// The caller as resolved: the phase's, or (refused for its roles) the resolver's without the roles check.
+    /// The caller as the authenticate phase resolved it (also when refused for its roles or scopes).
     private var shown = Caller()
     /// The tenant's open tunnels, as read with the charge's levels (nil: not read).
     private var tunnelsOpen: Int?
@@ -209,8 +209,11 @@ final class ExplainRun: PhaseResumer {
                     if key.utf8.count <= IdentityResolver.maxAPIKeyBytes,
                         let owner = snapshot.tenants.apiKeyOwner(sha256Hex: Digest.hex(Digest.sha256(key.utf8)))
                     {
-                        keyOwner = owner
-                        checks.append(.init("api key", .ok, "key \(owner.id) of tenant \(owner.tenant)"))
+                        keyOwner = (owner.tenant, owner.key.id)
+                        var detail = "key \(owner.key.id) of tenant \(owner.tenant)"
+                        if !owner.key.scopes.isEmpty { detail += "; scopes \(owner.key.scopes.joined(separator: " "))" }
+                        if !owner.key.roles.isEmpty { detail += "; roles \(owner.key.roles.joined(separator: ","))" }
+                        checks.append(.init("api key", .ok, detail))
                     } else {
                         checks.append(.init("api key", .failed, "no tenant holds this key (compared by SHA-256; revoked keys never match)"))
                     }
@@ -223,27 +226,32 @@ final class ExplainRun: PhaseResumer {
                 }
             }
         }
+        // Refused for its roles or scopes, the phase still resolved who the caller is.
         shown = ctx.caller
-        if denial?.code == "forbidden" {
-            // Refused for its roles after the tenant was resolved: the same resolver without the roles check says who.
-            var withoutRoles = route
-            withoutRoles.roles = nil
-            let now = ctx.wallNow(loop.clock)
-            let input = IdentityResolver.Input(
-                authorization: headers["authorization"], apiKey: headers[identity.apiKeyHeader],
-                tenantHeader: headers[identity.tenantHeader])
-            if case .success(let caller) = snapshot.identity.resolve(input, route: withoutRoles, verify: { self.snapshot.verifier.verify($0, now: now) }) {
-                shown = caller
-            }
+        if shown.credential == .token, keyOwner != nil {
+            checks.append(
+                .init("credential", .info, "the bearer token authenticates: its roles and scopes apply, the API key's do not"))
         }
         if let roles = route.roles {
             let have = shown.roles.isEmpty ? "none" : shown.roles.joined(separator: ",")
             if denial?.code == "forbidden" {
                 checks.append(.init("roles", .failed, "needs one of \(roles.joined(separator: ",")); the caller has \(have)"))
-            } else if denial == nil {
+            } else if denial == nil || denial?.code == "insufficient_scope" {
                 checks.append(.init("roles", .ok, "needs one of \(roles.joined(separator: ",")); the caller has \(have)"))
             } else {
                 checks.append(.init("roles", .skipped))
+            }
+        }
+        if let scopes = route.scopes {
+            let needs = "needs all of \(scopes.joined(separator: " ")); the caller has "
+                + (shown.scopes.isEmpty ? "none" : shown.scopes.joined(separator: " "))
+            if denial?.code == "insufficient_scope" {
+                let missing = Scopes.missing(scopes, have: shown.scopes)
+                checks.append(.init("scopes", .failed, needs + " (missing \(missing.joined(separator: " ")))"))
+            } else if denial == nil {
+                checks.append(.init("scopes", .ok, needs))
+            } else {
+                checks.append(.init("scopes", .skipped))
             }
         }
         if let denial, denial.code == "unauthenticated", !checks.contains(where: { $0.result == .failed }) {
@@ -263,7 +271,9 @@ final class ExplainRun: PhaseResumer {
                 credential = "api_key"
             }
         }
-        out.identity = .init(auth: route.auth.rawValue, credential: credential, user: shown.user, roles: shown.roles, checks: checks)
+        out.identity = .init(
+            auth: route.auth.rawValue, credential: credential, user: shown.user, roles: shown.roles, scopes: shown.scopes,
+            checks: checks)
         // Refused credentials name no tenant; every other outcome of the phase went through tenant resolution
         // (a malformed tenant header is its first check).
         if denial?.code != "unauthenticated" { describeTenant(denial, keyOwner: keyOwner) }

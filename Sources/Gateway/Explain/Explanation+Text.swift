@@ -27,6 +27,7 @@ extension Explanation {
             var who = "auth \(identity.auth), credential \(identity.credential.replacingOccurrences(of: "_", with: " "))"
             if let user = identity.user { who += "; user \(user)" }
             if !identity.roles.isEmpty { who += ", roles \(identity.roles.joined(separator: ","))" }
+            if !identity.scopes.isEmpty { who += ", scopes \(identity.scopes.joined(separator: " "))" }
             lines.append(who)
             lines += Self.checkLines(identity.checks)
             section("identity", lines)

@@ -65,6 +65,8 @@ public struct Explanation: Sendable, Encodable {
         public var credential: String
         public var user: String?
         public var roles: [String]
+        /// The scopes the credential grants (the token's claim, or the API key's).
+        public var scopes: [String]
         public var checks: [Check]
     }
 

@@ -136,7 +136,7 @@ struct RequestPhases {
         return .next
     }
 
-    /// Credentials (bearer token or API key), then the tenant they name, then the route's roles.
+    /// Credentials (bearer token or API key), then the tenant they name, then the route's roles and scopes.
     func authenticate(_ ctx: RequestContext, resumer: some PhaseResumer) -> Outcome {
         guard let route = ctx.route else { return .deny(.routeNotFound()) }
         let snapshot = loop.snapshot
@@ -148,7 +148,7 @@ struct RequestPhases {
         let cache = loop.tokenCache
         let now = ctx.wallNow(loop.clock)
         var keyMissingFor: String? = nil
-        let result = identity.resolve(input, route: route) { token in
+        let result = identity.authenticate(input, route: route) { token in
             let verified = cache.verify(token, now: now, leeway: { snapshot.leeways[$0] ?? 0 }) {
                 snapshot.verifier.verify($0, now: now)
             }
@@ -173,7 +173,9 @@ struct RequestPhases {
             }
             return .deny(denial)
         case .success(let caller):
+            // Refused for the route's roles or scopes, the caller is still who the request is recorded as.
             ctx.caller = caller
+            if let denial = IdentityResolver.authorize(route: route, caller: caller) { return .deny(denial) }
             return .next
         }
     }

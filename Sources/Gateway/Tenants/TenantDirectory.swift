@@ -22,7 +22,7 @@ public final class TenantDirectory: TenantRecords {
     private struct State {
         var seeds: [String: TenantRecord]
         var stored: [String: TenantRecord] = [:]
-        var owners: [String: (tenant: String, id: String)] = [:]
+        var owners: [String: (tenant: String, key: TenantRecord.APIKey)] = [:]
         /// Counts single-record writes (``setStored(_:_:)``); `writtenAt` is each tenant's last.
         var writes = 0
         var writtenAt: [String: Int] = [:]
@@ -37,7 +37,7 @@ public final class TenantDirectory: TenantRecords {
             owners = [:]
             for tenant in Set(seeds.keys).union(stored.keys) {
                 guard let r = visible(tenant) else { continue }
-                for key in r.apiKeys where !r.revokedKeys.contains(key.sha256) { owners[key.sha256] = (tenant, key.id) }
+                for key in r.apiKeys where !r.revokedKeys.contains(key.sha256) { owners[key.sha256] = (tenant, key) }
             }
         }
     }
@@ -54,7 +54,7 @@ public final class TenantDirectory: TenantRecords {
         state.withLock { $0.visible(tenant) }
     }
 
-    public func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)? {
+    public func apiKeyOwner(sha256Hex: String) -> (tenant: String, key: TenantRecord.APIKey)? {
         state.withLock { $0.owners[sha256Hex] }
     }
 
@@ -122,12 +122,13 @@ public final class TenantDirectory: TenantRecords {
         return t
     }
 
-    /// Adds an API key (by hash) to the tenant, copying a seed into the store first. False for an unknown tenant.
-    public func addKey(_ tenant: String, id: String, sha256: String) -> Bool {
+    /// Adds an API key (by hash, with its scopes and roles) to the tenant, copying a seed into the store first.
+    /// False for an unknown tenant.
+    public func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> Bool {
         state.withLock { s in
             guard var r = s.visible(tenant) else { return false }
-            r.apiKeys.append(.init(id: id, sha256: sha256))
-            r.revokedKeys.remove(sha256)
+            r.apiKeys.append(key)
+            r.revokedKeys.remove(key.sha256)
             s.stored[tenant] = r
             s.reindex()
             return true

@@ -9,11 +9,26 @@ enum TenantRecordCodec {
         if let p = r.pastDueSinceAt { object["past_due_since_epoch"] = p }
         let overrides = OverridesJSON.encode(r)
         if !overrides.isEmpty { object["overrides"] = overrides }
-        object["api_keys"] = r.apiKeys.map { ["id": $0.id, "sha256": $0.sha256] }
+        object["api_keys"] = r.apiKeys.map(keyObject)
         if !r.revokedKeys.isEmpty { object["revoked_keys"] = r.revokedKeys.sorted() }
         if let at = r.billingEventAt { object["billing_event_at"] = at }
         if r.deleted { object["deleted"] = true }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// An API key as stored: `{id, sha256}`, with `scopes` and `roles` when it has any (a key stored before keys
+    /// had them reads back with none).
+    static func keyObject(_ key: TenantRecord.APIKey) -> [String: Any] {
+        var object: [String: Any] = ["id": key.id, "sha256": key.sha256]
+        if !key.scopes.isEmpty { object["scopes"] = key.scopes }
+        if !key.roles.isEmpty { object["roles"] = key.roles }
+        return object
+    }
+
+    /// One API key's JSON (the store's edit script adds it as it is).
+    static func encode(_ key: TenantRecord.APIKey) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: keyObject(key), options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }
 
@@ -43,7 +58,12 @@ enum TenantRecordCodec {
         if let overrides = o["overrides"] { _ = OverridesJSON.decode(overrides, into: &r) }
         r.apiKeys = (o["api_keys"] as? [[String: Any]] ?? []).compactMap { k in
             guard let id = k["id"] as? String, let sha = k["sha256"] as? String else { return nil }
-            return TenantRecord.APIKey(id: id, sha256: sha)
+            // Lua's cjson writes an empty list as `{}`; a name that is not valid (a record written by hand) grants
+            // nothing, and no key carries more than it could have been given.
+            let scopes = (k["scopes"] as? [Any] ?? []).compactMap { $0 as? String }.filter(Scopes.isScope)
+            let roles = (k["roles"] as? [Any] ?? []).compactMap { $0 as? String }.filter(TenantRecord.isRoleName)
+            return TenantRecord.APIKey(
+                id: id, sha256: sha, scopes: Array(scopes.prefix(Scopes.maxCount)), roles: Array(roles.prefix(TenantRecord.maxRoles)))
         }
         // Lua's cjson writes an empty list as `{}`: anything but a list of strings is no revocation.
         r.revokedKeys = Set(o["revoked_keys"] as? [String] ?? [])

@@ -15,8 +15,8 @@ protocol TenantStore: Sendable {
     func applyBilling(_ tenant: String, _ change: BillingWebhook.Change, now: Double) -> EventLoopFuture<TenantDirectory.BillingWrite>
     /// Leaves the tenant unknown (a tombstone hides its seed) until the next put; false when it was not known.
     func delete(_ tenant: String) -> EventLoopFuture<Bool>
-    /// Adds an API key by hash; false for an unknown tenant.
-    func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool>
+    /// Adds an API key by hash, with its scopes and roles; false for an unknown tenant.
+    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<Bool>
     /// Revokes an API key; false when the tenant or key is unknown.
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool>
     /// True when the store can take writes (readiness).
@@ -69,8 +69,8 @@ struct MemoryTenantStore: TenantStore {
         eventLoop.makeSucceededFuture(directory.applyBilling(tenant, change, now: now))
     }
     func delete(_ tenant: String) -> EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(directory.delete(tenant)) }
-    func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {
-        eventLoop.makeSucceededFuture(directory.addKey(tenant, id: id, sha256: sha256))
+    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<Bool> {
+        eventLoop.makeSucceededFuture(directory.addKey(tenant, key))
     }
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {
         eventLoop.makeSucceededFuture(directory.revokeKey(tenant, id: id))
@@ -267,8 +267,8 @@ final class RedisTenantStore: TenantStore {
     ///   record, as ``TenantRecord/apply(_:now:)`` does; never through a tombstone, never older than the last.
     /// - `delete`: writes a tombstone (the tenant is unknown, its seed included, until the next put).
     /// - `add` / `revoke`: adds or removes one API key of the live record (stored, else the seed); a revoked
-    ///   key's hash is remembered.
-    /// KEYS: the tenant's record key. ARGV: op, tenant, record (or change) JSON, seed JSON (or ''), key id, key hash,
+    ///   key's hash is remembered. `add`'s ARGV[3] is the key's JSON (`{id, sha256, scopes?, roles?}`).
+    /// KEYS: the tenant's record key. ARGV: op, tenant, record (or change, or key) JSON, seed JSON (or ''), key id, key hash,
     /// the invalidation channel (not a key: a Cluster script touches only its slot's keys). Replies `{status, record}`:
     /// put 1 created, 0 replaced; billing 1 applied, -3 stale, -4 deleted, -5 unknown tenant and no plan; delete 1
     /// done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown tenant, -2 key id taken.
@@ -332,7 +332,10 @@ final class RedisTenantStore: TenantStore {
           local keys = live_keys(live)
           if op == 'add' then
             for _, k in ipairs(keys) do if k.id == ARGV[5] then return {-2, ''} end end
-            table.insert(keys, {id = ARGV[5], sha256 = ARGV[6]})
+            local key = cjson.decode(ARGV[3])
+            key.id = ARGV[5]
+            key.sha256 = ARGV[6]
+            table.insert(keys, key)
             local kept = {}
             for _, h in ipairs(revoked) do if h ~= ARGV[6] then table.insert(kept, h) end end
             revoked = kept
@@ -397,8 +400,8 @@ final class RedisTenantStore: TenantStore {
         edit("delete", tenant).map { $0 == 1 }
     }
 
-    func addKey(_ tenant: String, id: String, sha256: String) -> EventLoopFuture<Bool> {
-        edit("add", tenant, keyID: id, sha256: sha256).map { $0 == 1 }
+    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<Bool> {
+        edit("add", tenant, json: TenantRecordCodec.encode(key), keyID: key.id, sha256: key.sha256).map { $0 == 1 }
     }
 
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {

@@ -308,7 +308,7 @@ extension ConfigLoader {
                 allowed: [
                     "issuer", "audiences", "algorithms", "jwks_file", "jwks_url", "secret_env", "secret_file",
                     "public_key_file", "tenant_claim", "user_claim", "roles_claim", "leeway", "jwks_refresh",
-                    "discovery", "ca_file", "jwks_refetch_cooldown",
+                    "discovery", "ca_file", "jwks_refetch_cooldown", "scopes_claim",
                 ])
         else { return nil }
         guard let issAt = f["issuer"], let iss = r.nonEmptyString(issAt, "issuer") else {
@@ -368,6 +368,7 @@ extension ConfigLoader {
         if let v = f["tenant_claim"], let s = r.nonEmptyString(v, "tenant_claim") { c.tenantClaim = s }
         if let v = f["user_claim"], let s = r.nonEmptyString(v, "user_claim") { c.userClaim = s }
         if let v = f["roles_claim"], let s = r.nonEmptyString(v, "roles_claim") { c.rolesClaim = s }
+        if let v = f["scopes_claim"], let s = r.nonEmptyString(v, "scopes_claim") { c.scopesClaim = s }
         if let v = f["leeway"], let d = r.duration(v, "leeway", allowZero: true) {
             if d > 300_000_000_000 { r.problem(v, "leeway must be at most 5m") } else { c.leeway = d }
         }
@@ -481,7 +482,7 @@ extension ConfigLoader {
         }
         if let v = f["api_keys"] {
             for item in r.sequence(v, "api_keys") ?? [] {
-                guard let k = r.fields(item, "api key", allowed: ["id", "sha256"]) else { continue }
+                guard let k = r.fields(item, "api key", allowed: ["id", "sha256", "scopes", "roles"]) else { continue }
                 guard let idAt = k["id"], let shaAt = k["sha256"], let id = r.nonEmptyString(idAt, "id"),
                     let sha = r.nonEmptyString(shaAt, "sha256")
                 else {
@@ -494,7 +495,18 @@ extension ConfigLoader {
                     r.problem(shaAt, "sha256 must be 64 hex digits")
                     continue
                 }
-                t.apiKeys.append(.init(id: id, sha256: hex))
+                var key = TenantRecord.APIKey(id: id, sha256: hex)
+                if let x = k["scopes"] { key.scopes = scopeList(x, "api key '\(id)' scopes", r) ?? [] }
+                if let x = k["roles"], let list = r.locatedStringList(x, "api key '\(id)' roles") {
+                    for item in list where !TenantRecord.isRoleName(item.value) {
+                        r.problem(item.at, "'\(item.value)' is not a role name (1-64 of A-Z a-z 0-9 . _ : -)")
+                    }
+                    if list.count > TenantRecord.maxRoles {
+                        r.problem(x, "an api key has at most \(TenantRecord.maxRoles) roles")
+                    }
+                    key.roles = list.map(\.value).filter(TenantRecord.isRoleName)
+                }
+                t.apiKeys.append(key)
             }
         }
         return t
@@ -606,6 +618,7 @@ extension ConfigLoader {
                 at, "route",
                 allowed: [
                     "cors",
+                    "scopes",
                     "name", "match", "upstream", "strip_prefix", "auth", "min_plan", "feature", "roles", "rate_limits",
                     "allow_method_override", "websocket", "websocket_idle_timeout",
                 ])
@@ -675,6 +688,18 @@ extension ConfigLoader {
                 ok = false
             }
         }
+        if let v = f["scopes"] {
+            route.scopes = scopeList(v, "route '\(name)' scopes", r)
+            if route.scopes?.isEmpty == true {
+                r.problem(v, "route '\(name)': scopes must list at least one scope (leave it out for none)")
+                ok = false
+            }
+            // As with roles: an anonymous caller has no scopes, and `auth: none` never looks at credentials.
+            if route.auth != .required {
+                r.problem(v, "route '\(name)': scopes need auth: required (auth is \(route.auth.rawValue))")
+                ok = false
+            }
+        }
         if let v = f["allow_method_override"], let allow = r.bool(v, "allow_method_override") {
             route.allowMethodOverride = allow
         }
@@ -690,6 +715,24 @@ extension ConfigLoader {
             route.rateLimits = kinds.map(\.value)
         }
         return ok ? route : nil
+    }
+
+    /// A list of scopes (a route's, an API key's): each an RFC 6749 scope-token (``Scopes/isScope(_:)``), at
+    /// most ``Scopes/maxCount``, duplicates kept once. Problems are reported; nil when it is not a list.
+    func scopeList(_ at: Located, _ what: String, _ r: YAMLReader) -> [String]? {
+        guard let list = r.locatedStringList(at, what) else { return nil }
+        var scopes: [String] = []
+        for item in list {
+            if !Scopes.isScope(item.value) {
+                r.problem(
+                    item.at,
+                    "\(what): '\(item.value)' is not a scope (1-\(Scopes.maxBytes) bytes of printable ASCII, no space, \" or \\)")
+            } else if !scopes.contains(item.value) {
+                scopes.append(item.value)
+            }
+        }
+        if scopes.count > Scopes.maxCount { r.problem(at, "\(what): at most \(Scopes.maxCount) scopes") }
+        return scopes
     }
 
     /// `metrics`: `tenant_series` (default 20; 0 folds every tenant into `other`).

@@ -293,6 +293,9 @@ public struct IssuerConfig: Sendable {
     public var tenantClaim = "tenant"
     public var userClaim = "sub"
     public var rolesClaim = "roles"
+    /// The claim (dotted path allowed) holding the caller's scopes: a space-separated string or an array of
+    /// strings. nil: `scope` when the token has it, else `scp`.
+    public var scopesClaim: String? = nil
     public var leeway: Int64 = 0
 
     public init(issuer: String) {
@@ -437,6 +440,9 @@ public struct RouteConfig: Sendable {
     public var minPlan: String? = nil
     public var feature: String? = nil
     public var roles: [String]? = nil
+    /// Every one of these must be among the caller's scopes (a token's, or the API key's); else 403
+    /// `insufficient_scope`. Only with `auth: required`.
+    public var scopes: [String]? = nil
     public var rateLimits: [String] = ["tenant"]
     /// `cors:`: the gateway answers the route's CORS preflights and puts CORS headers on its other responses;
     /// nil: CORS is left to the upstream (preflights are routed and forwarded like any request).

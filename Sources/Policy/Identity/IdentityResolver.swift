@@ -5,6 +5,8 @@ public struct Caller: Sendable, Equatable {
     public var tenant: String?
     public var user: String?
     public var roles: [String] = []
+    /// The scopes the authenticating credential grants: the token's scope claim, or the API key's own.
+    public var scopes: [String] = []
     public var plan: String?
     /// The tenant's effective record, as resolved (so later phases need not look it up again).
     public var record: TenantRecord?
@@ -12,7 +14,8 @@ public struct Caller: Sendable, Equatable {
     public init() {}
 
     public static func == (a: Caller, b: Caller) -> Bool {
-        a.credential == b.credential && a.tenant == b.tenant && a.user == b.user && a.roles == b.roles && a.plan == b.plan
+        a.credential == b.credential && a.tenant == b.tenant && a.user == b.user && a.roles == b.roles
+            && a.scopes == b.scopes && a.plan == b.plan
     }
 }
 
@@ -20,32 +23,38 @@ public struct Caller: Sendable, Equatable {
 public protocol TenantRecords: Sendable {
     /// The effective record of `tenant`, or nil when it is unknown.
     func record(_ tenant: String) -> TenantRecord?
-    /// The owner of an API key, by the lowercase hex SHA-256 of the key.
-    func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)?
+    /// The owner of an API key and the key's record (id, scopes, roles), by the lowercase hex SHA-256 of the key.
+    func apiKeyOwner(sha256Hex: String) -> (tenant: String, key: TenantRecord.APIKey)?
 }
 
 /// Tenant records fixed at construction (the YAML seeds).
 public struct StaticTenantRecords: TenantRecords {
     public let tenants: [String: TenantRecord]
-    private let owners: [String: (tenant: String, id: String)]
+    private let owners: [String: (tenant: String, key: TenantRecord.APIKey)]
 
     public init(_ tenants: [String: TenantRecord]) {
         self.tenants = tenants
-        var owners: [String: (tenant: String, id: String)] = [:]
+        var owners: [String: (tenant: String, key: TenantRecord.APIKey)] = [:]
         for (tenant, seed) in tenants {
-            for key in seed.apiKeys { owners[key.sha256] = (tenant, key.id) }
+            for key in seed.apiKeys { owners[key.sha256] = (tenant, key) }
         }
         self.owners = owners
     }
 
     public func record(_ tenant: String) -> TenantRecord? { tenants[tenant] }
-    public func apiKeyOwner(sha256Hex: String) -> (tenant: String, id: String)? { owners[sha256Hex] }
+    public func apiKeyOwner(sha256Hex: String) -> (tenant: String, key: TenantRecord.APIKey)? { owners[sha256Hex] }
 }
 
-/// Authenticates a request and resolves its tenant and roles (pure: the token check is passed in).
+/// Authenticates a request and resolves its tenant, then checks the route's roles and scopes (pure: the token
+/// check is passed in).
 ///
 /// Sources of the tenant: the JWT's tenant claim, the API key's owner, and the tenant header, which alone
 /// names a tenant only as `header_tenancy` allows. Any two sources that disagree → 403 `tenant_mismatch`.
+///
+/// The authenticating credential gives the caller's user, roles and scopes: the token when one is sent (an API
+/// key sent with it must name the same tenant, and lends it nothing), else the API key (its own roles and
+/// scopes, given when it was created). Then the route's `roles` (any of → else 403 `forbidden`), then its
+/// `scopes` (all of → else 403 `insufficient_scope`).
 public struct IdentityResolver: Sendable {
     public let config: IdentityConfig
     public let tenants: any TenantRecords
@@ -69,7 +78,20 @@ public struct IdentityResolver: Sendable {
         }
     }
 
+    /// The caller (``authenticate(_:route:verify:)``), allowed by the route's roles and scopes
+    /// (``authorize(route:caller:)``).
     public func resolve(
+        _ input: Input, route: RouteConfig, verify: (String) -> Result<VerifiedToken, JWTError>
+    ) -> Result<Caller, Denial> {
+        authenticate(input, route: route, verify: verify).flatMap { caller in
+            Self.authorize(route: route, caller: caller).map { .failure($0) } ?? .success(caller)
+        }
+    }
+
+    /// Credentials and tenant: who is calling, for which tenant, with which roles and scopes; the route's roles
+    /// and scopes are not looked at (the proxy keeps the caller of a request it refuses for them, for the audit
+    /// record).
+    public func authenticate(
         _ input: Input, route: RouteConfig, verify: (String) -> Result<VerifiedToken, JWTError>
     ) -> Result<Caller, Denial> {
         var caller = Caller()
@@ -104,6 +126,7 @@ public struct IdentityResolver: Sendable {
                 caller.credential = .token
                 caller.user = verified.user
                 caller.roles = verified.roles
+                caller.scopes = verified.scopes
                 tokenTenant = verified.tenant
             }
         }
@@ -114,8 +137,10 @@ public struct IdentityResolver: Sendable {
                 return .failure(.unauthenticated("The API key was rejected.", tokenSent: true))
             }
             if case .token = caller.credential {} else {
-                caller.credential = .apiKey(id: owner.id)
-                caller.user = "api-key:" + owner.id
+                caller.credential = .apiKey(id: owner.key.id)
+                caller.user = "api-key:" + owner.key.id
+                caller.roles = owner.key.roles
+                caller.scopes = owner.key.scopes
             }
             keyTenant = owner.tenant
         }
@@ -149,12 +174,21 @@ public struct IdentityResolver: Sendable {
             }
         }
         guard let tenant else { return .failure(.tenantRequired()) }
-        return known(tenant, caller).flatMap { resolved in
-            if let roles = route.roles, !roles.contains(where: resolved.roles.contains) {
-                return .failure(.forbidden("This route needs one of the roles: \(roles.joined(separator: ", "))."))
-            }
-            return .success(resolved)
+        return known(tenant, caller)
+    }
+
+    /// The route's `roles` (any of → else 403 `forbidden`), then its `scopes` (every one → else 403
+    /// `insufficient_scope`, with RFC 6750's challenge naming them); nil when the caller may pass.
+    public static func authorize(route: RouteConfig, caller: Caller) -> Denial? {
+        if let roles = route.roles, !roles.contains(where: caller.roles.contains) {
+            return .forbidden("This route needs one of the roles: \(roles.joined(separator: ", ")).")
         }
+        guard let required = route.scopes, !required.isEmpty else { return nil }
+        let missing = Scopes.missing(required, have: caller.scopes)
+        guard !missing.isEmpty else { return nil }
+        return .insufficientScope(
+            required: required,
+            "Route '\(route.name)' needs the scopes \(required.joined(separator: " ")); the credentials lack \(missing.joined(separator: " ")).")
     }
 
     private func known(_ tenant: String, _ caller: Caller) -> Result<Caller, Denial> {

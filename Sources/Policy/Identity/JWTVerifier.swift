@@ -67,6 +67,8 @@ public struct VerifiedToken: Sendable, Equatable {
     public var roles: [String]
     /// `exp`, in seconds since the epoch.
     public var expiresAt: Double
+    /// The scopes it grants (``Scopes/granted(claims:path:)``: bounded, never a reason to refuse the token).
+    public var scopes: [String] = []
 }
 
 /// Verifies JWTs against the configured issuers: pinned algorithms, per-issuer keys, claims checked here.
@@ -75,8 +77,9 @@ public struct VerifiedToken: Sendable, Equatable {
 /// issuer's pinned list (exact, case-sensitive; `none` is never supported), a non-empty key of the right type
 /// for that algorithm (an HS secret, or a parsed RSA/EC key chosen by `kid`), then the signature with OpenSSL
 /// on the key parsed when the key set loaded (``PublicKey``; HMAC compared in constant time; ECDSA's JWS form
-/// converted to DER), then `exp`, `nbf`, `iat`, `iss` and `aud` against an injected clock. `jku`, `x5u` and
-/// embedded `jwk` headers are ignored: keys come from config only.
+/// converted to DER), then `exp`, `nbf`, `iat`, `iss` and `aud` against an injected clock; then the identity
+/// claims (user, tenant, roles, scopes). `jku`, `x5u` and embedded `jwk` headers are ignored: keys come from
+/// config only.
 public final class JWTVerifier: Sendable {
     public static let maxTokenBytes = 8192
     public static let supported: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
@@ -274,6 +277,9 @@ public final class JWTVerifier: Sendable {
             else { return .failure(.badClaim("roles must be at most 64 names of A-Z a-z 0-9 . _ - :")) }
             result.roles = roles
         }
+        // Scopes of an unexpected shape grant nothing rather than refuse the token: a route that needs a scope
+        // answers 403 `insufficient_scope`, every other route is unaffected.
+        result.scopes = Scopes.granted(claims: claims, path: config.scopesClaim)
         return .success(result)
     }
 

@@ -4,12 +4,20 @@
 /// admin API or the billing webhook (kept in the store), and the effective record that requests are gated
 /// and charged by (a stored record wins over the seed of the same tenant).
 public struct TenantRecord: Sendable {
-    public struct APIKey: Sendable {
+    /// An API key, by the lowercase hex SHA-256 of its plaintext, with what it grants: a caller that
+    /// authenticates with it has these scopes and roles (none for a key made without them).
+    public struct APIKey: Sendable, Equatable {
         public var id: String
         public var sha256: String
-        public init(id: String, sha256: String) {
+        /// ``Scopes/isScope(_:)`` names, at most ``Scopes/maxCount``.
+        public var scopes: [String]
+        /// ``TenantRecord/isRoleName(_:)`` names, at most ``TenantRecord/maxRoles``.
+        public var roles: [String]
+        public init(id: String, sha256: String, scopes: [String] = [], roles: [String] = []) {
             self.id = id
             self.sha256 = sha256
+            self.scopes = scopes
+            self.roles = roles
         }
     }
     public var plan: String
@@ -47,6 +55,13 @@ public struct TenantRecord: Sendable {
                     || $0 == 0x5F || $0 == 0x3A || $0 == 0x2D
             }
     }
+
+    /// Roles an API key may carry at most (as many as a token's roles claim may hold).
+    public static let maxRoles = 64
+
+    /// A role name: 1-64 characters of `A-Z a-z 0-9 . _ : -` (the alphabet a token's roles are held to, so
+    /// `X-Roles` stays a plain comma-separated list).
+    public static func isRoleName(_ name: String) -> Bool { isFeatureName(name) }
 
     public init(plan: String) {
         self.plan = plan

@@ -12,6 +12,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case tenantMismatch = "tenant_mismatch"
         case unknownTenant = "unknown_tenant"
         case forbidden
+        case insufficientScope = "insufficient_scope"
         case corsRejected = "cors_rejected"
         case planRequired = "plan_required"
         case tenantSuspended = "tenant_suspended"
@@ -61,6 +62,7 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
         case .tenantMismatch: "Tenant mismatch"
         case .unknownTenant: "Unknown tenant"
         case .forbidden: "Forbidden"
+        case .insufficientScope: "Insufficient scope"
         case .corsRejected: "CORS request rejected"
         case .planRequired: "Plan required"
         case .tenantSuspended: "Tenant suspended"
@@ -119,6 +121,16 @@ public struct Denial: Error, Sendable, CustomStringConvertible {
     public static func tenantMismatch(_ detail: String) -> Denial { Denial(.tenantMismatch, 403, detail) }
     public static func unknownTenant(_ detail: String) -> Denial { Denial(.unknownTenant, 403, detail) }
     public static func forbidden(_ detail: String) -> Denial { Denial(.forbidden, 403, detail) }
+    /// 403 for a caller without every one of the route's scopes, with RFC 6750's challenge naming them all:
+    /// `WWW-Authenticate: Bearer error="insufficient_scope", scope="a b"` (and the problem's `scope` member).
+    /// `required` are scope-tokens (``Scopes/isScope(_:)``), which need no escaping inside the quotes.
+    public static func insufficientScope(required: [String], _ detail: String) -> Denial {
+        let scope = required.joined(separator: " ")
+        var d = Denial(.insufficientScope, 403, detail)
+        d.headers = [("WWW-Authenticate", "Bearer error=\"insufficient_scope\", scope=\"\(scope)\"")]
+        d.extensions = [("scope", scope)]
+        return d
+    }
     /// 403 to a CORS preflight whose origin, method or headers the route's `cors` does not allow.
     public static func corsRejected(_ detail: String) -> Denial { Denial(.corsRejected, 403, detail) }
     public static func planRequired(required: String, current: String, _ detail: String) -> Denial {
