@@ -131,6 +131,37 @@ import Testing
         #expect(m.errorCaught("again") == .none)
     }
 
+    /// A machine whose first exchange ended cleanly and whose second lease (on the reused connection) is sent.
+    static func reusedLease() -> Machine {
+        var m = Self.leased()
+        #expect(m.responseHead(keepAlive: true) == .forwardHead)
+        #expect(m.responseEnd() == .forwardEnd(.reusable))
+        #expect(m.begin(responseTimeout: .seconds(10)) == .writeHead)
+        m.requestEndSent(now: Self.at(1))
+        return m
+    }
+
+    @Test func aReusedConnectionLostBeforeAnyResponseIsTheKeepAliveRace() {
+        // The upstream closed (or reset) its idle side as the gateway reused it: not held against the target.
+        var closed = Self.reusedLease()
+        let lost = closed.channelInactive()
+        #expect(lost == .failExchange(.reusedConnectionLost("upstream closed a reused connection before responding")))
+        if case .failExchange(let e) = lost { #expect(!e.isTargetFailure && !e.nothingSent) }
+        var reset = Self.reusedLease()
+        #expect(reset.errorCaught("connection reset by peer", io: true) == .failExchange(.reusedConnectionLost("connection reset by peer")))
+        // A garbled answer on a reused connection is still the target's fault.
+        var garbled = Self.reusedLease()
+        #expect(garbled.errorCaught("bad status line") == .failExchange(.malformedResponse("bad status line")))
+        // So is a reset on a fresh connection, and a cut after the head on a reused one.
+        var fresh = Self.leased()
+        #expect(fresh.errorCaught("connection reset by peer", io: true) == .failExchange(.malformedResponse("connection reset by peer")))
+        var midway = Self.reusedLease()
+        #expect(midway.responseHead(keepAlive: true) == .forwardHead)
+        #expect(midway.channelInactive() == .failExchange(.connectionClosed("upstream closed mid-response")))
+        #expect(UpstreamError.connectionClosed("x").isTargetFailure)
+        #expect(UpstreamError.malformedResponse("x").isTargetFailure)
+    }
+
     @Test func errorWhileIdleLeavesThePool() {
         var m = Machine()
         #expect(m.errorCaught("reset") == .closeIdle)

@@ -9,12 +9,13 @@ extension ProxyHandler: UpstreamResponseDelegate {
     func upstreamResponseHead(_ head: HTTP1ResponseParser.Head) {
         guard let ctx = current, ctx.connection != nil else { return }
         let code = head.status
-        reportOutcome(ctx, success: code < 500 || ctx.pool?.circuit?.on5xx != true)
-        // Only a handshake's response can be a 101 (the upstream's parser refuses one to anything else).
+        // Only a handshake's response can be a 101 (the upstream's parser refuses one to anything else). It is a
+        // success once the tunnel accepts it.
         if code == 101 {
             openTunnel(ctx, head)
             return
         }
+        reportOutcome(ctx, success: code < 500 || ctx.pool?.circuit?.on5xx != true)
         var buffer = context.channel.allocator.buffer(capacity: 1024)
         writeStatusLine(&buffer, version: ctx.head.version, code: code, reason: head.reason)
         let contentLength = writeUpstreamHeaders(&buffer, head.headers, for: ctx)
@@ -67,8 +68,11 @@ extension ProxyHandler: UpstreamResponseDelegate {
             context.write(wrapOutboundOut(ChunkedEncoding.lastChunk), promise: nil)
         }
         // The lease is over (the connection goes back to its pool as this returns): forget it, and end the
-        // exchange, before the flush (a failing flush re-enters this handler).
+        // exchange, before the flush (a failing flush re-enters this handler). The upstream's part is done: its
+        // max_in_flight place is free even if the client is still sending a body the gateway now drops.
         ctx.connection = nil
+        ctx.inFlightPlace?.release()
+        ctx.inFlightPlace = nil
         if let end = machine.responseEnd(now: .now()) {
             finish(end, ctx)
         } else {

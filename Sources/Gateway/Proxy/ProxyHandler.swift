@@ -492,6 +492,10 @@ final class ProxyHandler: ChannelDuplexHandler {
             }
             ctx.inFlightPlace = limit
         }
+        // A previous attempt that probed and ended without an outcome (nothing held against the target): the probe
+        // is given up before picking, so this attempt may take it again.
+        if let probe = ctx.probe, !ctx.outcomeReported { ctx.pool?.circuit?.probeAbandoned(probe) }
+        ctx.probe = nil
         guard let picked = group.pick(excluding: excluding) else {
             // A retry with no target left answers as the failed attempt would have.
             deny(
@@ -501,7 +505,6 @@ final class ProxyHandler: ChannelDuplexHandler {
                         "No target of upstream '\(ctx.upstreamName)' is available (unhealthy or circuit open)."))
             return
         }
-        if ctx.probe && !ctx.outcomeReported { ctx.pool?.circuit?.probeAbandoned() }
         let pool = picked.pool
         ctx.pool = pool
         ctx.probe = picked.probe
@@ -539,7 +542,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         let timeout = TimeAmount.nanoseconds(ctx.group?.config.responseTimeout ?? 30_000_000_000)
         guard conn.begin(head: head, delegate: self, responseTimeout: timeout, upgrade: ctx.websocket) else {
             ctx.pool?.giveBack(conn)
-            upstreamFailed(ctx, .connectionClosed("upstream connection is not idle"))
+            upstreamFailed(ctx, .unusableConnection("upstream connection is not idle"))
             return
         }
         ctx.connection = conn
@@ -609,7 +612,7 @@ final class ProxyHandler: ChannelDuplexHandler {
                 "upstream target circuit opened",
                 metadata: [
                     "gh-request-id": "\(ctx.requestID)", "gh-upstream": "\(ctx.upstreamName)",
-                    "gh-target": "\(pool.target)", "gh-probe": "\(ctx.probe)",
+                    "gh-target": "\(pool.target)", "gh-probe": "\(ctx.probe != nil)",
                 ])
         case .closed:
             loop.logger.notice(
@@ -664,6 +667,7 @@ final class ProxyHandler: ChannelDuplexHandler {
                 ctx, .malformedResponse("101 to a WebSocket handshake without Upgrade: websocket"), mayRetry: false)
             return
         }
+        reportOutcome(ctx, success: true)
         ctx.tunnelOpened = .now()
         loop.metrics.websocketsOpen += 1
         // A tunnel is no longer a request in flight (`max_websockets` bounds tunnels).
@@ -729,15 +733,16 @@ final class ProxyHandler: ChannelDuplexHandler {
         case .none:
             assert(ctx.connection == nil && ctx.waiter == nil, "an exchange ended holding what its End did not name")
         }
+        if let probe = ctx.probe, !ctx.outcomeReported {
+            ctx.outcomeReported = true
+            // Given up before it reached the target: the next request probes. Sent, then cut (the client went
+            // away): no verdict; the next probe goes open_for after this one.
+            if ctx.connection == nil { ctx.pool?.circuit?.probeAbandoned(probe) }
+        }
         ctx.connection = nil
         ctx.waiter = nil
         ctx.held.removeAll()
         pendingChunkTotal = nil
-        if ctx.probe && !ctx.outcomeReported {
-            // The probe's client went away before the target answered: the next request probes.
-            ctx.outcomeReported = true
-            ctx.pool?.circuit?.probeAbandoned()
-        }
         ctx.inFlightPlace?.release()
         ctx.inFlightPlace = nil
         if let slot = ctx.tunnelSlot {

@@ -80,8 +80,8 @@ final class RequestContext {
     var waiter: TargetPoolStateMachine.WaiterID?
     var upstreamStart: NIODeadline?
     var attempts = 0
-    /// The current attempt is its target's half-open circuit probe.
-    var probe = false
+    /// The current attempt is its target's half-open circuit's probe, this one.
+    var probe: CircuitBreakerStateMachine.ProbeID?
     /// The current attempt's outcome went to its target's circuit breaker (once per attempt).
     var outcomeReported = false
     /// What a failed attempt would have been answered with, for a retry that finds no target left.

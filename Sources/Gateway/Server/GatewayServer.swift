@@ -345,6 +345,7 @@ public final class GatewayServer: Sendable {
         let path = configPath
         let tenants = self.tenants
         let running = snapshot.config
+        let runningUpstreams = snapshot.upstreams
         let result: Result<(RuntimeSnapshot, JWKSRefresher), Error> = await Task.detached { [self] in
             do {
                 let config = try ConfigLoader().load(path: path)
@@ -352,7 +353,7 @@ public final class GatewayServer: Sendable {
                     throw TLSFileError(
                         "server.tls: TLS on the proxy listener is turned on or off only by a restart (certificates reload)")
                 }
-                let snapshot = try RuntimeSnapshot(config: config, tenants: tenants)
+                let snapshot = try RuntimeSnapshot(config: config, tenants: tenants, previous: runningUpstreams)
                 // Built before anything is swapped: an unreadable issuer ca_file refuses the reload.
                 let jwks = try self.makeRefresher(for: snapshot)
                 tenants.reseed(config.tenants)

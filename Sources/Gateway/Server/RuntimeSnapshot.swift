@@ -27,7 +27,9 @@ public final class RuntimeSnapshot: Sendable {
 
     /// Builds a snapshot; resolves upstream addresses and loads key material (blocking: never call on an event
     /// loop).
-    public init(config: GatewayConfig, tenants: TenantDirectory) throws {
+    /// `previous`: the upstreams of the snapshot a reload replaces (circuit breakers and `max_in_flight` counts
+    /// carry over).
+    public init(config: GatewayConfig, tenants: TenantDirectory, previous: UpstreamRegistry? = nil) throws {
         self.config = config
         self.router = Router(routes: config.routes)
         var reserved = Self.identityHeaders.union(Self.traceHeaders)
@@ -39,7 +41,7 @@ public final class RuntimeSnapshot: Sendable {
             self.signing = nil
         }
         self.rewriter = HeaderRewriter(reserved: reserved)
-        self.upstreams = try UpstreamRegistry(upstreams: config.upstreams)
+        self.upstreams = try UpstreamRegistry(upstreams: config.upstreams, previous: previous)
         self.identity = IdentityResolver(config: config.identity, tenants: tenants)
         self.tenants = tenants
         self.verifier = try JWTVerifier(config: config.identity)

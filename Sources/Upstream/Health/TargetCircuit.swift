@@ -42,17 +42,17 @@ public final class TargetCircuit: Sendable {
 
     /// Reports one request's outcome; returns the transition it caused (for the caller's log).
     public func record(
-        success: Bool, probe: Bool, now: @autoclosure () -> NIODeadline
+        success: Bool, probe: CircuitBreakerStateMachine.ProbeID?, now: @autoclosure () -> NIODeadline
     ) -> CircuitBreakerStateMachine.Transition {
-        if success && !probe && clear.load(ordering: .relaxed) { return .none }
+        if success && probe == nil && clear.load(ordering: .relaxed) { return .none }
         let t = now()
         let transition = change { success ? $0.succeeded(probe: probe) : $0.failed(probe: probe, now: t) }
         if transition == .opened { openings.wrappingAdd(1, ordering: .relaxed) }
         return transition
     }
 
-    public func probeAbandoned() {
-        change { $0.probeAbandoned() }
+    public func probeAbandoned(_ probe: CircuitBreakerStateMachine.ProbeID) {
+        change { $0.probeAbandoned(probe) }
     }
 
     @discardableResult
@@ -68,13 +68,18 @@ public final class TargetCircuit: Sendable {
 /// The bound on one upstream's requests in flight from this gateway instance (`max_in_flight`), shared by every
 /// event loop.
 public final class InFlightLimit: Sendable {
-    public let max: Int
+    private let bound: Atomic<Int>
     private let count = Atomic<Int>(0)
     private let shed = Atomic<Int>(0)
 
     public init(max: Int) {
-        self.max = max
+        self.bound = Atomic(max)
     }
+
+    public var max: Int { bound.load(ordering: .relaxed) }
+
+    /// A reload's new bound (places already taken stay taken).
+    public func setMax(_ max: Int) { bound.store(max, ordering: .relaxed) }
 
     public var current: Int { count.load(ordering: .relaxed) }
     /// Requests refused because the bound was reached.
@@ -82,8 +87,14 @@ public final class InFlightLimit: Sendable {
 
     /// Takes a place; false (and counted as shed) when all `max` are taken.
     public func tryAcquire() -> Bool {
-        if count.wrappingAdd(1, ordering: .relaxed).newValue <= max { return true }
-        count.wrappingSubtract(1, ordering: .relaxed)
+        let max = self.max
+        var seen = count.load(ordering: .relaxed)
+        while seen < max {
+            let (exchanged, original) = count.weakCompareExchange(
+                expected: seen, desired: seen + 1, successOrdering: .relaxed, failureOrdering: .relaxed)
+            if exchanged { return true }
+            seen = original
+        }
         shed.wrappingAdd(1, ordering: .relaxed)
         return false
     }

@@ -65,7 +65,7 @@ public final class TargetPool {
         case .use(let id):
             guard let conn = connections[id] else {
                 run(machine.release(id, reusable: false, now: .now()))
-                return .failed(.connectFailed("pool lost a connection"))
+                return .failed(.unusableConnection("pool lost a connection"))
             }
             return .ready(conn)
         case .wait(let connect):
@@ -164,7 +164,7 @@ public final class TargetPool {
                 case (let conn?, let callback?): callback(.success(conn))
                 case (nil, let callback?):
                     run(machine.release(id, reusable: false, now: .now()))
-                    callback(.failure(.connectFailed("pool lost a connection")))
+                    callback(.failure(.unusableConnection("pool lost a connection")))
                 case (_?, nil): run(machine.release(id, reusable: true, now: .now()))  // nobody left to use it
                 case (nil, nil): run(machine.release(id, reusable: false, now: .now()))
                 }

@@ -196,7 +196,7 @@ public final class UpstreamConnection: ChannelDuplexHandler {
         // A TLS peer that closes without close_notify: an end of input like any other (channelInactive follows
         // and decides whether the response was whole), not a broken response.
         if let tls = error as? NIOSSLError, case .uncleanShutdown = tls { return }
-        run(machine.errorCaught("\(error)"))
+        run(machine.errorCaught("\(error)", io: true))
     }
 
     public func channelInactive(context: ChannelHandlerContext) {

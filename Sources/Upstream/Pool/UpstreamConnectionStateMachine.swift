@@ -41,6 +41,8 @@ public struct UpstreamConnectionStateMachine: Sendable {
         /// When the response head must have arrived: set when the request's end is sent (an upload's own time
         /// does not count), nil once the head arrived.
         var deadline: NIODeadline?
+        /// The connection carried an exchange before this one (it came from the pool's idle list).
+        var reused = false
     }
 
     public enum Action: Equatable, Sendable {
@@ -74,6 +76,8 @@ public struct UpstreamConnectionStateMachine: Sendable {
     }
 
     private(set) var state: State = .idle
+    /// Leases begun on this connection.
+    private var leases = 0
 
     public init() {}
 
@@ -84,7 +88,10 @@ public struct UpstreamConnectionStateMachine: Sendable {
     /// Starts a lease; the response head is due `responseTimeout` after the request's end is sent.
     public mutating func begin(responseTimeout: TimeAmount) -> Action {
         guard case .idle = state else { return .refuseBegin }
-        state = .active(Lease(responseTimeout: responseTimeout))
+        var lease = Lease(responseTimeout: responseTimeout)
+        lease.reused = leases > 0
+        leases += 1
+        state = .active(lease)
         return .writeHead
     }
 
@@ -157,6 +164,11 @@ public struct UpstreamConnectionStateMachine: Sendable {
         switch state {
         case .active(let lease):
             state = .closed
+            if lease.reused && !lease.headSeen {
+                // Most often the keep-alive race (the upstream closed the idle connection as it was reused), not
+                // a sick target.
+                return .failExchange(.reusedConnectionLost("upstream closed a reused connection before responding"))
+            }
             return .failExchange(
                 .connectionClosed(lease.headSeen ? "upstream closed mid-response" : "upstream closed before responding"))
         case .idle:
@@ -170,11 +182,14 @@ public struct UpstreamConnectionStateMachine: Sendable {
         }
     }
 
-    /// A decoding or I/O error.
-    public mutating func errorCaught(_ description: String) -> Action {
+    /// A decoding error, or (`io`) an error of the channel itself, such as a reset.
+    public mutating func errorCaught(_ description: String, io: Bool = false) -> Action {
         switch state {
-        case .active:
+        case .active(let lease):
             state = .closed
+            if io && lease.reused && !lease.headSeen {
+                return .failExchange(.reusedConnectionLost(description))
+            }
             return .failExchange(.malformedResponse(description))
         case .idle:
             state = .closed

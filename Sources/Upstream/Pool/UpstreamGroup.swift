@@ -23,9 +23,9 @@ public final class UpstreamGroup {
     /// A target chosen for one attempt.
     public struct Pick {
         public let pool: TargetPool
-        /// The attempt is its target's half-open circuit's probe: its outcome must be reported as such, or the
-        /// probe abandoned.
-        public let probe: Bool
+        /// The attempt is its target's half-open circuit's probe: its outcome must be reported with this id, or
+        /// the probe abandoned.
+        public let probe: CircuitBreakerStateMachine.ProbeID?
     }
 
     /// Picks an available target's pool by the configured balance: healthy (active checks) and admitted by its
@@ -35,10 +35,10 @@ public final class UpstreamGroup {
         // A circuit that looked half-open may have had its probe taken by another loop meanwhile: choose again.
         for _ in 0...pools.count {
             guard let pool = choose(excluding: excluding) else { return nil }
-            guard let circuit = pool.circuit else { return Pick(pool: pool, probe: false) }
+            guard let circuit = pool.circuit else { return Pick(pool: pool, probe: nil) }
             switch circuit.admit(now: .now()) {
-            case .allow: return Pick(pool: pool, probe: false)
-            case .probe: return Pick(pool: pool, probe: true)
+            case .allow: return Pick(pool: pool, probe: nil)
+            case .probe(let id): return Pick(pool: pool, probe: id)
             case .reject: continue
             }
         }
@@ -113,14 +113,22 @@ public final class UpstreamRegistry: Sendable {
     public let inFlightLimits: [String: InFlightLimit]
 
     /// Resolves every target address. Blocking (DNS): call at start-up or reload, never on an event loop.
-    public init(upstreams: [String: UpstreamConfig]) throws {
+    ///
+    /// `previous`: the registry a reload replaces. Its circuit breakers carry over for each target still in the
+    /// same upstream with the same `circuit_breaker` settings, and its `max_in_flight` counters for each upstream
+    /// that still has one (with the new bound), so requests still running on the old pools keep counting and an
+    /// ejected target stays ejected.
+    public init(upstreams: [String: UpstreamConfig], previous: UpstreamRegistry? = nil) throws {
         var result: [String: (config: UpstreamConfig, targets: [Target])] = [:]
         var tls: [String: [ClientTLS]] = [:]
         for (name, upstream) in upstreams {
             var targets: [Target] = []
+            let before = previous?.upstreams[name]
+            let keepCircuits = before != nil && before?.config.circuitBreaker == upstream.circuitBreaker
             for hp in upstream.targets {
                 let address = try SocketAddress.makeAddressResolvingHost(hp.host, port: hp.port)
-                let circuit = upstream.circuitBreaker.map {
+                let kept = keepCircuits ? before?.targets.first(where: { $0.hostPort == hp })?.circuit : nil
+                let circuit = kept ?? upstream.circuitBreaker.map {
                     TargetCircuit(
                         CircuitBreakerStateMachine(
                             consecutiveFailures: $0.consecutiveFailures, openFor: .nanoseconds($0.openFor)),
@@ -138,7 +146,17 @@ public final class UpstreamRegistry: Sendable {
         }
         self.upstreams = result
         self.tls = tls
-        self.inFlightLimits = upstreams.compactMapValues { $0.maxInFlight.map(InFlightLimit.init(max:)) }
+        var limits: [String: InFlightLimit] = [:]
+        for (name, upstream) in upstreams {
+            guard let max = upstream.maxInFlight else { continue }
+            if let kept = previous?.inFlightLimits[name] {
+                kept.setMax(max)
+                limits[name] = kept
+            } else {
+                limits[name] = InFlightLimit(max: max)
+            }
+        }
+        self.inFlightLimits = limits
         self.insecureUpstreams = upstreams.values.filter { $0.tls?.insecureSkipVerify == true }.map(\.name).sorted()
     }
 
