@@ -344,6 +344,39 @@ let minimal = """
         #expect(config.routes[1].headers.isEmpty)
     }
 
+    @Test func routeMatchHeadersCannotNameWhatTheGatewayDoesNotPassOn() {
+        for name in ["Connection", "Transfer-Encoding", "X-Roles", "x-user-id", "Traceparent", "X-Forwarded-For",
+            "X-Real-IP", "X-HTTP-Method-Override", "X-Org", "X-Sig"]
+        {
+            let yaml = """
+                identity: {tenant_header: X-Org, sign_headers: {key_env: GH_SIGN, header: X-Sig}}
+                upstreams:
+                  users: {targets: [127.0.0.1:9001]}
+                routes:
+                  - {name: v, match: {path_prefix: /a, headers: {\(name): "2"}}, upstream: users}
+                """
+            let found = problems(["gw.yaml": yaml])
+            #expect(
+                found.contains { $0.contains("match.headers cannot name '\(name)'") },
+                Comment(rawValue: "\(name): \(found)"))
+        }
+        let fine = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - {name: v, match: {path_prefix: /a, headers: {Accept-Version: "2", X-Client: web}}, upstream: users}
+              - {name: m, match: {path_prefix: /b, methods: [GET]}, upstream: users}
+            """
+        #expect(problems(["gw.yaml": fine]).isEmpty)
+        let noMethods = """
+            upstreams:
+              users: {targets: [127.0.0.1:9001]}
+            routes:
+              - {name: m, match: {path_prefix: /b, methods: []}, upstream: users}
+            """
+        #expect(problems(["gw.yaml": noMethods]).contains { $0.contains("match.methods must list at least one method") })
+    }
+
     @Test func routeMatchHeaderProblems() {
         let yaml = """
             upstreams:
@@ -381,7 +414,7 @@ let minimal = """
                 "gw.yaml:14:17: route 'bad' match.headers.X-List must be a string",
                 "gw.yaml:15:17: route 'bad' match.headers.X-Null must be a string",
                 "gw.yaml:16:18: route 'bad' match.headers.X-Space starts or ends with whitespace, which a request's value never does",
-                "gw.yaml:17:16: route 'bad' match.headers.X-Ctl holds control characters",
+                "gw.yaml:17:16: route 'bad' match.headers.X-Ctl holds control or non-ASCII characters",
                 "gw.yaml:18:9: route 'bad' match.headers names header 'x-version' twice (also as 'X-Version'; names are case-insensitive)",
                 "gw.yaml:21:30: unknown key 'header' in route.match",
                 "gw.yaml:24:39: route 'listed' match.headers must be a mapping",

@@ -196,7 +196,7 @@ import Testing
         let yaml = Self.configBase + """
 
             tenants:
-              acme: {plan: pro, api_keys: [{id: bot, sha256: \(sha), scopes: [orders:write, orders:write, x], roles: [deployer]}, {id: old, sha256: \(sha.uppercased())}]}
+              acme: {plan: pro, api_keys: [{id: bot, sha256: \(sha), scopes: [orders:write, orders:write, x], roles: [deployer]}, {id: old, sha256: \(String(repeating: "CD", count: 32))}]}
             routes:
               - {name: w, match: {path_prefix: /w}, upstream: u, scopes: [orders:write, "https://api/x"]}
               - {name: r, match: {path_prefix: /r}, upstream: u, roles: [a], scopes: [orders:read]}
@@ -209,6 +209,23 @@ import Testing
         let keys = try #require(config.tenants["acme"]?.apiKeys)
         #expect(keys[0] == TenantRecord.APIKey(id: "bot", sha256: sha, scopes: ["orders:write", "x"], roles: ["deployer"]))
         #expect(keys[1].scopes.isEmpty && keys[1].roles.isEmpty)
+    }
+
+    @Test func aSeedKeyBelongsToOneTenantOnce() {
+        // The same key twice (any case of its hex), in one tenant or two, or two keys with one id: which copy would
+        // authenticate, with which grants, would be arbitrary.
+        let sha = String(repeating: "ab", count: 32)
+        let yaml = Self.configBase + """
+
+            tenants:
+              acme: {plan: pro, api_keys: [{id: bot, sha256: \(sha), scopes: [a]}, {id: bot2, sha256: \(sha.uppercased())}]}
+              beta: {plan: pro, api_keys: [{id: k, sha256: \(sha), roles: [admin]}, {id: k, sha256: \(String(repeating: "0", count: 64))}, {id: k, sha256: \(String(repeating: "1", count: 64))}]}
+            routes:
+              - {name: w, match: {path_prefix: /w}, upstream: u}
+            """
+        let found = problems(["gw.yaml": yaml])
+        #expect(found.filter { $0.contains("already the key of tenant 'acme' (id 'bot')") }.count == 2, Comment(rawValue: "\(found)"))
+        #expect(found.contains { $0.contains("tenant 'beta' has two api keys with id 'k'") }, Comment(rawValue: "\(found)"))
     }
 
     @Test func configRefusesScopesThatCouldNeverBeChecked() {

@@ -86,10 +86,15 @@ struct AdminAPI {
             let newID = keyID
             let record = TenantRecord.APIKey(
                 id: newID, sha256: Digest.hex(Digest.sha256(key.utf8)), scopes: request.scopes, roles: request.roles)
-            return store.addKey(id, record).map { added in
-                added
-                    ? Response(status: 201, body: "{\"id\":\(JSONText.quote(newID)),\"key\":\(JSONText.quote(key))}")
-                    : self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
+            return store.addKey(id, record).map { result in
+                switch result {
+                case .added:
+                    Response(status: 201, body: "{\"id\":\(JSONText.quote(newID)),\"key\":\(JSONText.quote(key))}")
+                case .idTaken:
+                    self.problem(.badRequest("Tenant '\(id)' already has a key '\(newID)'."), requestID, status: 409)
+                case .unknownTenant:
+                    self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
+                }
             }
         case ("GET", 5) where parts[4] == "usage":
             guard let record = tenants.record(id) else {
@@ -194,8 +199,11 @@ struct AdminAPI {
                 return .failure(.badRequest("Field '\(field)' must be an array of \(rule)."))
             }
             var distinct: [String] = []
-            for s in strings where !distinct.contains(s) { distinct.append(s) }
-            guard distinct.count <= max else { return .failure(.badRequest("Field '\(field)' holds at most \(max) names.")) }
+            var seen: Set<String> = []
+            for s in strings where seen.insert(s).inserted {
+                distinct.append(s)
+                if distinct.count > max { return .failure(.badRequest("Field '\(field)' holds at most \(max) names.")) }
+            }
             return .success(distinct)
         }
         switch names("scopes", max: Scopes.maxCount, Scopes.isScope, "scopes (1-\(Scopes.maxBytes) bytes of printable ASCII, no space, \" or \\)") {

@@ -1,3 +1,4 @@
+import HTTPWire
 import NIOCore
 import NIOHTTP1
 import Policy
@@ -102,6 +103,21 @@ struct RequestPhases {
         return (origin, method)
     }
 
+    /// A request's values of header `name` as routing sees them: none when the client lists the header in
+    /// `Connection` (it is hop-by-hop then, and removed before the upstream: the route would be chosen on a header
+    /// the upstream never gets).
+    static func routingValues(_ headers: HTTPHeaders, _ name: String) -> [String] {
+        let values = headers[name]
+        guard !values.isEmpty else { return values }
+        let lower = name.lowercased()
+        for connection in headers["connection"] {
+            for token in connection.split(separator: ",") where ASCII.trimmed(token).lowercased() == lower {
+                return []
+            }
+        }
+        return values
+    }
+
     /// The gateway's own endpoint, or the route by host, path prefix and method (a preflight's by the method it
     /// asks about).
     func matchRoute(_ ctx: RequestContext) -> Outcome {
@@ -114,13 +130,16 @@ struct RequestPhases {
         }
         // Headers are read only when some route has `match.headers` (and then only the names it lists).
         var matched = snapshot.router.match(
-            host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue, headers: { ctx.head.headers[$0] })
+            host: ctx.host, path: ctx.path, method: ctx.head.method.rawValue,
+            headers: { Self.routingValues(ctx.head.headers, $0) })
         // A CORS preflight asks about the request to come, so it is matched by the method it names (a route that
-        // lists its methods seldom lists OPTIONS); when no route with `cors` takes that method, by OPTIONS. It
-        // carries none of the request's own headers: a route that needs `match.headers` never takes it.
+        // lists its methods seldom lists OPTIONS); when no route with `cors` takes that method, by OPTIONS. A
+        // browser's preflight carries none of the request's own headers, so it takes the route without
+        // `match.headers` of that prefix.
         if let preflight = Self.preflight(ctx.head),
             let i = snapshot.router.match(
-                host: ctx.host, path: ctx.path, method: preflight.method, headers: { ctx.head.headers[$0] }),
+                host: ctx.host, path: ctx.path, method: preflight.method,
+                headers: { Self.routingValues(ctx.head.headers, $0) }),
             snapshot.config.routes[i].cors != nil
         {
             matched = i

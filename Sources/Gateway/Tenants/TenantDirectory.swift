@@ -5,6 +5,14 @@ import Synchronization
 ///
 /// This is the embedded in-memory store (one instance, used when no `store` is configured): lookups on the
 /// request path take an uncontended lock for a dictionary read; writes rebuild the API key index.
+/// What adding an API key did.
+public enum AddKeyResult: Sendable, Equatable {
+    case added
+    case unknownTenant
+    /// The tenant already has a key with that id.
+    case idTaken
+}
+
 public final class TenantDirectory: TenantRecords {
     public enum Source: String, Sendable { case seed, store }
 
@@ -34,10 +42,30 @@ public final class TenantDirectory: TenantRecords {
         }
 
         mutating func reindex() {
+            seedGrants()
             owners = [:]
             for tenant in Set(seeds.keys).union(stored.keys) {
                 guard let r = visible(tenant) else { continue }
                 for key in r.apiKeys where !r.revokedKeys.contains(key.sha256) { owners[key.sha256] = (tenant, key) }
+            }
+        }
+
+        /// A seed key's grants (scopes, roles) are the current YAML's, also once a store write has copied the key
+        /// into the tenant's stored record: narrowing a seed key and reloading takes effect everywhere. (A key
+        /// made through the admin API keeps the grants it was made with.)
+        mutating func seedGrants() {
+            for (tenant, seed) in seeds where !seed.apiKeys.isEmpty {
+                guard var r = stored[tenant], !r.deleted else { continue }
+                var changed = false
+                for i in r.apiKeys.indices {
+                    guard let s = seed.apiKeys.first(where: { $0.sha256 == r.apiKeys[i].sha256 }),
+                        s.scopes != r.apiKeys[i].scopes || s.roles != r.apiKeys[i].roles
+                    else { continue }
+                    r.apiKeys[i].scopes = s.scopes
+                    r.apiKeys[i].roles = s.roles
+                    changed = true
+                }
+                if changed { stored[tenant] = r }
             }
         }
     }
@@ -122,16 +150,17 @@ public final class TenantDirectory: TenantRecords {
         return t
     }
 
-    /// Adds an API key (by hash, with its scopes and roles) to the tenant, copying a seed into the store first.
-    /// False for an unknown tenant.
-    public func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> Bool {
+    /// Adds an API key (by hash, with its scopes and roles) to the tenant, copying a seed into the store first;
+    /// in one step with the check that its id is free.
+    public func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> AddKeyResult {
         state.withLock { s in
-            guard var r = s.visible(tenant) else { return false }
+            guard var r = s.visible(tenant) else { return .unknownTenant }
+            if r.apiKeys.contains(where: { $0.id == key.id }) { return .idTaken }
             r.apiKeys.append(key)
             r.revokedKeys.remove(key.sha256)
             s.stored[tenant] = r
             s.reindex()
-            return true
+            return .added
         }
     }
 

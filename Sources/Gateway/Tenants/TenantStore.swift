@@ -16,7 +16,7 @@ protocol TenantStore: Sendable {
     /// Leaves the tenant unknown (a tombstone hides its seed) until the next put; false when it was not known.
     func delete(_ tenant: String) -> EventLoopFuture<Bool>
     /// Adds an API key by hash, with its scopes and roles; false for an unknown tenant.
-    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<Bool>
+    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<AddKeyResult>
     /// Revokes an API key; false when the tenant or key is unknown.
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool>
     /// True when the store can take writes (readiness).
@@ -69,7 +69,7 @@ struct MemoryTenantStore: TenantStore {
         eventLoop.makeSucceededFuture(directory.applyBilling(tenant, change, now: now))
     }
     func delete(_ tenant: String) -> EventLoopFuture<Bool> { eventLoop.makeSucceededFuture(directory.delete(tenant)) }
-    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<Bool> {
+    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<AddKeyResult> {
         eventLoop.makeSucceededFuture(directory.addKey(tenant, key))
     }
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {
@@ -400,8 +400,10 @@ final class RedisTenantStore: TenantStore {
         edit("delete", tenant).map { $0 == 1 }
     }
 
-    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<Bool> {
-        edit("add", tenant, json: TenantRecordCodec.encode(key), keyID: key.id, sha256: key.sha256).map { $0 == 1 }
+    func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<AddKeyResult> {
+        edit("add", tenant, json: TenantRecordCodec.encode(key), keyID: key.id, sha256: key.sha256).map {
+            $0 == 1 ? .added : $0 == -2 ? .idTaken : .unknownTenant
+        }
     }
 
     func revokeKey(_ tenant: String, id: String) -> EventLoopFuture<Bool> {

@@ -54,8 +54,9 @@ extension ConfigLoader {
             } else if bytes.count > Self.maxMatchHeaderValue {
                 r.problem(entry.value, "\(what).\(name) is longer than \(Self.maxMatchHeaderValue) bytes")
                 ok = false
-            } else if !bytes.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }) {
-                r.problem(entry.value, "\(what).\(name) holds control characters")
+            } else if !bytes.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 < 0x7F) }) {
+                // Visible ASCII only: the parser hands on other bytes as U+FFFD, which would match many inputs.
+                r.problem(entry.value, "\(what).\(name) holds control or non-ASCII characters")
                 ok = false
             } else if Self.isBlank(bytes.first!) || Self.isBlank(bytes.last!) {
                 r.problem(entry.value, "\(what).\(name) starts or ends with whitespace, which a request's value never does")
@@ -73,8 +74,17 @@ extension ConfigLoader {
     ///   before it and takes every method it takes (``Router``'s order: a route listing methods before one that
     ///   takes any, then config order), or several such routes do between them;
     /// - `match.headers` naming a header with `_` while `server.underscores_in_headers: drop`: the gateway
-    ///   treats such headers as not sent.
-    func checkRouteMatches(_ routes: [RouteConfig], located: [Located], server: ServerConfig, _ r: YAMLReader) {
+    ///   treats such headers as not sent;
+    /// - `match.headers` naming a header the gateway does not pass on as the client sent it (hop-by-hop and
+    ///   framing headers, the identity, forwarding and trace headers it sets itself, the overrides it removes):
+    ///   routing on it would be routing on what the upstream never sees, or on a client's claim the gateway
+    ///   exists to replace.
+    func checkRouteMatches(
+        _ routes: [RouteConfig], located: [Located], server: ServerConfig, identity: IdentityConfig, _ r: YAMLReader
+    ) {
+        var notPassedOn = Self.headersNotPassedOn
+        notPassedOn.insert(identity.tenantHeader.lowercased())
+        if let sign = identity.signHeaders { notPassedOn.insert(sign.header.lowercased()) }
         struct Key: Hashable {
             var host: String?
             var prefix: String
@@ -84,6 +94,12 @@ extension ConfigLoader {
         var groups: [Key: [Int]] = [:]
         for (i, route) in routes.enumerated() {
             groups[Key(host: route.host, prefix: route.pathPrefix, headers: route.headerSet), default: []].append(i)
+            if let named = route.headers.first(where: { notPassedOn.contains($0.name.lowercased()) }) {
+                r.problem(
+                    located[i],
+                    "route '\(route.name)': match.headers cannot name '\(named.name)': the gateway does not pass it "
+                        + "on as the client sent it (hop-by-hop, framing, or a header the gateway sets or removes)")
+            }
             if server.dropUnderscoreHeaders,
                 let named = route.headers.first(where: { $0.name.utf8.contains(UInt8(ascii: "_")) })
             {
@@ -118,6 +134,16 @@ extension ConfigLoader {
             }
         }
     }
+
+    /// Headers (lower-cased) that never reach an upstream as the client sent them; besides these, the configured
+    /// tenant and signature headers.
+    static let headersNotPassedOn: Set<String> = [
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length", "expect",
+        "x-tenant-id", "x-user-id", "x-plan", "x-roles", "gatehouse-signature", "traceparent", "tracestate",
+        "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "true-client-ip",
+        "x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override",
+    ]
 
     /// RFC 9110 `tchar`: the bytes of a header name.
     static func isTokenByte(_ b: UInt8) -> Bool {

@@ -424,7 +424,12 @@ extension ConfigLoader {
         return .limited(requests: requests, per: per)
     }
 
-    func parseTenant(_ at: Located, plans: [String: PlanConfig], _ r: YAMLReader) -> TenantRecord? {
+    /// - Parameter keyOwners: each seed API key's hash, with the tenant and id it was first given to (a key
+    ///   seeded twice, in one tenant or two, is a problem: which copy authenticates would be arbitrary).
+    func parseTenant(
+        _ at: Located, id tenant: String, plans: [String: PlanConfig], keyOwners: inout [String: String],
+        _ r: YAMLReader
+    ) -> TenantRecord? {
         guard
             let f = r.fields(
                 at, "tenant",
@@ -495,6 +500,15 @@ extension ConfigLoader {
                     r.problem(shaAt, "sha256 must be 64 hex digits")
                     continue
                 }
+                if t.apiKeys.contains(where: { $0.id == id }) {
+                    r.problem(idAt, "tenant '\(tenant)' has two api keys with id '\(id)'")
+                    continue
+                }
+                if let first = keyOwners[hex] {
+                    r.problem(shaAt, "this sha256 is already the key of \(first): a key belongs to one tenant, once")
+                    continue
+                }
+                keyOwners[hex] = "tenant '\(tenant)' (id '\(id)')"
                 var key = TenantRecord.APIKey(id: id, sha256: hex)
                 if let x = k["scopes"] { key.scopes = scopeList(x, "api key '\(id)' scopes", r) ?? [] }
                 if let x = k["roles"], let list = r.locatedStringList(x, "api key '\(id)' roles") {
@@ -651,6 +665,10 @@ extension ConfigLoader {
         }
         var route = RouteConfig(name: name, pathPrefix: prefix, upstream: upstream)
         if let v = m["methods"], let methods = r.locatedStringList(v, "match.methods") {
+            if methods.isEmpty {
+                r.problem(v, "match.methods must list at least one method (leave it out to match any)")
+                ok = false
+            }
             for method in methods where !method.value.utf8.allSatisfy({ $0 >= 65 && $0 <= 90 }) {
                 r.problem(method.at, "invalid method '\(method.value)' (uppercase letters only)")
                 ok = false

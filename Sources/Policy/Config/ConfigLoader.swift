@@ -174,12 +174,15 @@ public struct ConfigLoader {
             planOrder = order
         }
         var tenants: [String: TenantRecord] = [:]
+        var keyOwners: [String: String] = [:]
         for entry in mapEntries("tenants", "tenant") {
             if !TenantID.isValid(entry.key) {
                 reader.problem(entry.keyAt, "invalid tenant id '\(entry.key)' (1-64 of A-Z a-z 0-9 . _ -)")
                 continue
             }
-            if let t = parseTenant(entry.value, plans: plans, reader) { tenants[entry.key] = t }
+            if let t = parseTenant(entry.value, id: entry.key, plans: plans, keyOwners: &keyOwners, reader) {
+                tenants[entry.key] = t
+            }
         }
         let billing = single["billing"].flatMap { parseBilling($0, plans: plans, reader) }
         var upstreams: [String: UpstreamConfig] = [:]
@@ -203,7 +206,8 @@ public struct ConfigLoader {
                 routes.append(route)
             }
         }
-        checkRouteMatches(routes, located: routes.map { routeNames[$0.name]! }, server: server, reader)
+        checkRouteMatches(
+            routes, located: routes.map { routeNames[$0.name]! }, server: server, identity: identity, reader)
         let audit = single["audit"].flatMap { parseAudit($0, reader) }
         if let audit, store == nil, let at = single["audit"],
             audit.sinks.contains(where: { if case .redisStream = $0 { return true } else { return false } })
