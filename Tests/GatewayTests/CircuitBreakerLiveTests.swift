@@ -61,6 +61,39 @@ import Testing
         try gw.waitUntilQuiet()
     }
 
+    @Test func aRefusingTargetIsEjectedAndItsProbeFailsBackToOpen() throws {
+        let good = try TestUpstream()
+        let dead = try TestUpstream()
+        let deadPort = dead.port
+        dead.stop()  // refused from now on
+        defer { good.stop() }
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [good.port, deadPort]], routes: Self.routes,
+                upstreamExtra: "    retries: 1\n" + Self.breaker(failures: 3, openFor: "2s")))
+        defer { gw.stop() }
+        // Every refused attempt is retried on the good target; after the third the circuit is open.
+        var sent = 0
+        while try Self.circuit(gw, deadPort, "open") != 1 && sent < 20 {
+            #expect(try request(port: gw.port, "POST", "/warm\(sent)", body: "x").status == 200)
+            sent += 1
+        }
+        #expect(try Self.circuit(gw, deadPort, "open") == 1)
+        // Three refusals take at least three requests (each request tries the dead target at most once here).
+        #expect((3...6).contains(sent), Comment(rawValue: "opened after \(sent) requests"))
+        let opened = ["upstream": "app", "target": "127.0.0.1:\(deadPort)"]
+        #expect(try gw.metrics().value("gatehouse_upstream_circuit_opened_total", opened) == 1)
+        for j in 0..<20 { #expect(try request(port: gw.port, "POST", "/ejected\(j)", body: "x").status == 200) }
+        #expect(good.requests.count == sent + 20)
+        #expect(try Self.circuit(gw, deadPort, "open") == 1)
+        // After open_for one request probes it: refused again (and retried), open again for another open_for.
+        try Self.waitForCircuit(gw, deadPort, "half_open")
+        for j in 0..<10 { #expect(try request(port: gw.port, "POST", "/probe\(j)", body: "x").status == 200) }
+        #expect(try gw.metrics().value("gatehouse_upstream_circuit_opened_total", opened) == 2)
+        #expect(try Self.circuit(gw, deadPort, "open") == 1)
+        #expect(good.requests.count == sent + 30)
+    }
+
     @Test func allTargetsOpenIsAFast503AndASuccessfulProbeClosesTheCircuit() throws {
         let up = try TestUpstream()
         defer { up.stop() }
