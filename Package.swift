@@ -31,7 +31,7 @@ let package = Package(
         // Pure decisions: config model and validation, routing, problem documents. No sockets.
         .target(
             name: "Policy",
-            dependencies: ["CJWT", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CJWT", "HTTPWire", .product(name: "Yams", package: "Yams")],
             swiftSettings: hotPath
         ),
         // Targets, balancing, health, the pooled HTTP/1.1 client and header rewriting. Knows nothing of tenants.

@@ -1,3 +1,5 @@
+import HTTPWire
+
 /// The request `gatehouse explain` is asked about, as the command line describes it.
 public struct ExplainRequest: Sendable {
     public var method: String
@@ -66,7 +68,7 @@ public struct ExplainRequest: Sendable {
                 throw UsageError(description: "-H takes 'Name: value', not '\(line)'")
             }
             let name = String(line[..<colon])
-            guard !name.isEmpty, name.utf8.allSatisfy(Self.isTokenByte) else {
+            guard !name.isEmpty, name.utf8.allSatisfy(ASCII.isTokenByte) else {
                 throw UsageError(description: "-H '\(line)': '\(name)' is not a header name")
             }
             let value = line[line.index(after: colon)...].trimmingSpaces
@@ -79,16 +81,6 @@ public struct ExplainRequest: Sendable {
             parsed.insert(("Host", authority ?? defaultHost), at: 0)
         }
         return ExplainRequest(method: method, target: String(target), headers: parsed, scheme: scheme)
-    }
-
-    /// RFC 9110 `tchar`.
-    static func isTokenByte(_ b: UInt8) -> Bool {
-        switch b {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return "!#$%&'*+-.^_`|~".utf8.contains(b)
-        }
     }
 }
 

@@ -1,3 +1,5 @@
+import HTTPWire
+
 /// Route matching beyond one route's own keys: `match.headers`, and routes that can never be told apart.
 extension ConfigLoader {
     /// Most `match.headers` entries on one route.
@@ -27,7 +29,7 @@ extension ConfigLoader {
         for entry in entries {
             let name = entry.key
             let lower = name.lowercased()
-            if name.isEmpty || name.utf8.count > Self.maxMatchHeaderName || !name.utf8.allSatisfy(Self.isTokenByte) {
+            if name.isEmpty || name.utf8.count > Self.maxMatchHeaderName || !name.utf8.allSatisfy(ASCII.isTokenByte) {
                 r.problem(entry.keyAt, "\(what): invalid header name '\(name)' (an HTTP token of at most \(Self.maxMatchHeaderName) bytes)")
                 ok = false
                 continue
@@ -144,16 +146,6 @@ extension ConfigLoader {
         "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "true-client-ip",
         "x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override",
     ]
-
-    /// RFC 9110 `tchar`: the bytes of a header name.
-    static func isTokenByte(_ b: UInt8) -> Bool {
-        switch b {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return "!#$%&'*+-.^_`|~".utf8.contains(b)
-        }
-    }
 
     private static func isBlank(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 }
 }
