@@ -20,6 +20,32 @@ import Testing
         """
     }
 
+    @Test func aTenantHoldsAtMostMaxAPIKeys() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        // A seed already at the bound (distinct hashes), and one a place short.
+        func keys(_ prefix: String, _ n: Int) -> String {
+            (0..<n).map { i in
+                "{id: \(prefix)\(i), sha256: \(Digest.hex(Digest.sha256("\(prefix)-\(i)".utf8)))}"
+            }.joined(separator: ", ")
+        }
+        let full = TenantRecord.maxAPIKeys
+        let tenants = "full: {plan: pro, api_keys: [\(keys("f", full))]}\n  roomy: {plan: pro, api_keys: [\(keys("r", full - 1))]}"
+        let gw = try GatewayProcess(
+            yaml: Self.config(upstream: up.port, tenants: tenants), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
+        defer { gw.stop() }
+        let admin = try #require(gw.adminPort)
+        let auth = [("Authorization", "Bearer adm")]
+        let refused = try request(port: admin, "POST", "/admin/tenants/full/api-keys", headers: auth)
+        #expect(refused.status == 409)
+        #expect(refused.json["code"] as? String == "bad_request")
+        #expect(try request(port: admin, "POST", "/admin/tenants/roomy/api-keys", headers: auth).status == 201)
+        #expect(try request(port: admin, "POST", "/admin/tenants/roomy/api-keys", headers: auth).status == 409)
+        // Revoking one makes room again.
+        #expect(try request(port: admin, "DELETE", "/admin/tenants/full/api-keys/f7", headers: auth).status == 204)
+        #expect(try request(port: admin, "POST", "/admin/tenants/full/api-keys", headers: auth).status == 201)
+    }
+
     @Test func tenantsAndKeysThroughTheAdminAPI() throws {
         let up = try TestUpstream()
         defer { up.stop() }

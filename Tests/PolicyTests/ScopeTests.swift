@@ -226,6 +226,17 @@ import Testing
         let found = problems(["gw.yaml": yaml])
         #expect(found.filter { $0.contains("already the key of tenant 'acme' (id 'bot')") }.count == 2, Comment(rawValue: "\(found)"))
         #expect(found.contains { $0.contains("tenant 'beta' has two api keys with id 'k'") }, Comment(rawValue: "\(found)"))
+        let many = (0...TenantRecord.maxAPIKeys).map { i in
+            "{id: k\(i), sha256: \(String(repeating: "0", count: 60) + String(format: "%04x", i))}"
+        }.joined(separator: ", ")
+        let crowded = Self.configBase + """
+
+            tenants:
+              acme: {plan: pro, api_keys: [\(many)]}
+            routes:
+              - {name: w, match: {path_prefix: /w}, upstream: u}
+            """
+        #expect(problems(["gw.yaml": crowded]).contains { $0.contains("has 1001 api keys; at most 1000") })
     }
 
     @Test func configRefusesScopesThatCouldNeverBeChecked() {

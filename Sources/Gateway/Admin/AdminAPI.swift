@@ -79,8 +79,17 @@ struct AdminAPI {
             case .success(let r): request = r
             }
             let keyID = request.id ?? "key-" + Self.randomToken(bytes: 6)
-            if tenants.record(id)?.apiKeys.contains(where: { $0.id == keyID }) == true {
-                return now(problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409))
+            if let keys = tenants.record(id)?.apiKeys {
+                if keys.contains(where: { $0.id == keyID }) {
+                    return now(problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409))
+                }
+                if keys.count >= TenantRecord.maxAPIKeys {
+                    return now(
+                        problem(
+                            .badRequest(
+                                "Tenant '\(id)' holds \(TenantRecord.maxAPIKeys) API keys, the most it may; revoke one first."),
+                            requestID, status: 409))
+                }
             }
             let key = "gh_" + Self.randomToken(bytes: 32)
             let newID = keyID

@@ -522,6 +522,9 @@ extension ConfigLoader {
                 }
                 t.apiKeys.append(key)
             }
+            if t.apiKeys.count > TenantRecord.maxAPIKeys {
+                r.problem(v, "tenant '\(tenant)' has \(t.apiKeys.count) api keys; at most \(TenantRecord.maxAPIKeys)")
+            }
         }
         return t
     }

@@ -58,6 +58,8 @@ public struct TenantRecord: Sendable {
 
     /// Roles an API key may carry at most (as many as a token's roles claim may hold).
     public static let maxRoles = 64
+    /// API keys one tenant may hold (each carries its grants in the record, re-encoded on every write).
+    public static let maxAPIKeys = 1000
 
     /// A role name: 1-64 characters of `A-Z a-z 0-9 . _ : -` (the alphabet a token's roles are held to, so
     /// `X-Roles` stays a plain comma-separated list).
