@@ -272,6 +272,35 @@ import Testing
         #expect(try request(port: gw.port, "GET", "/fresh").status == 200)
     }
 
+    @Test func aRequestWaitingForAPoolConnectionGivesItsPlaceBackWhenItsClientLeaves() throws {
+        let up = try TestUpstream()
+        defer { up.stop() }
+        // One connection to the target: a second request waits in the pool's queue (for up to 5 s).
+        let gw = try GatewayProcess(
+            yaml: testConfig(
+                upstreams: ["app": [up.port]], routes: Self.routes,
+                upstreamExtra: "    max_in_flight: 2\n    max_connections_per_target: 1\n"
+            ).replacingOccurrences(of: "connect_timeout: 500ms", with: "connect_timeout: 5s"))
+        defer { gw.stop() }
+        let inFlight = { try? gw.metrics().value("gatehouse_upstream_in_flight", ["upstream": "app"]) }
+        let a = try RawConnection(port: gw.port)
+        try a.send("GET /hold/a HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil { up.heads.contains("/hold/a") }
+        let b = try RawConnection(port: gw.port)
+        try b.send("GET /queued HTTP/1.1\r\nHost: gw\r\n\r\n")
+        try waitUntil { inFlight() == 2 }
+        #expect(try request(port: gw.port, "GET", "/third").status == 503)
+        // The queued request's client leaves: its place comes back well before the pool wait would have ended.
+        b.close()
+        try waitUntil(seconds: 3) { inFlight() == 1 }
+        up.release("a")
+        #expect(try a.readResponse()?.status == 200)
+        #expect(!up.heads.contains("/queued"))
+        #expect(try request(port: gw.port, "GET", "/after").status == 200)
+        try gw.waitUntilQuiet()
+        #expect(inFlight() == 0)
+    }
+
     @Test func maxInFlightShedsWith503AndEveryPlaceComesBack() throws {
         let up = try TestUpstream()
         defer { up.stop() }
