@@ -273,7 +273,7 @@ public final class JWTVerifier: Sendable {
             } else {
                 return .failure(.badClaim("roles must be an array or a space-separated string"))
             }
-            guard roles.count <= 64, roles.allSatisfy({ TenantID.isValid($0) || ($0.utf8.count <= 64 && $0.utf8.allSatisfy { TenantID.isIDByte($0) || $0 == UInt8(ascii: ":") }) && !$0.isEmpty })
+            guard roles.count <= TenantRecord.maxRoles, roles.allSatisfy(TenantRecord.isRoleName)
             else { return .failure(.badClaim("roles must be at most 64 names of A-Z a-z 0-9 . _ - :")) }
             result.roles = roles
         }

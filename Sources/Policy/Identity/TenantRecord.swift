@@ -49,19 +49,15 @@ public struct TenantRecord: Sendable {
     /// A feature name a tenant may be given: 1-64 characters of `A-Z a-z 0-9 . _ : -`.
     public static func isFeatureName(_ name: String) -> Bool {
         let u = name.utf8
-        return (1...64).contains(u.count)
-            && u.allSatisfy {
-                ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2E
-                    || $0 == 0x5F || $0 == 0x3A || $0 == 0x2D
-            }
+        return (1...64).contains(u.count) && u.allSatisfy { TenantID.isIDByte($0) || $0 == UInt8(ascii: ":") }
     }
 
-    /// Roles an API key may carry at most (as many as a token's roles claim may hold).
+    /// Roles an API key may carry, and a token's roles claim may hold, at most.
     public static let maxRoles = 64
     /// API keys one tenant may hold (each carries its grants in the record, re-encoded on every write).
     public static let maxAPIKeys = 1000
 
-    /// A role name: 1-64 characters of `A-Z a-z 0-9 . _ : -` (the alphabet a token's roles are held to, so
+    /// A role name, of an API key or in a token's roles claim: 1-64 characters of `A-Z a-z 0-9 . _ : -` (so
     /// `X-Roles` stays a plain comma-separated list).
     public static func isRoleName(_ name: String) -> Bool { isFeatureName(name) }
 
