@@ -20,9 +20,13 @@ import Testing
         """
     }
 
-    @Test func aTenantHoldsAtMostMaxAPIKeys() throws {
+    @Test(arguments: [false, true]) func aTenantHoldsAtMostMaxAPIKeys(onRedis: Bool) throws {
         let up = try TestUpstream()
         defer { up.stop() }
+        // The embedded store, or Redis (whose edit script checks the bound with the write).
+        let redis = onRedis ? try RedisServer() : nil
+        defer { redis?.stop() }
+        let store = redis.map { "store: {redis: \"redis://127.0.0.1:\($0.port)/0\", timeout: 500ms, key_prefix: ghcap}" } ?? ""
         // A seed already at the bound (distinct hashes), and one a place short.
         func keys(_ prefix: String, _ n: Int) -> String {
             (0..<n).map { i in
@@ -32,7 +36,7 @@ import Testing
         let full = TenantRecord.maxAPIKeys
         let tenants = "full: {plan: pro, api_keys: [\(keys("f", full))]}\n  roomy: {plan: pro, api_keys: [\(keys("r", full - 1))]}"
         let gw = try GatewayProcess(
-            yaml: Self.config(upstream: up.port, tenants: tenants), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
+            yaml: Self.config(upstream: up.port, tenants: tenants, extra: store), environment: ["GH_TEST_ADMIN_TOKEN": "adm"])
         defer { gw.stop() }
         let admin = try #require(gw.adminPort)
         let auth = [("Authorization", "Bearer adm")]

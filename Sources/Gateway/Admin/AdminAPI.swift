@@ -78,29 +78,22 @@ struct AdminAPI {
             case .failure(let denial): return now(problem(denial, requestID))
             case .success(let r): request = r
             }
+            // The store checks, with the write, that the id is free and the tenant has room.
             let keyID = request.id ?? "key-" + Self.randomToken(bytes: 6)
-            if let keys = tenants.record(id)?.apiKeys {
-                if keys.contains(where: { $0.id == keyID }) {
-                    return now(problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409))
-                }
-                if keys.count >= TenantRecord.maxAPIKeys {
-                    return now(
-                        problem(
-                            .badRequest(
-                                "Tenant '\(id)' holds \(TenantRecord.maxAPIKeys) API keys, the most it may; revoke one first."),
-                            requestID, status: 409))
-                }
-            }
             let key = "gh_" + Self.randomToken(bytes: 32)
-            let newID = keyID
             let record = TenantRecord.APIKey(
-                id: newID, sha256: Digest.hex(Digest.sha256(key.utf8)), scopes: request.scopes, roles: request.roles)
+                id: keyID, sha256: Digest.hex(Digest.sha256(key.utf8)), scopes: request.scopes, roles: request.roles)
             return store.addKey(id, record).map { result in
                 switch result {
                 case .added:
-                    Response(status: 201, body: "{\"id\":\(JSONText.quote(newID)),\"key\":\(JSONText.quote(key))}")
+                    Response(status: 201, body: "{\"id\":\(JSONText.quote(keyID)),\"key\":\(JSONText.quote(key))}")
                 case .idTaken:
-                    self.problem(.badRequest("Tenant '\(id)' already has a key '\(newID)'."), requestID, status: 409)
+                    self.problem(.badRequest("Tenant '\(id)' already has a key '\(keyID)'."), requestID, status: 409)
+                case .full:
+                    self.problem(
+                        .badRequest(
+                            "Tenant '\(id)' holds \(TenantRecord.maxAPIKeys) API keys, the most it may; revoke one first."),
+                        requestID, status: 409)
                 case .unknownTenant:
                     self.problem(.unknownTenant("Tenant '\(id)' is not known."), requestID, status: 404)
                 }

@@ -11,6 +11,8 @@ public enum AddKeyResult: Sendable, Equatable {
     case unknownTenant
     /// The tenant already has a key with that id.
     case idTaken
+    /// The tenant holds ``TenantRecord/maxAPIKeys`` keys.
+    case full
 }
 
 public final class TenantDirectory: TenantRecords {
@@ -151,11 +153,12 @@ public final class TenantDirectory: TenantRecords {
     }
 
     /// Adds an API key (by hash, with its scopes and roles) to the tenant, copying a seed into the store first;
-    /// in one step with the check that its id is free.
+    /// in one step with the checks that its id is free and the tenant has room for it.
     public func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> AddKeyResult {
         state.withLock { s in
             guard var r = s.visible(tenant) else { return .unknownTenant }
             if r.apiKeys.contains(where: { $0.id == key.id }) { return .idTaken }
+            if r.apiKeys.count >= TenantRecord.maxAPIKeys { return .full }
             r.apiKeys.append(key)
             r.revokedKeys.remove(key.sha256)
             s.stored[tenant] = r

@@ -269,9 +269,10 @@ final class RedisTenantStore: TenantStore {
     /// - `add` / `revoke`: adds or removes one API key of the live record (stored, else the seed); a revoked
     ///   key's hash is remembered. `add`'s ARGV[3] is the key's JSON (`{id, sha256, scopes?, roles?}`).
     /// KEYS: the tenant's record key. ARGV: op, tenant, record (or change, or key) JSON, seed JSON (or ''), key id, key hash,
-    /// the invalidation channel (not a key: a Cluster script touches only its slot's keys). Replies `{status, record}`:
-    /// put 1 created, 0 replaced; billing 1 applied, -3 stale, -4 deleted, -5 unknown tenant and no plan; delete 1
-    /// done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown tenant, -2 key id taken.
+    /// the invalidation channel (not a key: a Cluster script touches only its slot's keys), the most keys a tenant
+    /// holds. Replies `{status, record}`: put 1 created, 0 replaced; billing 1 applied, -3 stale, -4 deleted, -5
+    /// unknown tenant and no plan; delete 1 done, 0 unknown; add/revoke 1 done, 0 key not found, -1 unknown tenant,
+    /// -2 key id taken, -6 the tenant holds the most keys.
     static let editScript = """
         local cur = redis.call('GET', KEYS[1])
         local op = ARGV[1]
@@ -332,6 +333,7 @@ final class RedisTenantStore: TenantStore {
           local keys = live_keys(live)
           if op == 'add' then
             for _, k in ipairs(keys) do if k.id == ARGV[5] then return {-2, ''} end end
+            if #keys >= tonumber(ARGV[8]) then return {-6, ''} end
             local key = cjson.decode(ARGV[3])
             key.id = ARGV[5]
             key.sha256 = ARGV[6]
@@ -368,7 +370,7 @@ final class RedisTenantStore: TenantStore {
         let seed = directory.seed(tenant)
         let args = [
             "EVAL", Self.editScript, "1", recordKey(tenant), op, tenant, json ?? record.map(TenantRecordCodec.encode) ?? "",
-            seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256, channel,
+            seed.map(TenantRecordCodec.encode) ?? "", keyID, sha256, channel, String(TenantRecord.maxAPIKeys),
         ]
         return client.send(args).flatMapThrowing { reply in
             guard case .array(let items) = reply, items.count == 2, let status = items[0].integer else {
@@ -402,7 +404,12 @@ final class RedisTenantStore: TenantStore {
 
     func addKey(_ tenant: String, _ key: TenantRecord.APIKey) -> EventLoopFuture<AddKeyResult> {
         edit("add", tenant, json: TenantRecordCodec.encode(key), keyID: key.id, sha256: key.sha256).map {
-            $0 == 1 ? .added : $0 == -2 ? .idTaken : .unknownTenant
+            switch $0 {
+            case 1: .added
+            case -2: .idTaken
+            case -6: .full
+            default: .unknownTenant
+            }
         }
     }
 
