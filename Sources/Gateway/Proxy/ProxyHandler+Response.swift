@@ -71,8 +71,7 @@ extension ProxyHandler: UpstreamResponseDelegate {
         // exchange, before the flush (a failing flush re-enters this handler). The upstream's part is done: its
         // max_in_flight place is free even if the client is still sending a body the gateway now drops.
         ctx.connection = nil
-        ctx.inFlightPlace?.release()
-        ctx.inFlightPlace = nil
+        ctx.leaveInFlight()
         if let end = machine.responseEnd(now: .now()) {
             finish(end, ctx)
         } else {

@@ -482,15 +482,12 @@ final class ProxyHandler: ChannelDuplexHandler {
             deny(ctx, .upstreamUnavailable("Upstream '\(ctx.upstreamName)' is not available."))
             return
         }
-        if ctx.inFlightPlace == nil, let limit = group.inFlightLimit {
-            guard limit.tryAcquire() else {
-                deny(
-                    ctx,
-                    .upstreamUnavailable(
-                        "Upstream '\(ctx.upstreamName)' already has \(limit.max) requests in flight (max_in_flight)."))
-                return
-            }
-            ctx.inFlightPlace = limit
+        if let limit = group.inFlightLimit, !ctx.takeInFlightPlace(in: limit) {
+            deny(
+                ctx,
+                .upstreamUnavailable(
+                    "Upstream '\(ctx.upstreamName)' already has \(limit.max) requests in flight (max_in_flight)."))
+            return
         }
         // A previous attempt that probed and ended without an outcome (nothing held against the target): the probe
         // is given up before picking, so this attempt may take it again.
@@ -671,8 +668,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.tunnelOpened = .now()
         loop.metrics.websocketsOpen += 1
         // A tunnel is no longer a request in flight (`max_websockets` bounds tunnels).
-        ctx.inFlightPlace?.release()
-        ctx.inFlightPlace = nil
+        ctx.leaveInFlight()
         // The audit place was held for the handshake (back-pressure); the record written at the close does not
         // need one, and a long-lived tunnel must not hold a place in the queue.
         if ctx.auditReserved, let audit = loop.audit {
@@ -743,8 +739,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         ctx.waiter = nil
         ctx.held.removeAll()
         pendingChunkTotal = nil
-        ctx.inFlightPlace?.release()
-        ctx.inFlightPlace = nil
+        ctx.leaveInFlight()
         if let slot = ctx.tunnelSlot {
             ctx.tunnelSlot = nil
             loop.tunnels.release(slot)

@@ -88,7 +88,21 @@ final class RequestContext {
     var failedAttempt: Denial?
     /// The place held in the upstream's `max_in_flight` bound, released when the exchange ends (or becomes a
     /// tunnel).
-    var inFlightPlace: InFlightLimit?
+    private(set) var inFlightPlace: InFlightLimit?
+
+    /// Takes a place in `limit` (once per exchange: retries keep it); false when the upstream has none free.
+    func takeInFlightPlace(in limit: InFlightLimit) -> Bool {
+        if inFlightPlace != nil { return true }
+        guard limit.tryAcquire() else { return false }
+        inFlightPlace = limit
+        return true
+    }
+
+    /// Gives the `max_in_flight` place back, if one is held (at most once).
+    func leaveInFlight() {
+        inFlightPlace?.release()
+        inFlightPlace = nil
+    }
     /// The W3C trace context (continued from the client's `traceparent`, or started here) and the upstream
     /// call's span.
     var trace = TraceContext()
