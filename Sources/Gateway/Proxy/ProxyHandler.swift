@@ -783,6 +783,7 @@ final class ProxyHandler: ChannelDuplexHandler {
         let decision = end.denied ? "deny" : "allow"
         let status = end.status == 0 ? 499 : end.status
         let upstream = !end.denied && ctx.upstreamStart != nil ? ctx.upstreamName : nil
+        let route = ctx.routeName == "-" ? nil : ctx.routeName
         let telemetry = loop.telemetry
         let logLine = telemetry.accessLog.map { $0.logs(denied: end.denied, status: status, random: &loop.random) } ?? false
         let traced = ctx.trace.sampled && telemetry.spans != nil
@@ -803,7 +804,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             if ctx.auditReserved || ctx.tunnelOpened != nil || audit.audits(method: method) || (audit.denials && end.denied) {
                 var r = AuditRecord(
                     timeMillis: startMillis, requestID: ctx.requestID, tenant: ctx.caller.tenant, user: ctx.caller.user,
-                    method: method, path: String(path), route: ctx.routeName == "-" ? nil : ctx.routeName, status: status,
+                    method: method, path: String(path), route: route, status: status,
                     decision: decision, code: end.code.isEmpty ? nil : end.code, latencyMicros: elapsed / 1000,
                     clientIP: ctx.clientAddress ?? clientAddress, upstream: upstream)
                 r.traceID = ctx.trace.traceID
@@ -831,7 +832,7 @@ final class ProxyHandler: ChannelDuplexHandler {
                 AccessLog.Line(
                     timeMillis: startMillis, requestID: ctx.requestID, trace: ctx.trace,
                     clientIP: ctx.clientAddress ?? clientAddress, method: ctx.head.method.rawValue, path: path,
-                    route: ctx.routeName == "-" ? nil : ctx.routeName, status: status, denied: end.denied,
+                    route: route, status: status, denied: end.denied,
                     code: end.code.isEmpty ? nil : end.code, tenant: ctx.caller.tenant, user: ctx.caller.user,
                     plan: ctx.caller.plan, upstream: upstream, latencyMicros: elapsed / 1000,
                     upstreamMicros: upstreamNanos.map { $0 / 1000 },
@@ -840,17 +841,18 @@ final class ProxyHandler: ChannelDuplexHandler {
                 shard: loop.shard)
         }
         if traced, let spans = telemetry.spans {
-            recordSpans(ctx, spans, status: status, end: end, startMillis: startMillis, elapsed: elapsed, upstreamNanos: upstreamNanos)
+            recordSpans(
+                ctx, spans, route: route ?? "", decision: decision, status: status, end: end, startMillis: startMillis,
+                elapsed: elapsed, upstreamNanos: upstreamNanos)
         }
     }
 
     /// The gateway's server span and, when the request reached an upstream, the upstream call's client span.
     private func recordSpans(
-        _ ctx: RequestContext, _ spans: SpanExporter, status: Int, end: ClientConnectionStateMachine.End,
-        startMillis: Int64, elapsed: Int64, upstreamNanos: Int64?
+        _ ctx: RequestContext, _ spans: SpanExporter, route: String, decision: String, status: Int,
+        end: ClientConnectionStateMachine.End, startMillis: Int64, elapsed: Int64, upstreamNanos: Int64?
     ) {
         let method = ctx.head.method.rawValue
-        let route = ctx.routeName == "-" ? "" : ctx.routeName
         let start = UInt64(max(0, startMillis)) * 1_000_000
         let error = status >= 500 ? (end.code.isEmpty ? "HTTP \(status)" : end.code) : nil
         let trace = ctx.trace
@@ -864,7 +866,7 @@ final class ProxyHandler: ChannelDuplexHandler {
                 .init("http.response.status_code", .int(Int64(status))),
                 .init("gatehouse.tenant", .string(ctx.caller.tenant ?? "")),
                 .init("gatehouse.plan", .string(ctx.caller.plan ?? "")),
-                .init("gatehouse.decision", .string(end.denied ? "deny" : "allow")),
+                .init("gatehouse.decision", .string(decision)),
                 .init("gatehouse.code", .string(end.code)),
                 .init("gatehouse.request_id", .string(ctx.requestID)),
                 .init("url.path", .string(String(ctx.path.isEmpty ? "-" : ctx.path))),
@@ -883,7 +885,7 @@ final class ProxyHandler: ChannelDuplexHandler {
             .init("gatehouse.upstream", .string(ctx.upstreamName)),
             .init("gatehouse.tenant", .string(ctx.caller.tenant ?? "")),
             .init("gatehouse.plan", .string(ctx.caller.plan ?? "")),
-            .init("gatehouse.decision", .string(end.denied ? "deny" : "allow")),
+            .init("gatehouse.decision", .string(decision)),
             .init("gatehouse.code", .string(end.code)),
         ]
         if let target = ctx.pool?.target {
